@@ -1,0 +1,50 @@
+//! The `build.rs` of every step: compile the step's eBPF crate (`<step>/ebpf`) for the BPF target.
+//!
+//! We use `aya-build`, as aya-template does, rather than a separate `cargo xtask build-ebpf` step:
+//! one `cargo build` then builds both sides, the eBPF object is embedded in the step binary with
+//! `aya::include_bytes_aligned!`, and cargo rebuilds it whenever the kernel code changes.
+
+use std::{env, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya_build::{Package, Toolchain};
+
+use crate::{BPF_LINKER, PINNED_RUST};
+
+/// Builds the eBPF crate `package`, found in the `ebpf/` folder of the calling step, into `OUT_DIR`.
+pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
+    let step_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("no workspace root")?;
+
+    let bpf_linker = workspace.join(BPF_LINKER);
+    if !bpf_linker.exists() {
+        bail!(
+            "bpf-linker is missing ({}): run `cargo xtask setup`, which builds it against the \
+             LLVM of Rust {PINNED_RUST}",
+            bpf_linker.display()
+        );
+    }
+    // A new bpf-linker (for example after a toolchain change) must relink the program.
+    println!("cargo::rerun-if-changed={}", bpf_linker.display());
+    // The eBPF crates use `common` too.
+    println!(
+        "cargo::rerun-if-changed={}",
+        workspace.join("common/src").display()
+    );
+
+    // The eBPF target has no prebuilt `core`: it is built from rust-src with `-Z build-std=core`,
+    // which a stable toolchain accepts with RUSTC_BOOTSTRAP=1 (aya-build passes it on).
+    // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
+    unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+
+    let root_dir = format!("{step_dir}/ebpf");
+    let ebpf = Package {
+        name: package,
+        root_dir: &root_dir,
+        ..Default::default()
+    };
+    // Always the pinned toolchain, whatever builds the host side: its LLVM is bpf-linker's.
+    aya_build::build_ebpf([ebpf], Toolchain::Custom(PINNED_RUST))
+}

@@ -1,0 +1,257 @@
+//! What the kernel tests of every step share: start a step binary, wait until it is attached, read
+//! its lines with time limits, stop it with a signal, and check that nothing stayed in the kernel.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::user::READY_LINE;
+
+/// How long a step may take from exec to its ready line (loading and attaching).
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an event may take to reach the output.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the kernel tests can run here: they load eBPF programs, which needs root. Elsewhere they
+/// skip, loudly; under CI (`CI` set) a skip would hide a broken suite, so it fails instead.
+pub fn kernel_tests_can_run(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let reason = format!("kernel test `{test}` needs root to load eBPF programs");
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason}, and CI must not skip it: run the tests as root");
+    }
+    eprintln!("SKIPPED: {reason}; run `sudo -E cargo xtask test` to include it");
+    false
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A running step binary.
+pub struct TracedStep {
+    child: Child,
+    lines: Receiver<(Stream, String)>,
+    /// Every line read so far, in arrival order.
+    pub output: Vec<(Stream, String)>,
+}
+
+/// A step binary that has exited.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub output: Vec<(Stream, String)>,
+}
+
+impl Finished {
+    pub fn stderr(&self) -> String {
+        lines_of(&self.output, Stream::Stderr)
+    }
+    pub fn stdout(&self) -> String {
+        lines_of(&self.output, Stream::Stdout)
+    }
+}
+
+fn lines_of(output: &[(Stream, String)], stream: Stream) -> String {
+    output
+        .iter()
+        .filter(|(s, _)| *s == stream)
+        .map(|(_, line)| format!("{line}\n"))
+        .collect()
+}
+
+impl TracedStep {
+    /// Starts `binary` with `args` and returns once it printed its ready line.
+    /// Panics, showing what it printed, if it exits or hangs instead.
+    pub fn start(binary: &str, args: &[&str]) -> Self {
+        let mut step = Self::spawn(binary, args);
+        if step
+            .wait_for_line(Stream::Stderr, |line| line == READY_LINE, START_TIMEOUT)
+            .is_none()
+        {
+            let finished = step.stop(Signal::SIGKILL);
+            panic!(
+                "{binary} {args:?} did not get ready:\n{}",
+                finished.stderr()
+            );
+        }
+        step
+    }
+
+    /// Starts `binary` without waiting for anything (for runs that are expected to fail).
+    pub fn spawn(binary: &str, args: &[&str]) -> Self {
+        Self::spawn_command(Command::new(binary).args(args))
+    }
+
+    pub fn spawn_command(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        let (sender, lines) = mpsc::channel();
+        for (stream, pipe) in [
+            (
+                Stream::Stdout,
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            ),
+            (Stream::Stderr, Box::new(child.stderr.take().unwrap())),
+        ] {
+            let sender = sender.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if sender.send((stream, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            output: Vec::new(),
+        }
+    }
+
+    /// The id of the attached program, from the step's `attached (program NAME, id N)` line.
+    pub fn program_id(&self) -> u32 {
+        self.output
+            .iter()
+            .find_map(|(_, line)| {
+                line.split_once(": attached (program ")?
+                    .1
+                    .split_once(", id ")?
+                    .1
+                    .strip_suffix(')')?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no `attached` line in {:#?}", self.output))
+    }
+
+    /// Waits for the next line of `stream` that satisfies `wanted`, keeping everything read.
+    pub fn wait_for_line(
+        &mut self,
+        stream: Stream,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok((from, line)) => {
+                    self.output.push((from, line.clone()));
+                    if from == stream && wanted(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Waits until `count` stdout lines satisfy `wanted`; returns them, or panics with the output.
+    pub fn expect_events(&mut self, count: usize, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut events = Vec::new();
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while events.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for_line(Stream::Stdout, &wanted, left) {
+                Some(line) => events.push(line),
+                None => panic!(
+                    "expected {count} matching events within {EVENT_TIMEOUT:?}, got {}; output:\n{:#?}",
+                    events.len(),
+                    self.output
+                ),
+            }
+        }
+        events
+    }
+
+    /// Sends `signal` and waits (at most 10 s) for the step to exit.
+    pub fn stop(self, signal: Signal) -> Finished {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, signal);
+        self.wait(Duration::from_secs(10))
+    }
+
+    /// Waits for the step to exit on its own (at most `timeout`), then collects the rest of its output.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the step did not exit within {timeout:?}; output:\n{:#?}",
+                    self.output
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The pipes close at exit: drain what is left.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.output.push(line);
+        }
+        Finished {
+            status,
+            output: std::mem::take(&mut self.output),
+        }
+    }
+}
+
+impl Drop for TracedStep {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a tracer running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts, through the bpf syscall, that the program with this id is gone from the kernel. The kernel
+/// frees a program shortly after its last fd closes, so this waits up to 5 s.
+pub fn assert_program_unloaded(program_id: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let still_loaded = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|program| program.id() == program_id);
+        if !still_loaded {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "program id {program_id} is still loaded after its step exited"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that a program with this id is loaded right now (the test's positive control).
+pub fn assert_program_loaded(program_id: u32) {
+    let loaded = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|program| program.id() == program_id);
+    assert!(
+        loaded,
+        "program id {program_id} is not loaded while its step runs"
+    );
+}

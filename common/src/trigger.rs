@@ -1,0 +1,158 @@
+//! A listening socket on demand: `cargo xtask listen` for the lessons, and the tests' own `listen()`
+//! calls, so that nothing depends on `nc`.
+
+use std::{
+    fs, io,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+};
+
+use anyhow::{Context as _, bail};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// A TCP socket in the listening state; closing it (dropping) ends the listen.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: Socket,
+    /// The address and port the kernel really bound (port 0 asks for any free port).
+    pub local_addr: SocketAddr,
+}
+
+/// `socket()`, `bind(addr)` and `listen(backlog)`, with the causes a learner meets spelled out.
+pub fn listen(addr: SocketAddr, backlog: i32) -> anyhow::Result<Listener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .context("cannot create a TCP socket")?;
+    socket
+        .bind(&SockAddr::from(addr))
+        .map_err(|error| bind_error(addr, error))?;
+    socket
+        .listen(backlog)
+        .with_context(|| format!("listen({addr}, backlog {backlog}) failed"))?;
+    let local_addr = socket
+        .local_addr()?
+        .as_socket()
+        .context("the socket has no IP address")?;
+    Ok(Listener { socket, local_addr })
+}
+
+fn bind_error(addr: SocketAddr, error: io::Error) -> anyhow::Error {
+    let cause = match error.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use on {}: another program listens there; pick another port",
+            addr.port(),
+            addr.ip()
+        ),
+        io::ErrorKind::AddrNotAvailable => {
+            format!(
+                "{} is not an address of this machine (or of this network namespace)",
+                addr.ip()
+            )
+        }
+        io::ErrorKind::PermissionDenied => {
+            format!(
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE (port {})",
+                addr.port()
+            )
+        }
+        _ => "the kernel refused the bind".into(),
+    };
+    anyhow::Error::new(error).context(format!("cannot bind {addr}: {cause}"))
+}
+
+/// The inode number of the calling thread's network namespace: the number in `net:[N]` that
+/// `ls -l /proc/PID/ns/net` shows, and what lesson 4 reads from the kernel.
+pub fn netns_inode() -> io::Result<u64> {
+    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
+}
+
+/// Moves the calling thread into a new, empty network namespace whose loopback is up, and returns
+/// the namespace's inode. Needs root (CAP_SYS_ADMIN).
+pub fn enter_new_netns() -> anyhow::Result<u64> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("cannot create a network namespace (unshare(CLONE_NEWNET) needs root)")?;
+    bring_loopback_up().context("cannot bring up `lo` in the new network namespace")?;
+    Ok(netns_inode()?)
+}
+
+/// A new namespace's `lo` is down and has no address; bringing it up gives it 127.0.0.1 and ::1.
+fn bring_loopback_up() -> io::Result<()> {
+    // SIOCGIFFLAGS / SIOCSIFFLAGS on any socket of the namespace, as `ip link set lo up` does.
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: `ifreq` is plain data; the name is NUL-terminated within its 16 bytes.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = src as libc::c_char;
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    // SAFETY: both ioctls read and write only `request`, which outlives them.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `--backlog` value the way a learner would want: `listen()` itself takes any int.
+pub fn check_backlog(backlog: i32) -> anyhow::Result<i32> {
+    if backlog < 0 {
+        bail!("the backlog must be 0 or more (got {backlog})");
+    }
+    Ok(backlog)
+}
+
+/// Parses `--addr`: an IPv4 or IPv6 address, without a port.
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .map_err(|_| {
+            format!("`{text}` is not an IP address (for example 127.0.0.1, 0.0.0.0, ::1 or ::)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn listens_on_a_port_the_kernel_picks() {
+        let listener = listen((Ipv4Addr::LOCALHOST, 0).into(), 7).unwrap();
+        assert_eq!(listener.local_addr.ip(), Ipv4Addr::LOCALHOST);
+        assert_ne!(listener.local_addr.port(), 0);
+        TcpStream::connect(listener.local_addr)
+            .expect("a real listening socket accepts connections");
+    }
+
+    #[test]
+    fn a_port_in_use_is_a_clear_error() {
+        let first = listen((Ipv4Addr::LOCALHOST, 0).into(), 1).unwrap();
+        let error = listen(first.local_addr, 1).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(&format!(
+                "port {} is already in use",
+                first.local_addr.port()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn addresses_parse_with_or_without_brackets() {
+        assert_eq!(parse_ip("127.0.0.1"), Ok(Ipv4Addr::LOCALHOST.into()));
+        assert_eq!(parse_ip("[::1]"), Ok("::1".parse().unwrap()));
+        assert!(
+            parse_ip("localhost:80")
+                .unwrap_err()
+                .contains("is not an IP address")
+        );
+        assert!(check_backlog(-1).is_err());
+        assert_eq!(check_backlog(4096).unwrap(), 4096);
+    }
+}

@@ -1,0 +1,33 @@
+use anyhow::{Context as _, bail};
+use aya::Ebpf;
+use caps::{CapSet, Capability};
+
+/// Loads an embedded eBPF object: its maps are created now, its programs when they are attached.
+pub fn load_ebpf(object: &[u8]) -> anyhow::Result<Ebpf> {
+    check_privileges()?;
+    Ebpf::load(object).context("cannot load the eBPF object")
+}
+
+/// Fails early, with the fix, where the kernel would answer a bare EPERM.
+fn check_privileges() -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    let missing: Vec<_> = [Capability::CAP_BPF, Capability::CAP_PERFMON]
+        .into_iter()
+        .filter(|&cap| !has(cap))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "loading eBPF programs needs root, or the capabilities CAP_BPF and CAP_PERFMON \
+             (missing: {}): run it with sudo (`cargo xtask run` does that for you)",
+            missing
+                .iter()
+                .map(|cap| cap.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The userspace plumbing that every step binary shares, so that a step's `main.rs` reads as its life
+//! cycle: parse options, load, attach, print events until stopped, detach.
+
+mod attach;
+mod ebpf_logs;
+mod load;
+mod options;
+mod report;
+mod stop;
+
+pub use attach::{AttachMode, AttachPath, AttachedProbe, attach_listen_probe};
+pub use ebpf_logs::{EbpfLogPrinter, init_event_output};
+pub use load::load_ebpf;
+pub use options::Options;
+pub use report::Report;
+pub use stop::{READY_LINE, StopReason, detach};

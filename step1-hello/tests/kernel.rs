@@ -1,0 +1,237 @@
+//! Lesson 1 against the real kernel: start the step binary, make our own `listen()` calls, read what it
+//! prints, stop it, and check through the bpf syscall that nothing stayed loaded.
+//!
+//! Other processes on the machine may call `listen()` too, so we count at least one `Hello World!` per
+//! own call, never exactly.
+
+use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
+
+use common::{
+    testing::{
+        Stream, TracedStep, assert_program_loaded, assert_program_unloaded, kernel_tests_can_run,
+    },
+    trigger,
+};
+use nix::sys::signal::Signal;
+
+const STEP: &str = env!("CARGO_BIN_EXE_step1-hello");
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+fn is_hello(line: &str) -> bool {
+    line.ends_with(" Hello World!")
+}
+
+/// Makes `count` real `listen()` calls on ports of our own, then checks a hello for each.
+fn expect_hello_for_own_listens(step: &mut TracedStep, count: usize) {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 3).unwrap())
+        .collect();
+    let hellos = step.expect_events(count, is_hello);
+    assert_eq!(hellos.len(), count);
+    drop(listeners);
+}
+
+/// Stops `step` with `signal` and checks the clean exit: status 0, the summary, nothing left loaded.
+fn stop_cleanly(step: TracedStep, signal: Signal, summary: &str) {
+    let program_id = step.program_id();
+    let finished = step.stop(signal);
+    assert!(
+        finished.status.success(),
+        "exit status {}:\n{}",
+        finished.status,
+        finished.stderr()
+    );
+    assert!(
+        finished.stderr().contains(summary),
+        "no `{summary}` in:\n{}",
+        finished.stderr()
+    );
+    assert_program_unloaded(program_id);
+}
+
+#[test]
+fn the_tracepoint_says_hello_for_every_listen() {
+    if !kernel_tests_can_run("the_tracepoint_says_hello_for_every_listen") {
+        return;
+    }
+    let mut step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
+    assert_program_loaded(step.program_id());
+    expect_hello_for_own_listens(&mut step, 3);
+    stop_cleanly(
+        step,
+        Signal::SIGINT,
+        "stopped by Ctrl-C (SIGINT): detached from the tracepoint",
+    );
+}
+
+#[test]
+fn auto_attaches_the_first_path_this_kernel_accepts() {
+    if !kernel_tests_can_run("auto_attaches_the_first_path_this_kernel_accepts") {
+        return;
+    }
+    let mut step = TracedStep::start(STEP, &[]);
+    let attach_lines: Vec<_> = step
+        .output
+        .iter()
+        .filter(|(stream, line)| *stream == Stream::Stderr && line.contains("inet"))
+        .map(|(_, line)| line.clone())
+        .collect();
+    if Path::new(KPROBE_PMU).exists() {
+        // The article's path, first in line, must win where the kernel has kprobes.
+        assert!(
+            attach_lines[0].starts_with("kprobe inet_listen(): attached"),
+            "{attach_lines:#?}"
+        );
+    } else {
+        assert!(
+            attach_lines[0].starts_with(
+                "kprobe inet_listen(): not available: kprobes are not available on this kernel (CONFIG_KPROBES is off)"
+            ),
+            "{attach_lines:#?}"
+        );
+        assert!(
+            attach_lines[1].starts_with("fentry inet_listen(): "),
+            "{attach_lines:#?}"
+        );
+        assert!(
+            attach_lines
+                .last()
+                .unwrap()
+                .contains(": attached (program listen_"),
+            "{attach_lines:#?}"
+        );
+    }
+    expect_hello_for_own_listens(&mut step, 2);
+    stop_cleanly(
+        step,
+        Signal::SIGTERM,
+        "stopped by SIGTERM: detached from the",
+    );
+}
+
+#[test]
+fn an_explicit_kprobe_says_hello_or_names_the_missing_config() {
+    if !kernel_tests_can_run("an_explicit_kprobe_says_hello_or_names_the_missing_config") {
+        return;
+    }
+    if Path::new(KPROBE_PMU).exists() {
+        let mut step = TracedStep::start(STEP, &["--attach", "kprobe"]);
+        expect_hello_for_own_listens(&mut step, 2);
+        stop_cleanly(
+            step,
+            Signal::SIGINT,
+            "detached from the kprobe inet_listen()",
+        );
+        return;
+    }
+    let finished = TracedStep::spawn(STEP, &["--attach", "kprobe"]).wait(Duration::from_secs(10));
+    let stderr = finished.stderr();
+    assert_eq!(finished.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot attach the kprobe inet_listen(): kprobes are not available on this kernel (CONFIG_KPROBES is off)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`--attach auto` tries the other paths"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_explicit_fentry_says_hello_or_says_why_not() {
+    if !kernel_tests_can_run("an_explicit_fentry_says_hello_or_says_why_not") {
+        return;
+    }
+    let mut step = TracedStep::spawn(STEP, &["--attach", "fentry"]);
+    let attach_line = step
+        .wait_for_line(
+            Stream::Stderr,
+            |line| line.starts_with("fentry inet_listen(): "),
+            Duration::from_secs(20),
+        )
+        .expect("a line about the fentry path");
+    if attach_line.starts_with("fentry inet_listen(): attached") {
+        step.wait_for_line(
+            Stream::Stderr,
+            |line| line.starts_with("Ready:"),
+            Duration::from_secs(10),
+        )
+        .expect("ready after attaching");
+        expect_hello_for_own_listens(&mut step, 2);
+        stop_cleanly(
+            step,
+            Signal::SIGINT,
+            "detached from the fentry inet_listen()",
+        );
+        return;
+    }
+    let finished = step.wait(Duration::from_secs(10));
+    let stderr = finished.stderr();
+    assert_eq!(finished.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot attach the fentry inet_listen(): "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn duration_ends_the_run_cleanly() {
+    if !kernel_tests_can_run("duration_ends_the_run_cleanly") {
+        return;
+    }
+    let step = TracedStep::start(STEP, &["--attach", "tracepoint", "--duration", "1"]);
+    let program_id = step.program_id();
+    let finished = step.wait(Duration::from_secs(10));
+    assert!(finished.status.success(), "{}", finished.stderr());
+    assert!(
+        finished.stderr().contains("stopped after 1s (--duration)"),
+        "{}",
+        finished.stderr()
+    );
+    assert_program_unloaded(program_id);
+}
+
+#[test]
+fn without_privileges_it_says_what_is_needed() {
+    if !kernel_tests_can_run("without_privileges_it_says_what_is_needed") {
+        return;
+    }
+    // Drop to `nobody`, with no capabilities left, as a learner without sudo would run it.
+    let finished = TracedStep::spawn_command(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--",
+            ])
+            .arg(STEP),
+    )
+    .wait(Duration::from_secs(10));
+    let stderr = finished.stderr();
+    assert_eq!(finished.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sudo"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error() {
+    let finished = TracedStep::spawn(STEP, &["--attach", "uprobe"]).wait(Duration::from_secs(10));
+    assert_eq!(finished.status.code(), Some(2));
+    assert!(
+        finished
+            .stderr()
+            .contains("invalid value 'uprobe' for '--attach <ATTACH>'"),
+        "{}",
+        finished.stderr()
+    );
+}

@@ -1,0 +1,162 @@
+//! The lessons, in order, and how to build and run their step binaries.
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    pinned::{Toolchain, run_step, target_dir},
+    workspace_root,
+};
+
+/// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lesson {
+    pub number: u8,
+    pub package: &'static str,
+    pub title: &'static str,
+}
+
+pub const LESSONS: [Lesson; 4] = [
+    Lesson {
+        number: 1,
+        package: "step1-hello",
+        title: "Hello World! on every listen()",
+    },
+    Lesson {
+        number: 2,
+        package: "step2-backlog",
+        title: "+ the backlog",
+    },
+    Lesson {
+        number: 3,
+        package: "step3-addr-port",
+        title: "+ the bound address and port",
+    },
+    Lesson {
+        number: 4,
+        package: "step4-netns-perf",
+        title: "+ the network namespace, through a perf buffer",
+    },
+];
+
+impl Lesson {
+    fn is_present(&self) -> bool {
+        workspace_root()
+            .join(self.package)
+            .join("Cargo.toml")
+            .exists()
+    }
+}
+
+/// The lesson with this number, or an error that lists the lessons.
+pub fn find(number: u8) -> anyhow::Result<&'static Lesson> {
+    match LESSONS.iter().find(|lesson| lesson.number == number) {
+        Some(lesson) if lesson.is_present() => Ok(lesson),
+        Some(lesson) => bail!(
+            "lesson {number} ({}) is not in this checkout yet\n{}",
+            lesson.package,
+            lesson_list()
+        ),
+        None => bail!("there is no lesson {number}\n{}", lesson_list()),
+    }
+}
+
+/// The lessons whose step folder exists.
+pub fn present() -> anyhow::Result<Vec<&'static Lesson>> {
+    Ok(LESSONS
+        .iter()
+        .filter(|lesson| lesson.is_present())
+        .collect())
+}
+
+fn lesson_list() -> String {
+    let mut list = String::from("the lessons (`cargo xtask run step N`):");
+    for lesson in &LESSONS {
+        let missing = if lesson.is_present() {
+            ""
+        } else {
+            " (not in this checkout yet)"
+        };
+        list += &format!(
+            "\n  {}  {:<17} {}{missing}",
+            lesson.number, lesson.package, lesson.title
+        );
+    }
+    list
+}
+
+/// Builds the step binaries (and, through their build.rs, their eBPF programs).
+pub fn build(toolchain: &Toolchain, lessons: &[&Lesson]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release"];
+    for lesson in lessons {
+        args.extend(["--package", lesson.package]);
+    }
+    let names: Vec<_> = lessons.iter().map(|lesson| lesson.package).collect();
+    run_step(
+        &format!("build {}", names.join(", ")),
+        &mut toolchain.cargo(&args),
+    )
+}
+
+/// Replaces this process with the step binary, through sudo when we are not root, so that Ctrl-C and
+/// SIGTERM reach the step itself.
+pub fn exec(lesson: &Lesson, args: &[String]) -> anyhow::Result<()> {
+    let binary = target_dir().join("release").join(lesson.package);
+    let mut command = if nix::unistd::geteuid().is_root() || !has_sudo() {
+        Command::new(&binary)
+    } else {
+        eprintln!(
+            "    not root: running it with sudo (eBPF needs root, or CAP_BPF and CAP_PERFMON)"
+        );
+        let mut sudo = Command::new("sudo");
+        sudo.arg("--preserve-env=RUST_LOG").arg(&binary);
+        sudo
+    };
+    command.args(args);
+    eprintln!(
+        "==> lesson {}: {} {}",
+        lesson.number,
+        binary.display(),
+        args.join(" ")
+    );
+    let error = command.exec();
+    Err(error).with_context(|| format!("cannot run {}", binary.display()))
+}
+
+fn has_sudo() -> bool {
+    Command::new("sudo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lessons_are_numbered_in_order() {
+        for (index, lesson) in LESSONS.iter().enumerate() {
+            assert_eq!(usize::from(lesson.number), index + 1);
+            assert!(
+                lesson
+                    .package
+                    .starts_with(&format!("step{}-", lesson.number))
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_lesson_number_lists_the_lessons() {
+        let message = find(9).unwrap_err().to_string();
+        assert!(
+            message.starts_with("there is no lesson 9\nthe lessons"),
+            "{message}"
+        );
+        for lesson in &LESSONS {
+            assert!(message.contains(lesson.package), "{message}");
+        }
+        assert_eq!(find(1).unwrap().package, "step1-hello");
+    }
+}

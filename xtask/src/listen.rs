@@ -1,0 +1,47 @@
+//! `cargo xtask listen`: a listening socket on demand, held until Ctrl-C.
+
+use std::net::IpAddr;
+
+use common::trigger;
+
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// The TCP port (0 lets the kernel pick a free one)
+    port: u16,
+    /// The backlog passed to listen(); `nc -l` uses 1
+    #[arg(long, default_value_t = 1, value_parser = parse_backlog)]
+    backlog: i32,
+    /// The address to bind: IPv4 or IPv6 (0.0.0.0 and :: mean every address)
+    #[arg(long, default_value = "0.0.0.0", value_parser = trigger::parse_ip)]
+    addr: IpAddr,
+    /// Listen inside a new network namespace (needs root), as a container would
+    #[arg(long)]
+    netns: bool,
+}
+
+fn parse_backlog(text: &str) -> Result<i32, String> {
+    let backlog = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    trigger::check_backlog(backlog).map_err(|error| error.to_string())
+}
+
+pub fn run(args: &ListenArgs) -> anyhow::Result<()> {
+    let netns = if args.netns {
+        trigger::enter_new_netns()?
+    } else {
+        trigger::netns_inode()?
+    };
+    let listener = trigger::listen((args.addr, args.port).into(), args.backlog)?;
+    println!(
+        "listening on {} with backlog {} (pid {}, network namespace net:[{netns}]{}); Ctrl-C to stop",
+        listener.local_addr,
+        args.backlog,
+        std::process::id(),
+        if args.netns { ", new" } else { "" },
+    );
+    // Hold the socket; Ctrl-C ends the process, and the kernel closes it.
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,126 @@
+//! `cargo xtask`: everything around the normal `cargo build`, for learners and teachers.
+//!
+//! xtask itself is built by whatever toolchain `cargo` starts with; it installs the pinned toolchain
+//! (see `common::PINNED_RUST`) and drives every other build with it.
+
+mod lessons;
+mod listen;
+mod pinned;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test the listen-trace lessons"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what this machine lacks: the pinned Rust toolchain, bpf-linker (idempotent)
+    Setup,
+    /// Build every lesson (set-up first)
+    Build,
+    /// Build and run a lesson (set-up first), for example `cargo xtask run step 1 -- --attach tracepoint`
+    Run {
+        #[command(subcommand)]
+        what: RunWhat,
+    },
+    /// Run the checks and tests: formatting, clippy, unit tests, kernel tests (set-up first)
+    Test,
+    /// Listen on a TCP port until Ctrl-C, to give the lessons something to see
+    Listen(listen::ListenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RunWhat {
+    /// A lesson's step binary; arguments after `--` go to it (try `-- --help`)
+    Step {
+        /// The lesson number
+        #[arg(value_name = "N")]
+        number: u8,
+        /// Arguments for the step binary
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with every cause, and no backtrace even under RUST_BACKTRACE: these are
+            // messages for people.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Setup => setup::run().map(drop),
+        Command::Build => {
+            let toolchain = setup::run()?;
+            lessons::build(&toolchain, &lessons::present()?)
+        }
+        Command::Run {
+            what: RunWhat::Step { number, args },
+        } => {
+            let lesson = lessons::find(number)?;
+            let toolchain = setup::run()?;
+            lessons::build(&toolchain, &[lesson])?;
+            lessons::exec(lesson, &args)
+        }
+        Command::Test => test::run(),
+        Command::Listen(args) => listen::run(&args),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent folder")
+        .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_step_passes_what_follows_the_double_dash() {
+        let cli =
+            Cli::try_parse_from(["xtask", "run", "step", "1", "--", "--attach", "kprobe"]).unwrap();
+        let Command::Run {
+            what: RunWhat::Step { number, args },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(number, 1);
+        assert_eq!(args, ["--attach", "kprobe"]);
+        assert!(Cli::try_parse_from(["xtask", "run", "step", "one"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "frobnicate"]).is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! `cargo xtask setup`: install what a fresh machine lacks, and nothing else. Every check is cheap, so
+//! `run` and `test` call it first and a ready machine pays well under a second.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use common::{BPF_LINKER, PINNED_RUST};
+
+use crate::{
+    pinned::{Toolchain, run_step},
+    workspace_root,
+};
+
+/// The bpf-linker release we build; its `llvm-NN` feature must match the pinned rustc's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// What the pinned toolchain must include: `rust-src` to build `core` for the BPF target, and the
+/// tools that `cargo xtask test` runs.
+const COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+
+pub fn run() -> anyhow::Result<Toolchain> {
+    let started = Instant::now();
+    eprintln!("==> setup: Rust {PINNED_RUST}, bpf-linker {BPF_LINKER_VERSION}");
+    let toolchain = Toolchain::pinned();
+    ensure_toolchain(&toolchain)?;
+    ensure_bpf_linker(&toolchain)?;
+    eprintln!(
+        "    [3/3] tracefs: not needed (the kprobe attaches through perf, the tracepoint is a raw tracepoint)"
+    );
+    eprintln!(
+        "    setup: done in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(toolchain)
+}
+
+fn ensure_toolchain(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let name = toolchain.name;
+    let installed = rustup(&["toolchain", "list"])?;
+    if !installed
+        .lines()
+        .any(|line| line.starts_with(&format!("{name}-")))
+    {
+        eprintln!("    [1/3] Rust {name}: not installed; installing it with rustup (about 100 MB)");
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", name, "--profile", "minimal"]);
+        for component in COMPONENTS {
+            install.args(["--component", component]);
+        }
+        return run_step(&format!("rustup toolchain install {name}"), &mut install);
+    }
+    let components = rustup(&["component", "list", "--installed", "--toolchain", name])?;
+    let missing: Vec<_> = COMPONENTS
+        .into_iter()
+        .filter(|component| !components.lines().any(|line| line.starts_with(component)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "    [1/3] Rust {name} with {}: installed",
+            COMPONENTS.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!("    [1/3] Rust {name}: adding {}", missing.join(", "));
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", "--toolchain", name])
+        .args(&missing);
+    run_step(
+        &format!("rustup component add {}", missing.join(" ")),
+        &mut add,
+    )
+}
+
+/// The stdout of a rustup command, with a clear error when rustup is not there.
+fn rustup(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("rustup").args(args).output().map_err(|error| {
+        anyhow::anyhow!(
+            "cannot run rustup ({error}): install Rust with rustup (https://rustup.rs), which the \
+             lessons use to pin Rust {PINNED_RUST}"
+        )
+    })?;
+    if !output.status.success() {
+        bail!(
+            "`rustup {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The bpf-linker of this workspace: `.tools/bin/bpf-linker`, with a stamp saying what it was built for.
+struct BpfLinker {
+    tools: PathBuf,
+}
+
+impl BpfLinker {
+    fn new() -> Self {
+        Self {
+            tools: workspace_root().join(".tools"),
+        }
+    }
+    fn binary(&self) -> PathBuf {
+        workspace_root().join(BPF_LINKER)
+    }
+    fn stamp(&self) -> PathBuf {
+        self.tools.join("bpf-linker.stamp")
+    }
+    /// What the stamp must say for the installed bpf-linker to fit the pinned toolchain.
+    fn wanted(toolchain: &Toolchain) -> String {
+        format!(
+            "bpf-linker {BPF_LINKER_VERSION} for Rust {}",
+            toolchain.name
+        )
+    }
+    /// Installed, built for this toolchain, and still able to start (its libLLVM is still there).
+    fn is_ready(&self, toolchain: &Toolchain) -> bool {
+        let stamp = fs::read_to_string(self.stamp()).unwrap_or_default();
+        stamp.lines().next() == Some(Self::wanted(toolchain).as_str())
+            && Command::new(self.binary())
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+    }
+}
+
+fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let linker = BpfLinker::new();
+    if linker.is_ready(toolchain) {
+        eprintln!("    [2/3] bpf-linker {BPF_LINKER_VERSION}: installed in .tools/bin");
+        return Ok(());
+    }
+    let llvm = find_llvm(toolchain, &linker.tools)?;
+    eprintln!(
+        "    [2/3] bpf-linker {BPF_LINKER_VERSION}: building it against LLVM {} ({}); about a minute",
+        llvm.major, llvm.source
+    );
+    if Command::new("cc").arg("--version").output().is_err() {
+        bail!(
+            "a C compiler (`cc`) is needed to link bpf-linker: install gcc (Debian/Ubuntu: `apt-get install gcc`)"
+        );
+    }
+    let feature = format!("llvm-{}", llvm.major);
+    let mut install = toolchain.cargo(&[
+        "install",
+        "bpf-linker",
+        "--version",
+        &format!("={BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        &feature,
+        "--root",
+    ]);
+    // With its folder on PATH, cargo does not suggest adding it: the linker is found through
+    // `.cargo/config.toml`, not through PATH.
+    let path = std::env::join_paths(std::iter::once(linker.tools.join("bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    install
+        .arg(&linker.tools)
+        .env("PATH", path)
+        .env("LLVM_PREFIX", &llvm.prefix)
+        .env(
+            "CARGO_TARGET_DIR",
+            crate::pinned::target_dir().join("bpf-linker-build"),
+        );
+    run_step("cargo install bpf-linker", &mut install)?;
+    fs::write(
+        linker.stamp(),
+        format!(
+            "{}\nLLVM {} from {}\n",
+            BpfLinker::wanted(toolchain),
+            llvm.major,
+            llvm.source
+        ),
+    )?;
+    if !linker.is_ready(toolchain) {
+        bail!(
+            "bpf-linker was built but does not start: {}",
+            linker.binary().display()
+        );
+    }
+    Ok(())
+}
+
+/// An LLVM to build bpf-linker against: a prefix whose `lib/` holds `libLLVM.so`.
+struct Llvm {
+    major: u32,
+    prefix: PathBuf,
+    source: String,
+}
+
+/// Prefers the libLLVM inside the pinned toolchain (exactly rustc's LLVM, nothing to install), then a
+/// system LLVM of the same major version, installed with apt when possible.
+fn find_llvm(toolchain: &Toolchain, tools: &Path) -> anyhow::Result<Llvm> {
+    let version = rustup(&["run", toolchain.name, "rustc", "--version", "--verbose"])?;
+    let major = llvm_major(&version).context("rustc does not say which LLVM it uses")?;
+
+    let sysroot = rustup(&["run", toolchain.name, "rustc", "--print", "sysroot"])?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    if let Some(libllvm) = find_libllvm(&sysroot_lib)? {
+        // bpf-linker links `-lLLVM` from `$LLVM_PREFIX/lib` and records that folder as its rpath, so
+        // the folder needs the link-time name and the library's own soname.
+        let prefix = tools.join("llvm");
+        let lib = prefix.join("lib");
+        fs::create_dir_all(&lib)?;
+        for name in [
+            Path::new("libLLVM.so"),
+            Path::new(libllvm.file_name().unwrap()),
+        ] {
+            let link = lib.join(name);
+            let _ = fs::remove_file(&link);
+            symlink(&libllvm, &link)
+                .with_context(|| format!("cannot create {}", link.display()))?;
+        }
+        return Ok(Llvm {
+            major,
+            prefix,
+            source: format!("the libLLVM of Rust {}", toolchain.name),
+        });
+    }
+
+    let system = PathBuf::from(format!("/usr/lib/llvm-{major}"));
+    if !system.join("lib/libLLVM.so").exists() {
+        let package = format!("llvm-{major}-dev");
+        if Command::new("apt-get").arg("--version").output().is_err() {
+            bail!(
+                "no LLVM {major} to build bpf-linker against: Rust {} has no libLLVM in {}, and this \
+                 system has no apt-get. Install LLVM {major} with its development files (for example \
+                 `dnf install llvm{major}-devel` or `pacman -S llvm`) and run `LLVM_PREFIX=<its prefix> \
+                 cargo xtask setup`",
+                toolchain.name,
+                sysroot_lib.display()
+            );
+        }
+        run_step(
+            &format!("apt-get install {package}"),
+            Command::new("apt-get").args(["install", "-y", &package]),
+        )?;
+    }
+    Ok(Llvm {
+        major,
+        prefix: system,
+        source: format!("Debian's llvm-{major}-dev"),
+    })
+}
+
+/// `LLVM version: 22.1.8` in `rustc -vV` gives 22.
+fn llvm_major(rustc_version: &str) -> Option<u32> {
+    rustc_version.lines().find_map(|line| {
+        line.strip_prefix("LLVM version: ")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The versioned libLLVM shared object in a toolchain's `lib/` (for example
+/// `libLLVM.so.22.1-rust-1.98.0-stable`).
+fn find_libllvm(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("libLLVM.so."))
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_llvm_major_version_from_rustc() {
+        let version = "rustc 1.98.0 (88d9e12ae 2026-08-18)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.98.0\nLLVM version: 22.1.8\n";
+        assert_eq!(llvm_major(version), Some(22));
+        assert_eq!(llvm_major("rustc 1.98.0"), None);
+    }
+
+    #[test]
+    fn the_stamp_names_the_linker_and_the_toolchain() {
+        assert_eq!(
+            BpfLinker::wanted(&Toolchain::pinned()),
+            format!("bpf-linker 0.13.0 for Rust {PINNED_RUST}")
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask test`: the README's test command. Each phase prints its duration.
+
+use std::time::Instant;
+
+use crate::{
+    lessons,
+    pinned::{Toolchain, run_step},
+    setup,
+};
+
+/// The BPF target the eBPF crates are built for (little-endian, as on x86-64 and arm64).
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let toolchain = setup::run()?;
+    let steps = lessons::present()?;
+    let ebpf_crates: Vec<String> = steps
+        .iter()
+        .map(|lesson| format!("{}-ebpf", lesson.package))
+        .collect();
+
+    run_step(
+        "format check (cargo fmt --check)",
+        &mut toolchain.cargo(&["fmt", "--all", "--check"]),
+    )?;
+
+    let mut host = vec![
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+    ];
+    for ebpf in &ebpf_crates {
+        host.extend(["--exclude", ebpf.as_str()]);
+    }
+    host.extend(["--", "-D", "warnings"]);
+    run_step("clippy, host crates", &mut toolchain.cargo(&host))?;
+
+    run_step(
+        "clippy, eBPF crates",
+        &mut clippy_ebpf(&toolchain, &ebpf_crates),
+    )?;
+
+    let mut test = vec!["test", "--release", "--workspace"];
+    for ebpf in &ebpf_crates {
+        test.extend(["--exclude", ebpf.as_str()]);
+    }
+    run_step(
+        "unit and kernel tests (cargo test)",
+        &mut toolchain.cargo(&test),
+    )?;
+
+    eprintln!(
+        "==> all checks passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Clippy on the kernel side, for the BPF target, as aya-build compiles it.
+fn clippy_ebpf(toolchain: &Toolchain, ebpf_crates: &[String]) -> std::process::Command {
+    let mut args = vec![
+        "clippy",
+        "--release",
+        "--target",
+        BPF_TARGET,
+        "-Z",
+        "build-std=core",
+    ];
+    for ebpf in ebpf_crates {
+        args.extend(["--package", ebpf.as_str()]);
+    }
+    args.extend(["--", "-D", "warnings"]);
+    let mut command = toolchain.cargo(&args);
+    command.env("RUSTC_BOOTSTRAP", "1"); // -Z build-std on a stable toolchain
+    command
+}
