@@ -18,6 +18,17 @@ pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
         .parent()
         .context("no workspace root")?;
 
+    let pinned_rust_works = std::process::Command::new("rustup")
+        .args(["run", PINNED_RUST, "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !pinned_rust_works {
+        bail!(
+            "the eBPF programs are built with Rust {PINNED_RUST}, which is not installed: run \
+             `cargo xtask setup` (or `rustup toolchain install {PINNED_RUST} --component rust-src`)"
+        );
+    }
+
     let bpf_linker = workspace.join(BPF_LINKER);
     if !bpf_linker.exists() {
         bail!(
