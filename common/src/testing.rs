@@ -35,6 +35,14 @@ pub fn kernel_tests_can_run(test: &str) -> bool {
     false
 }
 
+/// Whether this kernel must accept the attach path `path` (`kprobe`, `fentry` or `tracepoint`).
+/// `cargo xtask vm-test` knows which paths each guest kernel offers and lists them in
+/// `LISTEN_TRACE_EXPECT_ATTACH`; elsewhere only the kernel can tell, and a clear refusal is fine.
+pub fn attach_must_work(path: &str) -> bool {
+    std::env::var("LISTEN_TRACE_EXPECT_ATTACH")
+        .is_ok_and(|paths| paths.split(',').any(|p| p == path))
+}
+
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -156,6 +164,11 @@ impl TracedStep {
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.lines.recv_timeout(left) {
                 Ok((from, line)) => {
+                    // The step's status lines, for the test's output (shown on failure, and with
+                    // `--nocapture`, as `cargo xtask vm-test` runs the tests).
+                    if from == Stream::Stderr {
+                        eprintln!("  | {line}");
+                    }
                     self.output.push((from, line.clone()));
                     if from == stream && wanted(&line) {
                         return Some(line);

@@ -70,6 +70,15 @@ pub fn present() -> anyhow::Result<Vec<&'static Lesson>> {
         .collect())
 }
 
+/// The eBPF crates of the present lessons: built for the BPF target only, so every host-side cargo
+/// command leaves them out.
+pub fn ebpf_crates() -> anyhow::Result<Vec<String>> {
+    Ok(present()?
+        .iter()
+        .map(|lesson| format!("{}-ebpf", lesson.package))
+        .collect())
+}
+
 fn lesson_list() -> String {
     let mut list = String::from("the lessons (`cargo xtask run step N`):");
     for lesson in &LESSONS {

@@ -8,6 +8,7 @@ mod listen;
 mod pinned;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,8 +39,10 @@ enum Command {
         #[command(subcommand)]
         what: RunWhat,
     },
-    /// Run the checks and tests: formatting, clippy, unit tests, kernel tests (set-up first)
+    /// Run the checks and tests: formatting, clippy, unit tests, kernel tests here and in VMs
     Test,
+    /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm.rs` for the list)
+    VmTest(vm::VmTestArgs),
     /// Listen on a TCP port until Ctrl-C, to give the lessons something to see
     Listen(listen::ListenArgs),
 }
@@ -85,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             lessons::exec(lesson, &args)
         }
         Command::Test => test::run(),
+        Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Listen(args) => listen::run(&args),
     }
 }

@@ -26,14 +26,15 @@ impl Toolchain {
         Self { name: PINNED_RUST }
     }
 
-    /// `cargo ARGS` in the workspace root, with this toolchain. The variables that the outer `cargo`
-    /// (the one running xtask) set for us would otherwise leak into the inner builds.
+    /// `cargo +TOOLCHAIN ARGS` in the workspace root. The variables that the outer `cargo` (the one
+    /// running xtask) set for us would otherwise leak into the inner builds.
     pub fn cargo(&self, args: &[&str]) -> Command {
         let mut command = Command::new("cargo");
         command
+            .arg(format!("+{}", self.name))
             .args(args)
             .current_dir(workspace_root())
-            .env("RUSTUP_TOOLCHAIN", self.name)
+            .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")
             .env_remove("RUSTC")
             .env_remove("RUSTDOC")

@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::{
     lessons,
     pinned::{Toolchain, run_step},
-    setup,
+    setup, vm,
 };
 
 /// The BPF target the eBPF crates are built for (little-endian, as on x86-64 and arm64).
@@ -51,6 +51,9 @@ pub fn run() -> anyhow::Result<()> {
         "unit and kernel tests (cargo test)",
         &mut toolchain.cargo(&test),
     )?;
+
+    // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
+    vm::run(&toolchain, &vm::VmTestArgs::default())?;
 
     eprintln!(
         "==> all checks passed in {:.1} s",

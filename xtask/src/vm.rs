@@ -1,0 +1,663 @@
+//! `cargo xtask vm-test`: the kernel tests of every step, run again inside other kernels under qemu.
+//!
+//! One kernel cannot prove the lessons: this one may lack kprobes or refuse fentry, and its struct
+//! layouts are only its own. So we boot real distribution kernels (a table below, one line per
+//! kernel) with an initramfs that holds the very test binaries `cargo test` built, their step
+//! binaries and busybox, and run every kernel test there, one at a time, with a time limit each.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::BufReader,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use cargo_metadata::{Artifact, Message, TargetKind};
+
+use crate::pinned::{Toolchain, run_step, target_dir};
+
+/// A distribution kernel to test in: a Debian package that `apt-get download` fetches (nothing is
+/// installed on the host), and the attach paths it must accept.
+#[derive(Debug)]
+pub struct GuestKernel {
+    pub package: &'static str,
+    pub about: &'static str,
+    /// Every path listed here must attach in this kernel; the tests read the list from
+    /// `LISTEN_TRACE_EXPECT_ATTACH` and fail if one does not.
+    pub attach_paths: &'static str,
+}
+
+/// The kernels `vm-test` boots. Adding a kernel is one line.
+pub const GUEST_KERNELS: &[GuestKernel] = &[GuestKernel {
+    package: "linux-image-6.1.0-56-cloud-amd64",
+    about: "Debian 12 (bookworm) stock cloud kernel",
+    attach_paths: "kprobe,fentry,tracepoint",
+}];
+
+/// How long one test may run inside the guest (TCG emulation is slow).
+const CASE_LIMIT_SECS: u64 = 120;
+/// How long the guest may take to boot and to power off, on top of its cases.
+const BOOT_LIMIT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when it really works on this machine, else TCG
+    Auto,
+    /// Hardware virtualisation
+    Kvm,
+    /// Software emulation: slower, works everywhere
+    Tcg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VmTestArgs {
+    /// How qemu runs the guests
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Run only the tests whose name contains this text
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self {
+            accel: Accel::Auto,
+            filter: None,
+        }
+    }
+}
+
+/// One kernel-test binary of a step, and the tests it holds.
+#[derive(Debug)]
+struct KernelTests {
+    step: String,
+    executable: PathBuf,
+    cases: Vec<String>,
+}
+
+pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_host_tools()?;
+    let tests = build_kernel_tests(toolchain, args.filter.as_deref())?;
+    let case_count: usize = tests.iter().map(|tests| tests.cases.len()).sum();
+    if case_count == 0 {
+        bail!("no kernel test matches the filter {:?}", args.filter);
+    }
+    let vm_dir = target_dir().join("vm");
+    let mut failures = Vec::new();
+    for kernel in GUEST_KERNELS {
+        let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
+        let accel = choose_accel(args.accel, &vmlinuz, &vm_dir)?;
+        let initramfs = build_initramfs(kernel, &tests, &vm_dir.join(kernel.package))?;
+        let results = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
+        failures.extend(
+            results
+                .into_iter()
+                .filter(|result| !result.passed)
+                .map(|result| result.name),
+        );
+    }
+    let total = case_count * GUEST_KERNELS.len();
+    eprintln!(
+        "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s",
+        total - failures.len(),
+        failures.len(),
+        GUEST_KERNELS.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!("vm-test failed: {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+/// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing.
+fn ensure_host_tools() -> anyhow::Result<()> {
+    let missing: Vec<_> = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+    ]
+    .into_iter()
+    .filter(|(command, _)| which(command).is_none())
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if which("apt-get").is_none() {
+        bail!(
+            "vm-test needs {}: install them with your package manager (the commands qemu-system-x86_64, \
+             busybox and cpio)",
+            missing.join(", ")
+        );
+    }
+    eprintln!(
+        "    vm-test needs {}: installing with apt-get",
+        missing.join(", ")
+    );
+    apt_get(
+        &[
+            &["install", "-y", "-q", "--no-install-recommends"],
+            missing.as_slice(),
+        ]
+        .concat(),
+    )
+}
+
+/// Runs apt-get, refreshing the package lists once if the first try fails (a fresh machine has none).
+fn apt_get(args: &[&str]) -> anyhow::Result<()> {
+    let what = format!("apt-get {}", args.join(" "));
+    if run_step(&what, Command::new("apt-get").args(args)).is_ok() {
+        return Ok(());
+    }
+    run_step("apt-get update", Command::new("apt-get").arg("update"))?;
+    run_step(&what, Command::new("apt-get").args(args))
+}
+
+fn which(command: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(command))
+        .find(|path| path.is_file())
+}
+
+/// Builds the kernel tests of every step (`tests/kernel.rs`) as `cargo test` does, and lists their
+/// cases.
+fn build_kernel_tests(
+    toolchain: &Toolchain,
+    filter: Option<&str>,
+) -> anyhow::Result<Vec<KernelTests>> {
+    let mut args = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ];
+    let ebpf_crates = crate::lessons::ebpf_crates()?;
+    for ebpf in &ebpf_crates {
+        args.extend(["--exclude", ebpf.as_str()]);
+    }
+    eprintln!("==> vm-test: build the kernel tests");
+    let mut cargo = toolchain
+        .cargo(&args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo")?;
+    let mut tests = Vec::new();
+    for message in Message::parse_stream(BufReader::new(cargo.stdout.take().unwrap())) {
+        if let Message::CompilerArtifact(Artifact {
+            target,
+            executable: Some(executable),
+            ..
+        }) = message?
+        {
+            let is_kernel_test = target.kind.contains(&TargetKind::Test) && target.name == "kernel";
+            let step = target
+                .src_path
+                .parent()
+                .and_then(|tests| tests.parent())
+                .and_then(|step| step.file_name());
+            if let (true, Some(step)) = (is_kernel_test, step) {
+                tests.push(KernelTests {
+                    step: step.to_string(),
+                    executable: executable.into(),
+                    cases: Vec::new(),
+                });
+            }
+        }
+    }
+    if !cargo.wait()?.success() {
+        bail!("building the kernel tests failed");
+    }
+    for test in &mut tests {
+        let list = Command::new(&test.executable)
+            .args(["--list", "--format", "terse"])
+            .output()?;
+        test.cases = String::from_utf8(list.stdout)?
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .filter(|name| filter.is_none_or(|filter| name.contains(filter)))
+            .map(String::from)
+            .collect();
+    }
+    Ok(tests)
+}
+
+/// The kernel image of `kernel`'s package, downloaded and unpacked once into `target/vm/`.
+fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = vm_dir.join(kernel.package);
+    let unpacked = dir.join("root");
+    if let Some(vmlinuz) = find_vmlinuz(&unpacked)? {
+        return Ok(vmlinuz);
+    }
+    if which("apt-get").is_none() || which("dpkg").is_none() {
+        bail!(
+            "vm-test fetches Debian kernel packages with apt-get and dpkg, which this machine lacks"
+        );
+    }
+    fs::create_dir_all(&dir)?;
+    let download = |dir: &Path| {
+        Command::new("apt-get")
+            .args([
+                "download",
+                "-q",
+                "-o",
+                "APT::Sandbox::User=root",
+                kernel.package,
+            ])
+            .current_dir(dir)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    eprintln!("==> vm-test: fetch {} ({})", kernel.package, kernel.about);
+    if !download(&dir) {
+        run_step("apt-get update", Command::new("apt-get").arg("update"))?;
+        if !download(&dir) {
+            bail!("cannot download {} with apt-get", kernel.package);
+        }
+    }
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no .deb")?;
+    run_step(
+        "unpack the kernel package",
+        Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked),
+    )?;
+    fs::remove_file(&deb)?;
+    find_vmlinuz(&unpacked)?.with_context(|| format!("no boot/vmlinuz-* in {}", kernel.package))
+}
+
+fn find_vmlinuz(root: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(root.join("boot")) else {
+        return Ok(None);
+    };
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("vmlinuz-"))
+        }))
+}
+
+/// The guest's `/init`: mount what the tests need, run each case with a time limit, power off.
+/// Results go to the second serial port, apart from the kernel's messages on the first.
+fn init_script(kernel: &GuestKernel) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin CI=1 RUST_BACKTRACE=0 LISTEN_TRACE_EXPECT_ATTACH={attach_paths}
+mkdir -p /proc /sys /dev /tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+exec >/dev/ttyS1 2>&1
+echo "GUEST-UP $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
+while read -r step binary name; do
+  echo "CASE-START $step $name"
+  start=$(cut -d' ' -f1 /proc/uptime)
+  timeout {CASE_LIMIT_SECS} "$binary" --exact "$name" --test-threads=1 --nocapture
+  status=$?
+  echo "CASE-END $step $name $status $start $(cut -d' ' -f1 /proc/uptime)"
+done < /cases
+echo GUEST-DONE
+poweroff -f
+"#,
+        attach_paths = kernel.attach_paths
+    )
+}
+
+/// Packs busybox, the test binaries, their step binaries (at the paths the tests were built to find
+/// them) and the shared libraries all of them need into an uncompressed cpio archive.
+fn build_initramfs(
+    kernel: &GuestKernel,
+    tests: &[KernelTests],
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let staging = dir.join("initramfs");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(&staging)?;
+    let busybox = which("busybox").context("busybox is not installed")?;
+    copy_with_libraries(&busybox, &staging, Some(Path::new("/bin/busybox")))?;
+    let mut cases = String::new();
+    for test in tests {
+        let inside = PathBuf::from(format!("/tests/{}-kernel", test.step));
+        copy_with_libraries(&test.executable, &staging, Some(&inside))?;
+        // The tests start `env!("CARGO_BIN_EXE_<step>")`: the same absolute path in the guest.
+        let step_binary = target_dir().join("release").join(&test.step);
+        copy_with_libraries(&step_binary, &staging, None)?;
+        for case in &test.cases {
+            writeln!(cases, "{} {} {case}", test.step, inside.display())?;
+        }
+    }
+    fs::write(staging.join("cases"), cases)?;
+    let init = staging.join("init");
+    fs::write(&init, init_script(kernel))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+
+    let archive = dir.join("initramfs.cpio");
+    let cpio = format!("find . | cpio --quiet -o -H newc > '{}'", archive.display());
+    let status = Command::new("sh")
+        .args(["-c", &cpio])
+        .current_dir(&staging)
+        .status()?;
+    if !status.success() {
+        bail!("cpio failed to pack {}", staging.display());
+    }
+    Ok(archive)
+}
+
+/// Copies `binary` into `root` (at `inside`, or at its own absolute path), with every shared library
+/// `ldd` names, at the paths where the guest's dynamic loader will look.
+fn copy_with_libraries(binary: &Path, root: &Path, inside: Option<&Path>) -> anyhow::Result<()> {
+    let binary = binary
+        .canonicalize()
+        .with_context(|| format!("{} is missing", binary.display()))?;
+    copy_into(&binary, root, inside.unwrap_or(&binary))?;
+    let ldd = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .context("cannot run ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .split(" (")
+            .next()
+            .unwrap_or_default();
+        if path.starts_with('/') {
+            copy_into(Path::new(path), root, Path::new(path))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_into(source: &Path, root: &Path, inside: &Path) -> anyhow::Result<()> {
+    let destination = root.join(inside.strip_prefix("/").unwrap_or(inside));
+    fs::create_dir_all(destination.parent().unwrap())?;
+    fs::copy(source, &destination).with_context(|| format!("cannot copy {}", source.display()))?;
+    Ok(())
+}
+
+/// Picks KVM or TCG. `/dev/kvm` can exist and still not work (nested virtualisation), so `auto`
+/// boots a guest that only powers off, once per host boot, and keeps KVM only if that finishes fast.
+fn choose_accel(wanted: Accel, vmlinuz: &Path, vm_dir: &Path) -> anyhow::Result<Accel> {
+    let accel = match wanted {
+        Accel::Kvm | Accel::Tcg => wanted,
+        Accel::Auto if !Path::new("/dev/kvm").exists() => {
+            eprintln!("    accelerator: TCG (no /dev/kvm)");
+            return Ok(Accel::Tcg);
+        }
+        Accel::Auto => {
+            let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+            let cache = vm_dir.join(format!("accel-{}", boot_id.trim()));
+            match fs::read_to_string(&cache).ok().as_deref() {
+                Some("kvm") => Accel::Kvm,
+                Some("tcg") => Accel::Tcg,
+                _ => {
+                    let works = kvm_boots(vmlinuz, vm_dir)?;
+                    fs::write(&cache, if works { "kvm" } else { "tcg" })?;
+                    if works { Accel::Kvm } else { Accel::Tcg }
+                }
+            }
+        }
+    };
+    eprintln!(
+        "    accelerator: {}",
+        match (wanted, accel) {
+            (Accel::Auto, Accel::Kvm) => "KVM (a test boot with KVM worked)",
+            (Accel::Auto, _) => "TCG (/dev/kvm exists, but a test boot with KVM failed or crawled)",
+            (_, Accel::Kvm) => "KVM (--accel kvm)",
+            _ => "TCG (--accel tcg)",
+        }
+    );
+    Ok(accel)
+}
+
+fn kvm_boots(vmlinuz: &Path, vm_dir: &Path) -> anyhow::Result<bool> {
+    let dir = vm_dir.join("kvm-probe");
+    let staging = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&staging)?;
+    copy_with_libraries(
+        &which("busybox").context("busybox is not installed")?,
+        &staging,
+        Some(Path::new("/bin/busybox")),
+    )?;
+    let init = staging.join("init");
+    fs::write(
+        &init,
+        "#!/bin/busybox sh\n/bin/busybox mkdir -p /dev\n/bin/busybox mount -t devtmpfs d /dev\n/bin/busybox echo GUEST-DONE >/dev/ttyS1\n/bin/busybox poweroff -f\n",
+    )?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    let archive = dir.join("initramfs.cpio");
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("find . | cpio --quiet -o -H newc > '{}'", archive.display()),
+        ])
+        .current_dir(&staging)
+        .status()?;
+    let (output, _) = boot(vmlinuz, &archive, Accel::Kvm, &dir, Duration::from_secs(15))?;
+    Ok(output.contains("GUEST-DONE"))
+}
+
+/// Boots the guest and waits for it to power off, or kills it at `limit`. Returns what the guest
+/// wrote to its result port and the kernel's console.
+fn boot(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    dir: &Path,
+    limit: Duration,
+) -> anyhow::Result<(String, String)> {
+    let console = dir.join("console.log");
+    let output = dir.join("output.log");
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        _ => ("tcg", "max"),
+    };
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", accel, "-cpu", cpu, "-m", "1024", "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", output.display()))
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let deadline = Instant::now() + limit;
+    while qemu.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let read = |path: &Path| fs::read_to_string(path).unwrap_or_default();
+    Ok((read(&output), read(&console)))
+}
+
+/// One test's result in one guest kernel.
+#[derive(Debug, PartialEq)]
+struct CaseResult {
+    name: String,
+    passed: bool,
+    seconds: f64,
+    output: String,
+}
+
+fn boot_and_run(
+    kernel: &GuestKernel,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    case_count: usize,
+) -> anyhow::Result<Vec<CaseResult>> {
+    let dir = initramfs.parent().unwrap();
+    let limit = BOOT_LIMIT + Duration::from_secs(CASE_LIMIT_SECS) * case_count as u32;
+    eprintln!(
+        "==> vm-test: boot {} ({}), {case_count} cases",
+        kernel.package, kernel.about
+    );
+    let started = Instant::now();
+    let (output, console) = boot(vmlinuz, initramfs, accel, dir, limit)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let Some(boot_seconds) = output.lines().find_map(|line| {
+        line.strip_prefix("GUEST-UP ")?
+            .split(' ')
+            .nth(1)?
+            .parse::<f64>()
+            .ok()
+    }) else {
+        bail!(
+            "the guest never ran its tests ({elapsed:.1} s); kernel console, last lines:\n{}",
+            tail(&console, 30)
+        );
+    };
+    let results = parse_results(&output);
+    for result in &results {
+        let verdict = if result.passed { "ok  " } else { "FAIL" };
+        eprintln!("      {verdict} {:>6.1} s  {}", result.seconds, result.name);
+        // The step's own words on which path attached (the harness echoes them after `| `).
+        for line in result
+            .output
+            .lines()
+            .filter_map(|line| line.split("| ").nth(1))
+        {
+            if line.contains(": attached (") {
+                eprintln!("                   {line}");
+            }
+        }
+        if !result.passed {
+            eprintln!("{}", indent(&result.output, "        | "));
+        }
+    }
+    if !output.contains("GUEST-DONE") || results.len() != case_count {
+        bail!(
+            "the guest stopped after {} of {case_count} cases ({elapsed:.1} s): it hung or panicked; \
+             kernel console, last lines:\n{}\nresults, last lines:\n{}",
+            results.len(),
+            tail(&console, 30),
+            tail(&output, 30)
+        );
+    }
+    eprintln!(
+        "    {}: booted in {boot_seconds:.1} s, whole run {elapsed:.1} s",
+        kernel.package
+    );
+    Ok(results)
+}
+
+/// Reads the `CASE-START` / `CASE-END step name status start end` lines of the guest's output.
+fn parse_results(output: &str) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    let mut case_output = String::new();
+    for line in output.lines() {
+        if line.starts_with("CASE-START ") {
+            case_output.clear();
+        } else if let Some(end) = line.strip_prefix("CASE-END ") {
+            let fields: Vec<_> = end.split(' ').collect();
+            if let [step, name, status, start, end] = fields[..] {
+                let seconds =
+                    end.parse::<f64>().unwrap_or(0.0) - start.parse::<f64>().unwrap_or(0.0);
+                results.push(CaseResult {
+                    name: format!("{step}::{name}"),
+                    passed: status == "0",
+                    seconds,
+                    output: std::mem::take(&mut case_output),
+                });
+            }
+        } else {
+            case_output.push_str(line);
+            case_output.push('\n');
+        }
+    }
+    results
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<_> = text.lines().collect();
+    indent(
+        &all[all.len().saturating_sub(lines)..].join("\n"),
+        "        | ",
+    )
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines()
+        .map(|line| format!("{prefix}{line}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_guests_results() {
+        let output = "GUEST-UP 6.1.0 2.31\nCASE-START step1-hello a\nrunning 1 test\ntest a ... ok\nCASE-END step1-hello a 0 2.50 5.75\nCASE-START step1-hello b\nboom\nCASE-END step1-hello b 101 5.80 6.00\nGUEST-DONE\n";
+        let results = parse_results(output);
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].name, "step1-hello::a");
+        assert!(results[0].passed);
+        assert!((results[0].seconds - 3.25).abs() < 1e-9);
+        assert_eq!(results[0].output, "running 1 test\ntest a ... ok\n");
+        assert!(!results[1].passed);
+        assert_eq!(results[1].output, "boom\n");
+    }
+
+    #[test]
+    fn every_guest_kernel_names_its_attach_paths() {
+        for kernel in GUEST_KERNELS {
+            assert!(kernel.package.starts_with("linux-image-"));
+            for path in kernel.attach_paths.split(',') {
+                assert!(["kprobe", "fentry", "tracepoint"].contains(&path), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_init_script_runs_every_case_with_a_limit() {
+        let script = init_script(&GUEST_KERNELS[0]);
+        assert!(script.contains("LISTEN_TRACE_EXPECT_ATTACH=kprobe,fentry,tracepoint"));
+        assert!(script.contains(&format!(
+            "timeout {CASE_LIMIT_SECS} \"$binary\" --exact \"$name\""
+        )));
+        assert!(script.ends_with("poweroff -f\n"));
+    }
+}
