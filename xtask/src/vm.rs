@@ -23,7 +23,7 @@ use crate::pinned::{Toolchain, run_step, target_dir};
 
 /// A distribution kernel to test in: a Debian package that `apt-get download` fetches (nothing is
 /// installed on the host), and the attach paths it must accept.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GuestKernel {
     pub package: &'static str,
     pub about: &'static str,
@@ -32,12 +32,21 @@ pub struct GuestKernel {
     pub attach_paths: &'static str,
 }
 
-/// The kernels `vm-test` boots. Adding a kernel is one line.
-pub const GUEST_KERNELS: &[GuestKernel] = &[GuestKernel {
-    package: "linux-image-6.1.0-56-cloud-amd64",
-    about: "Debian 12 (bookworm) stock cloud kernel",
-    attach_paths: "kprobe,fentry,tracepoint",
-}];
+// ANCHOR: guest_kernels
+/// The kernels `vm-test` boots. Adding a kernel is one entry.
+pub const GUEST_KERNELS: &[GuestKernel] = &[
+    GuestKernel {
+        package: "linux-image-6.1.0-56-cloud-amd64",
+        about: "Debian 12 (bookworm) stock cloud kernel",
+        attach_paths: "kprobe,fentry,tracepoint",
+    },
+    GuestKernel {
+        package: "linux-image-6.12.117+deb12-cloud-amd64",
+        about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
+        attach_paths: "kprobe,fentry,tracepoint",
+    },
+];
+// ANCHOR_END: guest_kernels
 
 /// How long one test may run inside the guest (TCG emulation is slow).
 const CASE_LIMIT_SECS: u64 = 120;
@@ -62,6 +71,14 @@ pub struct VmTestArgs {
     /// Run only the tests whose name contains this text
     #[arg(long)]
     pub filter: Option<String>,
+    /// Test in this Debian kernel package instead of the built-in list (for example a room's
+    /// kernel: `--kernel linux-image-6.12.117+deb12-amd64`)
+    #[arg(long, value_name = "PACKAGE")]
+    pub kernel: Option<String>,
+    /// With --kernel: the attach paths that kernel must accept (comma-separated); by default none
+    /// is required, and the output shows which attached
+    #[arg(long, value_name = "PATHS", requires = "kernel", default_value = "")]
+    pub expect: String,
 }
 
 impl Default for VmTestArgs {
@@ -69,6 +86,23 @@ impl Default for VmTestArgs {
         Self {
             accel: Accel::Auto,
             filter: None,
+            kernel: None,
+            expect: String::new(),
+        }
+    }
+}
+
+impl VmTestArgs {
+    /// The kernels to boot: the built-in list, or the one given with `--kernel`.
+    fn kernels(&self) -> Vec<GuestKernel> {
+        match &self.kernel {
+            None => GUEST_KERNELS.to_vec(),
+            // Lives as long as the program does, like the built-in entries.
+            Some(package) => vec![GuestKernel {
+                package: package.clone().leak(),
+                about: "given with --kernel",
+                attach_paths: self.expect.clone().leak(),
+            }],
         }
     }
 }
@@ -91,7 +125,8 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     }
     let vm_dir = target_dir().join("vm");
     let mut failures = Vec::new();
-    for kernel in GUEST_KERNELS {
+    let kernels = args.kernels();
+    for kernel in &kernels {
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
         let accel = choose_accel(args.accel, &vmlinuz, &vm_dir)?;
         let initramfs = build_initramfs(kernel, &tests, &vm_dir.join(kernel.package))?;
@@ -103,12 +138,12 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
                 .map(|result| result.name),
         );
     }
-    let total = case_count * GUEST_KERNELS.len();
+    let total = case_count * kernels.len();
     eprintln!(
         "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s",
         total - failures.len(),
         failures.len(),
-        GUEST_KERNELS.len(),
+        kernels.len(),
         started.elapsed().as_secs_f64()
     );
     if !failures.is_empty() {
