@@ -4,17 +4,20 @@
 //! constants that both sides of a lesson must agree on. Everything else sits behind a feature, so that
 //! the kernel side never sees it:
 //!
+//! - `kernel`: what the eBPF programs share (reading kernel structs at the offsets below);
 //! - `user`: the plumbing of every step binary (loading, attach with fallback, logs, signals);
 //! - `build`: the `build.rs` helper that compiles a step's eBPF crate;
 //! - `trigger`: a listening socket on demand, for `cargo xtask listen` and the tests;
 //! - `testing`: what the kernel tests of every step share.
 #![cfg_attr(
-    not(any(feature = "user", feature = "build", feature = "trigger")),
+    not(any(test, feature = "user", feature = "build", feature = "trigger")),
     no_std
 )]
 
 #[cfg(feature = "build")]
 pub mod ebpf_build;
+#[cfg(feature = "kernel")]
+pub mod kernel;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "trigger")]
@@ -42,10 +45,120 @@ pub const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 /// `TCP_LISTEN` from the kernel's `include/net/tcp_states.h`.
 pub const TCP_LISTEN: i32 = 10;
 
+/// `AF_INET` and `AF_INET6` from the kernel's `include/linux/socket.h`: a socket's address family.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+// ANCHOR: sock_offsets
+/// Where the fields the lessons read sit in this kernel's structs: bytes from the start of the
+/// struct, which differ from kernel to kernel. Rust eBPF programs get no CO-RE relocations, so
+/// userspace looks them up in the running kernel's BTF and hands them to the program before it is
+/// loaded, as the read-only global [`SOCK_OFFSETS_SYMBOL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `struct socket`: `sk`, the `struct sock *` behind the socket.
+    pub socket_sk: u32,
+    /// `struct sock`: `sk_max_ack_backlog`, the backlog `listen()` set.
+    pub sk_max_ack_backlog: u32,
+    /// `struct sock`: `__sk_common.skc_family`, `AF_INET` or `AF_INET6`.
+    pub skc_family: u32,
+    /// `struct sock`: `__sk_common.skc_rcv_saddr`, the bound IPv4 address (network byte order).
+    pub skc_rcv_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr`, the bound IPv6 address.
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct inet_sock`, which starts with `struct sock`: `inet_sport`, the local port (network
+    /// byte order).
+    pub inet_sport: u32,
+}
+// ANCHOR_END: sock_offsets
+
+impl SockOffsets {
+    /// Placeholder values in the compiled program, replaced by the loader.
+    pub const UNSET: Self = Self {
+        socket_sk: 0,
+        sk_max_ack_backlog: 0,
+        skc_family: 0,
+        skc_rcv_saddr: 0,
+        skc_v6_rcv_saddr: 0,
+        inet_sport: 0,
+    };
+}
+
+/// The name of the eBPF program's global that holds the [`SockOffsets`].
+pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
+
+// ANCHOR: byte_order
+/// A port as the kernel stores it in `inet_sport`: in network byte order (big-endian). On a
+/// little-endian CPU, port 4242 (0x1092) is stored as the bytes `10 92`, which read back as 0x9210,
+/// 37392: swap the bytes to get the port.
+pub const fn port_from_network_order(stored: u16) -> u16 {
+    u16::from_be(stored)
+}
+
+/// An IPv4 address as the kernel stores it in `skc_rcv_saddr` (network byte order), as the number
+/// whose bytes, most significant first, are the address's: 127.0.0.1 becomes 0x7f000001.
+pub const fn ipv4_from_network_order(stored: u32) -> u32 {
+    u32::from_be(stored)
+}
+// ANCHOR_END: byte_order
+
 // A panic cannot unwind in the kernel: the verifier rejects any path that could reach this, so it
 // only has to exist for the eBPF programs to link.
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// What a load of those bytes gives on the CPU we run on, as `bpf_probe_read_kernel` would.
+    fn stored_u16(bytes: [u8; 2]) -> u16 {
+        u16::from_ne_bytes(bytes)
+    }
+
+    #[test]
+    fn a_port_is_stored_big_endian() {
+        // listen on port 4242: the kernel stores htons(4242), the bytes 0x10 0x92.
+        let stored = stored_u16(4242u16.to_be_bytes());
+        assert_eq!(4242u16.to_be_bytes(), [0x10, 0x92]);
+        assert_eq!(port_from_network_order(stored), 4242);
+        if cfg!(target_endian = "little") {
+            // What the article's `%d` of inet_sport printed on x86: the bytes read the other way.
+            assert_eq!(stored, 37392);
+            assert_eq!(stored, 0x9210);
+        }
+        assert_eq!(port_from_network_order(stored_u16([0, 0])), 0);
+        assert_eq!(port_from_network_order(stored_u16([0xff, 0xff])), 65535);
+    }
+
+    #[test]
+    fn an_ipv4_address_is_stored_big_endian() {
+        let stored = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert_eq!(
+            Ipv4Addr::from(ipv4_from_network_order(stored)),
+            Ipv4Addr::LOCALHOST
+        );
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                stored, 0x0100_007f,
+                "the hex the article printed for 127.0.0.1"
+            );
+        }
+        let any = u32::from_ne_bytes([0, 0, 0, 0]);
+        assert_eq!(
+            Ipv4Addr::from(ipv4_from_network_order(any)),
+            Ipv4Addr::UNSPECIFIED
+        );
+        let private = u32::from_ne_bytes([192, 168, 1, 20]);
+        assert_eq!(
+            Ipv4Addr::from(ipv4_from_network_order(private)),
+            Ipv4Addr::new(192, 168, 1, 20)
+        );
+    }
 }

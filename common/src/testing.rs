@@ -43,6 +43,29 @@ pub fn attach_must_work(path: &str) -> bool {
         .is_ok_and(|paths| paths.split(',').any(|p| p == path))
 }
 
+/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Whether this kernel has kprobes: from the kernel itself, or from the VM runner's list.
+pub fn kprobes_expected() -> bool {
+    std::path::Path::new(KPROBE_PMU).exists() || attach_must_work("kprobe")
+}
+
+/// The attach paths a lesson's kernel tests exercise here: the tracepoint everywhere, the kprobe
+/// where the kernel has kprobes, fentry where the VM runner says the kernel accepts it (a host may
+/// refuse fentry by policy; lesson 1's tests check that it says so clearly).
+pub fn attach_paths_here() -> Vec<&'static str> {
+    let mut paths = vec!["tracepoint"];
+    if kprobes_expected() {
+        paths.push("kprobe");
+    }
+    if attach_must_work("fentry") {
+        paths.push("fentry");
+    }
+    eprintln!("attach paths tested on this kernel: {}", paths.join(", "));
+    paths
+}
+
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -195,6 +218,60 @@ impl TracedStep {
             }
         }
         events
+    }
+
+    /// Waits until a stdout line ends with `last`, then checks that the stdout lines ending with
+    /// each of `sequence` (which ends with `last`) arrived in that order. Other processes' events may
+    /// come in between: the test's own are told apart by their order and unusual values.
+    pub fn expect_sequence(&mut self, sequence: &[String]) {
+        let last = sequence.last().expect("a sequence of at least one line");
+        let seen = self.wait_for_line(
+            Stream::Stdout,
+            |line| line.ends_with(last.as_str()),
+            EVENT_TIMEOUT,
+        );
+        let stdout: Vec<_> = self
+            .output
+            .iter()
+            .filter(|(stream, _)| *stream == Stream::Stdout)
+            .map(|(_, line)| line)
+            .collect();
+        assert!(
+            seen.is_some(),
+            "no line ending with {last:?} within {EVENT_TIMEOUT:?}; stdout:\n{stdout:#?}"
+        );
+        let mut wanted = sequence.iter().peekable();
+        for line in &stdout {
+            if wanted
+                .peek()
+                .is_some_and(|next| line.ends_with(next.as_str()))
+            {
+                wanted.next();
+            }
+        }
+        let missing: Vec<_> = wanted.collect();
+        assert!(
+            missing.is_empty(),
+            "missing, in this order: {missing:#?}\nstdout:\n{stdout:#?}"
+        );
+    }
+
+    /// Stops the step with `signal` and checks the clean exit: status 0, the summary line, and the
+    /// program gone from the kernel.
+    pub fn stop_cleanly(self, signal: Signal) {
+        let program_id = self.program_id();
+        let finished = self.stop(signal);
+        let stderr = finished.stderr();
+        assert!(
+            finished.status.success(),
+            "exit status {}:\n{stderr}",
+            finished.status
+        );
+        assert!(
+            stderr.contains(": detached from the "),
+            "no summary in:\n{stderr}"
+        );
+        assert_program_unloaded(program_id);
     }
 
     /// Sends `signal` and waits (at most 10 s) for the step to exit.

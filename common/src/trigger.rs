@@ -8,7 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+pub use socket2::Domain;
+use socket2::{Protocol, SockAddr, Socket, Type};
 
 /// A TCP socket in the listening state; closing it (dropping) ends the listen.
 #[derive(Debug)]
@@ -28,6 +29,21 @@ pub fn listen(addr: SocketAddr, backlog: i32) -> anyhow::Result<Listener> {
     socket
         .listen(backlog)
         .with_context(|| format!("listen({addr}, backlog {backlog}) failed"))?;
+    let local_addr = socket
+        .local_addr()?
+        .as_socket()
+        .context("the socket has no IP address")?;
+    Ok(Listener { socket, local_addr })
+}
+
+/// `socket()` and `listen(backlog)` without `bind()`: the kernel picks the port (and the wildcard
+/// address of the family) itself, during `listen()`.
+pub fn listen_without_bind(domain: Domain, backlog: i32) -> anyhow::Result<Listener> {
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .context("cannot create a TCP socket")?;
+    socket
+        .listen(backlog)
+        .with_context(|| format!("listen(backlog {backlog}) without bind failed"))?;
     let local_addr = socket
         .local_addr()?
         .as_socket()
@@ -127,6 +143,13 @@ mod tests {
         assert_ne!(listener.local_addr.port(), 0);
         TcpStream::connect(listener.local_addr)
             .expect("a real listening socket accepts connections");
+    }
+
+    #[test]
+    fn without_bind_the_kernel_picks_a_port() {
+        let listener = listen_without_bind(Domain::IPV4, 3).unwrap();
+        assert_eq!(listener.local_addr.ip(), Ipv4Addr::UNSPECIFIED);
+        assert_ne!(listener.local_addr.port(), 0);
     }
 
     #[test]

@@ -594,7 +594,7 @@ fn boot_and_run(
             .lines()
             .filter_map(|line| line.split("| ").nth(1))
         {
-            if line.contains(": attached (") {
+            if line.contains(": attached (") || line.starts_with("struct offsets") {
                 eprintln!("                   {line}");
             }
         }

@@ -1,11 +1,24 @@
 use anyhow::{Context as _, bail};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use caps::{CapSet, Capability};
+
+use crate::{SOCK_OFFSETS_SYMBOL, SockOffsets};
 
 /// Loads an embedded eBPF object: its maps are created now, its programs when they are attached.
 pub fn load_ebpf(object: &[u8]) -> anyhow::Result<Ebpf> {
     check_privileges()?;
     Ebpf::load(object).context("cannot load the eBPF object")
+}
+
+/// Loads an eBPF object that reads kernel structs, writing the kernel's struct offsets into its
+/// read-only global first, so that the verifier sees them as constants.
+pub fn load_ebpf_with_offsets(object: &[u8], offsets: &SockOffsets) -> anyhow::Result<Ebpf> {
+    check_privileges()?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    EbpfLoader::new()
+        .override_global(SOCK_OFFSETS_SYMBOL, offsets, true)
+        .load(object)
+        .context("cannot load the eBPF object")
 }
 
 /// Fails early, with the fix, where the kernel would answer a bare EPERM.

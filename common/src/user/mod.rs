@@ -4,13 +4,15 @@
 mod attach;
 mod ebpf_logs;
 mod load;
+mod offsets;
 mod options;
 mod report;
 mod stop;
 
 pub use attach::{AttachMode, AttachPath, AttachedProbe, attach_listen_probe};
 pub use ebpf_logs::{EbpfLogPrinter, init_event_output};
-pub use load::load_ebpf;
+pub use load::{load_ebpf, load_ebpf_with_offsets};
+pub use offsets::KERNEL_BTF;
 pub use options::Options;
 pub use report::Report;
 pub use stop::{READY_LINE, StopReason, detach};

@@ -1,0 +1,65 @@
+//! Lesson 2, kernel side: lesson 1 + the backlog, how many connections may wait to be accepted.
+//!
+//! Same three entry points as lesson 1. The kprobe and fentry programs find the backlog in the
+//! arguments of `inet_listen()`; the tracepoint has no such argument and reads it from the socket.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
+use aya_log_ebpf::info;
+use common::{
+    TCP_LISTEN,
+    kernel::{SOCK_OFFSETS, read_field},
+};
+
+// ANCHOR: say_backlog
+/// The lesson: report the backlog that the kernel will really use.
+fn say_backlog(ctx: &impl EbpfContext, backlog: u32) {
+    info!(ctx, "Listening with up to {} pending connections!", backlog);
+}
+// ANCHOR_END: say_backlog
+
+// ANCHOR: entry_points
+/// `inet_listen(struct socket *sock, int backlog)`: the backlog is the second argument, already
+/// capped by `listen()` to `net.core.somaxconn`.
+#[kprobe]
+pub fn listen_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(backlog) = ctx.arg::<u32>(1) {
+        say_backlog(&ctx, backlog);
+    }
+    0
+}
+
+/// The same argument, through the BPF trampoline.
+#[fentry(function = "inet_listen")]
+pub fn listen_fentry(ctx: FEntryContext) -> i32 {
+    let backlog: u32 = ctx.arg(1);
+    say_backlog(&ctx, backlog);
+    0
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)` has no backlog, but
+/// `inet_listen()` stored it in the socket, `sk->sk_max_ack_backlog`, just before the socket
+/// entered `TCP_LISTEN`. Where that field sits differs between kernels: userspace found its offset
+/// in this kernel's BTF and wrote it into `SOCK_OFFSETS` before loading us.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
+    let newstate: i32 = ctx.arg(2);
+    if newstate == TCP_LISTEN {
+        let sk: *const u8 = ctx.arg(0);
+        if let Ok(backlog) = read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog) {
+            say_backlog(&ctx, backlog);
+        }
+    }
+    0
+}
+// ANCHOR_END: entry_points
+
+/// The kernel lets only GPL-compatible programs use some helpers (for example `bpf_probe_read`).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,94 @@
+//! Lesson 3 against the real kernel: the exact address and port, both as the kernel stores them and
+//! as people read them, for IPv4 and IPv6, on every attach path this kernel offers. Our own events
+//! are the ones on our own ports.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use common::{
+    testing::{TracedStep, attach_paths_here, kernel_tests_can_run},
+    trigger::{self, Domain},
+};
+use nix::sys::signal::Signal;
+
+const STEP: &str = env!("CARGO_BIN_EXE_step3-addr-port");
+
+/// The line lesson 3 prints for a socket listening on `addr`, computed here independently of the
+/// program: the kernel stores the port and the IPv4 address big-endian, and a load on this CPU
+/// reads those bytes in its own order.
+fn line_for(addr: SocketAddr, backlog: u32) -> String {
+    let port = addr.port();
+    let stored_port = u16::from_ne_bytes(port.to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => format!(
+            " Listening on {ip}:{port} with up to {backlog} pending connections! \
+             (as stored: rcv_saddr 0x{:x}, inet_sport {stored_port})",
+            u32::from_ne_bytes(ip.octets())
+        ),
+        IpAddr::V6(ip) => format!(
+            " Listening on [{ip}]:{port} with up to {backlog} pending connections! \
+             (as stored: inet_sport {stored_port})"
+        ),
+    }
+}
+
+#[test]
+fn addresses_and_ports_are_exact_on_every_attach_path() {
+    if !kernel_tests_can_run("addresses_and_ports_are_exact_on_every_attach_path") {
+        return;
+    }
+    let addresses: [IpAddr; 4] = [
+        Ipv4Addr::LOCALHOST.into(),
+        Ipv4Addr::UNSPECIFIED.into(),
+        Ipv6Addr::LOCALHOST.into(),
+        Ipv6Addr::UNSPECIFIED.into(), // dual-stack: an IPv6 socket, reported as such
+    ];
+    for path in attach_paths_here() {
+        let mut step = TracedStep::start(STEP, &["--attach", path]);
+        // Port 0: the kernel picks a free port at bind(), before listen(): our own port.
+        let listeners: Vec<_> = addresses
+            .iter()
+            .map(|&ip| trigger::listen((ip, 0).into(), 9).unwrap())
+            .collect();
+        let expected: Vec<_> = listeners
+            .iter()
+            .map(|listener| line_for(listener.local_addr, 9))
+            .collect();
+        step.expect_sequence(&expected);
+        drop(listeners);
+        step.stop_cleanly(Signal::SIGINT);
+    }
+}
+
+/// A socket that listens without `bind()` gets its port during `listen()`, after the moment each of
+/// our hooks sees it: the kprobe and fentry run at the entry of `inet_listen()`, and the kernel
+/// enters `TCP_LISTEN` (the tracepoint) just before it picks the port. So every path reports port 0
+/// and the wildcard address, while the socket itself ends up with a real port.
+#[test]
+fn an_unbound_socket_has_no_port_yet_when_we_see_it() {
+    if !kernel_tests_can_run("an_unbound_socket_has_no_port_yet_when_we_see_it") {
+        return;
+    }
+    for path in attach_paths_here() {
+        let mut step = TracedStep::start(STEP, &["--attach", path]);
+        let unbound_v4 = trigger::listen_without_bind(Domain::IPV4, 23).unwrap();
+        let unbound_v6 = trigger::listen_without_bind(Domain::IPV6, 23).unwrap();
+        assert_ne!(
+            unbound_v4.local_addr.port(),
+            0,
+            "the kernel picked a port during listen()"
+        );
+        assert_ne!(
+            unbound_v6.local_addr.port(),
+            0,
+            "the kernel picked a port during listen()"
+        );
+        // A bound listener after them marks the end of our own events.
+        let marker = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 23).unwrap();
+        step.expect_sequence(&[
+            line_for((Ipv4Addr::UNSPECIFIED, 0).into(), 23),
+            line_for((Ipv6Addr::UNSPECIFIED, 0).into(), 23),
+            line_for(marker.local_addr, 23),
+        ]);
+        step.stop_cleanly(Signal::SIGINT);
+    }
+}
