@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    common::ebpf_build::build_ebpf("step1-hello-ebpf")
+    common::ebpf_build::build_ebpf()
 }

@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    common::ebpf_build::build_ebpf("step2-backlog-ebpf")
+    common::ebpf_build::build_ebpf()
 }

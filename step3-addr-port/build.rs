@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    common::ebpf_build::build_ebpf("step3-addr-port-ebpf")
+    common::ebpf_build::build_ebpf()
 }

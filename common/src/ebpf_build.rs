@@ -11,9 +11,14 @@ use aya_build::{Package, Toolchain};
 
 use crate::{BPF_LINKER, PINNED_RUST};
 
-/// Builds the eBPF crate `package`, found in the `ebpf/` folder of the calling step, into `OUT_DIR`.
-pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
+/// Builds the calling step's eBPF crate: the crate `<step>-ebpf` in its `ebpf/` folder, into
+/// `OUT_DIR/<step>-ebpf`.
+pub fn build_ebpf() -> anyhow::Result<()> {
     let step_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let package = format!(
+        "{}-ebpf",
+        env::var("CARGO_PKG_NAME").context("CARGO_PKG_NAME is not set")?
+    );
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("no workspace root")?;
@@ -52,7 +57,7 @@ pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
 
     let root_dir = format!("{step_dir}/ebpf");
     let ebpf = Package {
-        name: package,
+        name: &package,
         root_dir: &root_dir,
         ..Default::default()
     };

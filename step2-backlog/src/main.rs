@@ -12,8 +12,12 @@ use common::{
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/step2-backlog-ebpf"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/",
+    env!("CARGO_PKG_NAME"),
+    "-ebpf"
+));
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
