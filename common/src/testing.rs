@@ -159,20 +159,23 @@ impl TracedStep {
         }
     }
 
-    /// The id of the attached program, from the step's `attached (program NAME, id N)` line.
-    pub fn program_id(&self) -> u32 {
-        self.output
+    /// The ids of the attached programs, from the step's
+    /// `attached (program NAME, id N; program NAME, id N)` line.
+    pub fn program_ids(&self) -> Vec<u32> {
+        let programs = self
+            .output
             .iter()
-            .find_map(|(_, line)| {
-                line.split_once(": attached (program ")?
-                    .1
-                    .split_once(", id ")?
-                    .1
-                    .strip_suffix(')')?
-                    .parse()
-                    .ok()
+            .find_map(|(_, line)| line.split_once(": attached (")?.1.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no `attached` line in {:#?}", self.output));
+        programs
+            .split("; ")
+            .map(|program| {
+                program
+                    .rsplit_once(", id ")
+                    .and_then(|(_, id)| id.parse().ok())
             })
-            .unwrap_or_else(|| panic!("no `attached` line in {:#?}", self.output))
+            .collect::<Option<_>>()
+            .unwrap_or_else(|| panic!("cannot read the program ids in {programs:?}"))
     }
 
     /// Waits for the next line of `stream` that satisfies `wanted`, keeping everything read.
@@ -259,7 +262,7 @@ impl TracedStep {
     /// Stops the step with `signal` and checks the clean exit: status 0, the summary line, and the
     /// program gone from the kernel.
     pub fn stop_cleanly(self, signal: Signal) {
-        let program_id = self.program_id();
+        let program_ids = self.program_ids();
         let finished = self.stop(signal);
         let stderr = finished.stderr();
         assert!(
@@ -271,7 +274,7 @@ impl TracedStep {
             stderr.contains(": detached from the "),
             "no summary in:\n{stderr}"
         );
-        assert_program_unloaded(program_id);
+        assert_programs_unloaded(&program_ids);
     }
 
     /// Sends `signal` and waits (at most 10 s) for the step to exit.
@@ -316,32 +319,37 @@ impl Drop for TracedStep {
     }
 }
 
-/// Asserts, through the bpf syscall, that the program with this id is gone from the kernel. The kernel
-/// frees a program shortly after its last fd closes, so this waits up to 5 s.
-pub fn assert_program_unloaded(program_id: u32) {
+/// Asserts, through the bpf syscall, that the programs with these ids are gone from the kernel. The
+/// kernel frees a program shortly after its last fd closes, so this waits up to 5 s.
+pub fn assert_programs_unloaded(program_ids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let still_loaded = aya::programs::loaded_programs()
+        let still_loaded: Vec<_> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
-            .any(|program| program.id() == program_id);
-        if !still_loaded {
+            .map(|program| program.id())
+            .filter(|id| program_ids.contains(id))
+            .collect();
+        if still_loaded.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "program id {program_id} is still loaded after its step exited"
+            "programs {still_loaded:?} are still loaded after their step exited"
         );
         thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// Asserts that a program with this id is loaded right now (the test's positive control).
-pub fn assert_program_loaded(program_id: u32) {
-    let loaded = aya::programs::loaded_programs()
+/// Asserts that programs with these ids are loaded right now (the tests' positive control).
+pub fn assert_programs_loaded(program_ids: &[u32]) {
+    let loaded: Vec<_> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .any(|program| program.id() == program_id);
-    assert!(
-        loaded,
-        "program id {program_id} is not loaded while its step runs"
-    );
+        .map(|program| program.id())
+        .collect();
+    for id in program_ids {
+        assert!(
+            loaded.contains(id),
+            "program id {id} is not loaded while its step runs"
+        );
+    }
 }

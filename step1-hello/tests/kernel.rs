@@ -10,7 +10,7 @@ use std::{
 
 use common::{
     testing::{
-        Stream, TracedStep, assert_program_loaded, assert_program_unloaded, attach_must_work,
+        Stream, TracedStep, assert_programs_loaded, assert_programs_unloaded, attach_must_work,
         kernel_tests_can_run,
     },
     trigger,
@@ -41,7 +41,7 @@ fn expect_hello_for_own_listens(step: &mut TracedStep, count: usize) {
 
 /// Stops `step` with `signal` and checks the clean exit: status 0, the summary, nothing left loaded.
 fn stop_cleanly(step: TracedStep, signal: Signal, summary: &str) {
-    let program_id = step.program_id();
+    let program_ids = step.program_ids();
     let finished = step.stop(signal);
     assert!(
         finished.status.success(),
@@ -54,7 +54,7 @@ fn stop_cleanly(step: TracedStep, signal: Signal, summary: &str) {
         "no `{summary}` in:\n{}",
         finished.stderr()
     );
-    assert_program_unloaded(program_id);
+    assert_programs_unloaded(&program_ids);
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn the_tracepoint_says_hello_for_every_listen() {
         return;
     }
     let mut step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
-    assert_program_loaded(step.program_id());
+    assert_programs_loaded(&step.program_ids());
     expect_hello_for_own_listens(&mut step, 3);
     stop_cleanly(
         step,
@@ -196,7 +196,7 @@ fn duration_ends_the_run_cleanly() {
         return;
     }
     let step = TracedStep::start(STEP, &["--attach", "tracepoint", "--duration", "1"]);
-    let program_id = step.program_id();
+    let program_ids = step.program_ids();
     let finished = step.wait(Duration::from_secs(10));
     assert!(finished.status.success(), "{}", finished.stderr());
     assert!(
@@ -204,7 +204,7 @@ fn duration_ends_the_run_cleanly() {
         "{}",
         finished.stderr()
     );
-    assert_program_unloaded(program_id);
+    assert_programs_unloaded(&program_ids);
 }
 
 #[test]

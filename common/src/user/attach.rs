@@ -7,7 +7,7 @@ use std::{fmt, io, path::Path};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, KProbe, ProgramError, RawTracePoint},
+    programs::{Program, ProgramError},
 };
 
 use crate::{LISTEN_FUNCTION, STATE_TRACEPOINT};
@@ -46,8 +46,8 @@ impl AttachMode {
     }
 }
 
-/// One way to hook `listen()`. Every step's eBPF crate defines one program per path, named by
-/// [`AttachPath::program`].
+/// One way to hook `listen()`. Every step's eBPF crate defines the programs of each path, named by
+/// [`AttachPath::programs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachPath {
     Kprobe,
@@ -56,12 +56,13 @@ pub enum AttachPath {
 }
 
 impl AttachPath {
-    /// The name of the eBPF function that serves this path.
-    pub const fn program(self) -> &'static str {
+    /// The names of the eBPF functions that may serve this path, attached in this order; a step
+    /// defines those it needs (lesson 4 adds the return probes, for `listen()`'s result).
+    pub const fn programs(self) -> &'static [&'static str] {
         match self {
-            Self::Kprobe => "listen_kprobe",
-            Self::Fentry => "listen_fentry",
-            Self::Tracepoint => "listen_tracepoint",
+            Self::Kprobe => &["listen_kprobe", "listen_kretprobe"],
+            Self::Fentry => &["listen_fentry", "listen_fexit"],
+            Self::Tracepoint => &["listen_tracepoint"],
         }
     }
 }
@@ -77,12 +78,12 @@ impl fmt::Display for AttachPath {
     }
 }
 
-/// The program that is now attached.
-#[derive(Clone, Copy, Debug)]
+/// The programs that are now attached.
+#[derive(Clone, Debug)]
 pub struct AttachedProbe {
     pub path: AttachPath,
-    /// The kernel's id of the loaded program (`bpftool prog show id N`).
-    pub program_id: u32,
+    /// Each program's name and the kernel's id for it (`bpftool prog show id N`).
+    pub programs: Vec<(&'static str, u32)>,
 }
 
 /// Loads and attaches the first path of `mode` that this kernel accepts, printing one line per path
@@ -91,9 +92,9 @@ pub fn attach_listen_probe(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<
     let mut failures = Vec::new();
     for &path in mode.candidates() {
         match load_and_attach(ebpf, path) {
-            Ok(program_id) => {
-                eprintln!("{}", attached_line(path, program_id));
-                return Ok(AttachedProbe { path, program_id });
+            Ok(programs) => {
+                eprintln!("{}", attached_line(path, &programs));
+                return Ok(AttachedProbe { path, programs });
             }
             Err(error) => {
                 let reason = explain_failure(path, &error, &KernelFacts::probe());
@@ -105,39 +106,73 @@ pub fn attach_listen_probe(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<
     Err(anyhow!(no_path_attached(mode, &failures)))
 }
 
-fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<u32> {
-    let name = path.program();
-    let program = ebpf
-        .program_mut(name)
-        .with_context(|| format!("the eBPF object has no program `{name}`"))?;
-    match path {
-        AttachPath::Kprobe => {
-            let kprobe: &mut KProbe = program.try_into()?;
-            kprobe.load()?;
-            if let Err(error) = kprobe.attach(LISTEN_FUNCTION, 0) {
-                let _ = kprobe.unload();
-                return Err(error.into());
-            }
-        }
-        AttachPath::Fentry => {
-            let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
-            let fentry: &mut FEntry = program.try_into()?;
-            fentry.load(LISTEN_FUNCTION, &btf)?;
-            if let Err(error) = fentry.attach() {
-                let _ = fentry.unload();
-                return Err(error.into());
-            }
-        }
-        AttachPath::Tracepoint => {
-            let tracepoint: &mut RawTracePoint = program.try_into()?;
-            tracepoint.load()?;
-            if let Err(error) = tracepoint.attach(STATE_TRACEPOINT) {
-                let _ = tracepoint.unload();
-                return Err(error.into());
+/// Loads and attaches every program of `path` the object has; on any failure, unloads them all.
+fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    let mut attached = Vec::new();
+    for &name in path.programs() {
+        let Some(program) = ebpf.program_mut(name) else {
+            continue;
+        };
+        match load_and_attach_program(program) {
+            Ok(id) => attached.push((name, id)),
+            Err(error) => {
+                unload(program);
+                for (loaded, _) in &attached {
+                    if let Some(program) = ebpf.program_mut(loaded) {
+                        unload(program);
+                    }
+                }
+                return Err(error);
             }
         }
     }
+    if attached.is_empty() {
+        anyhow::bail!(
+            "the eBPF object has none of the programs {:?}",
+            path.programs()
+        );
+    }
+    Ok(attached)
+}
+
+/// Loads one program and attaches it where its kind says: `inet_listen()` for kprobes (entry or
+/// return) and for fentry/fexit, the `inet_sock_set_state` tracepoint for raw tracepoints.
+fn load_and_attach_program(program: &mut Program) -> anyhow::Result<u32> {
+    match program {
+        Program::KProbe(kprobe) => {
+            kprobe.load()?;
+            kprobe.attach(LISTEN_FUNCTION, 0)?;
+        }
+        Program::FEntry(fentry) => {
+            fentry.load(LISTEN_FUNCTION, &kernel_btf()?)?;
+            fentry.attach()?;
+        }
+        Program::FExit(fexit) => {
+            fexit.load(LISTEN_FUNCTION, &kernel_btf()?)?;
+            fexit.attach()?;
+        }
+        Program::RawTracePoint(tracepoint) => {
+            tracepoint.load()?;
+            tracepoint.attach(STATE_TRACEPOINT)?;
+        }
+        other => anyhow::bail!("unexpected program type {:?}", other.prog_type()),
+    }
     Ok(program.info()?.id())
+}
+
+/// Detaches and unloads a program of a path that did not work out; it may not be loaded at all.
+fn unload(program: &mut Program) {
+    let _ = match program {
+        Program::KProbe(kprobe) => kprobe.unload(),
+        Program::FEntry(fentry) => fentry.unload(),
+        Program::FExit(fexit) => fexit.unload(),
+        Program::RawTracePoint(tracepoint) => tracepoint.unload(),
+        _ => Ok(()),
+    };
+}
+
+fn kernel_btf() -> anyhow::Result<Btf> {
+    Btf::from_sys_fs().context("cannot read the kernel's BTF")
 }
 
 /// What we know of the kernel when an attach fails, to name the cause.
@@ -156,11 +191,12 @@ impl KernelFacts {
     }
 }
 
-fn attached_line(path: AttachPath, program_id: u32) -> String {
-    format!(
-        "{path}: attached (program {}, id {program_id})",
-        path.program()
-    )
+fn attached_line(path: AttachPath, programs: &[(&str, u32)]) -> String {
+    let programs: Vec<_> = programs
+        .iter()
+        .map(|(name, id)| format!("program {name}, id {id}"))
+        .collect();
+    format!("{path}: attached ({})", programs.join("; "))
 }
 
 /// The kernel's own error, preceded by its likely cause where we can tell it.
@@ -238,8 +274,15 @@ mod tests {
             "tracepoint sock:inet_sock_set_state"
         );
         assert_eq!(
-            attached_line(AttachPath::Tracepoint, 42),
+            attached_line(AttachPath::Tracepoint, &[("listen_tracepoint", 42)]),
             "tracepoint sock:inet_sock_set_state: attached (program listen_tracepoint, id 42)"
+        );
+        assert_eq!(
+            attached_line(
+                AttachPath::Kprobe,
+                &[("listen_kprobe", 7), ("listen_kretprobe", 8)]
+            ),
+            "kprobe inet_listen(): attached (program listen_kprobe, id 7; program listen_kretprobe, id 8)"
         );
     }
 
