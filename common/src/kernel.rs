@@ -1,7 +1,16 @@
-//! What the eBPF programs of lessons 2 to 4 share: the struct offsets userspace hands in, and a way
-//! to read a kernel struct's field at such an offset.
+//! What the eBPF programs of lessons 2 to 4 share: the struct offsets userspace hands in, a way to
+//! read a kernel struct's field at such an offset, and (lesson 4) a perf output that counts drops.
 
-use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use core::{mem::size_of, ptr};
+
+#[cfg(target_arch = "bpf")]
+use aya_ebpf::macros::map;
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::BPF_F_CURRENT_CPU,
+    helpers::{bpf_perf_event_output, bpf_probe_read_kernel},
+    maps::{PerCpuArray, PerfEventArray},
+};
 
 use crate::SockOffsets;
 
@@ -17,4 +26,35 @@ pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     // SAFETY: the helper checks the address; a bad one gives an error, never a fault.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// Events that a perf buffer had no room for, per CPU. The kernel tells userspace about such drops
+/// only when room frees up again (a `PERF_RECORD_LOST` in the ring), so the last drops of a burst
+/// would go unreported: counting every failed output here gives the exact number.
+#[cfg_attr(target_arch = "bpf", map)]
+pub static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sends `event` to this CPU's ring of `events`, and counts it in [`DROPPED_EVENTS`] if the ring
+/// is full.
+#[inline(always)]
+pub fn output_counting_drops<T>(ctx: &impl EbpfContext, events: &PerfEventArray<T>, event: &T) {
+    // aya's `PerfEventArray::output` discards the helper's result, which says whether the event
+    // fit; `PerfEventArray` is the map's definition itself (`repr(transparent)`), so its address is
+    // the map.
+    // SAFETY: a map and an event that live for the whole call; the helper copies the event.
+    let result = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            ptr::from_ref(events).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            ptr::from_ref(event).cast_mut().cast(),
+            size_of::<T>() as u64,
+        )
+    };
+    if result < 0
+        && let Some(dropped) = DROPPED_EVENTS.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's own slot of a per-CPU array; nothing else writes it meanwhile.
+        unsafe { *dropped += 1 };
+    }
 }

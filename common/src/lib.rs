@@ -70,6 +70,10 @@ pub struct SockOffsets {
     /// `struct inet_sock`, which starts with `struct sock`: `inet_sport`, the local port (network
     /// byte order).
     pub inet_sport: u32,
+    /// `struct sock`: `__sk_common.skc_net.net`, the socket's network namespace (`struct net *`).
+    pub skc_net: u32,
+    /// `struct net`: `ns.inum`, the namespace's inode number.
+    pub net_ns_inum: u32,
 }
 // ANCHOR_END: sock_offsets
 
@@ -82,11 +86,69 @@ impl SockOffsets {
         skc_rcv_saddr: 0,
         skc_v6_rcv_saddr: 0,
         inet_sport: 0,
+        skc_net: 0,
+        net_ns_inum: 0,
     };
 }
 
 /// The name of the eBPF program's global that holds the [`SockOffsets`].
 pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
+
+// ANCHOR: listen_event
+/// One `listen()`, as lesson 4's kernel side sends it through the perf buffer and its userspace side
+/// reads it back: the one definition both sides compile, so they cannot disagree on the layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenEvent {
+    /// The process: its thread group id, which `ps` calls the PID.
+    pub pid: u32,
+    /// The thread that called `listen()`.
+    pub tid: u32,
+    /// The inode of the socket's network namespace: N in the `net:[N]` of `/proc/PID/ns/net`.
+    pub netns: u32,
+    /// The backlog the kernel uses.
+    pub backlog: u32,
+    /// The bound address as the kernel stores it: IPv4 in the first 4 bytes, or IPv6 in all 16.
+    pub addr: [u8; 16],
+    /// The calling thread's name (`comm`), padded with NULs.
+    pub comm: [u8; 16],
+    /// `listen()`'s result, 0 or `-errno`; meaningful when `has_result` is 1.
+    pub result: i32,
+    /// The local port, in host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// The attach path that saw it: [`ATTACH_KPROBE`], [`ATTACH_FENTRY`] or [`ATTACH_TRACEPOINT`].
+    pub attach: u8,
+    /// 1 where a return probe saw `listen()` finish (kretprobe, fexit); 0 on the tracepoint, which
+    /// fires only for a socket that really starts listening.
+    pub has_result: u8,
+    /// Spelled out so that every byte sent to userspace is initialised.
+    pub padding: [u8; 2],
+}
+// ANCHOR_END: listen_event
+
+/// Values of [`ListenEvent::attach`].
+pub const ATTACH_KPROBE: u8 = 1;
+pub const ATTACH_FENTRY: u8 = 2;
+pub const ATTACH_TRACEPOINT: u8 = 3;
+
+/// Lesson 4's filters, applied in the kernel; 0 keeps every value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenFilter {
+    /// Only this process (`--pid`).
+    pub pid: u32,
+    /// Only this network namespace (`--netns`).
+    pub netns: u32,
+}
+
+impl ListenFilter {
+    pub const ANY: Self = Self { pid: 0, netns: 0 };
+}
+
+/// The name of the eBPF program's global that holds the [`ListenFilter`].
+pub const LISTEN_FILTER_SYMBOL: &str = "LISTEN_FILTER";
 
 // ANCHOR: byte_order
 /// A port as the kernel stores it in `inet_sport`: in network byte order (big-endian). On a

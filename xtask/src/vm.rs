@@ -68,7 +68,7 @@ pub struct VmTestArgs {
     /// How qemu runs the guests
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
-    /// Run only the tests whose name contains this text
+    /// Run only the tests whose `step::test` name contains this text
     #[arg(long)]
     pub filter: Option<String>,
     /// Test in this Debian kernel package instead of the built-in list (for example a room's
@@ -258,7 +258,9 @@ fn build_kernel_tests(
         test.cases = String::from_utf8(list.stdout)?
             .lines()
             .filter_map(|line| line.strip_suffix(": test"))
-            .filter(|name| filter.is_none_or(|filter| name.contains(filter)))
+            .filter(|name| {
+                filter.is_none_or(|filter| format!("{}::{name}", test.step).contains(filter))
+            })
             .map(String::from)
             .collect();
     }

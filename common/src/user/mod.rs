@@ -6,13 +6,15 @@ mod ebpf_logs;
 mod load;
 mod offsets;
 mod options;
+mod perf_events;
 mod report;
 mod stop;
 
 pub use attach::{AttachMode, AttachPath, AttachedProbe, attach_listen_probe};
 pub use ebpf_logs::{EbpfLogPrinter, init_event_output};
-pub use load::{load_ebpf, load_ebpf_with_offsets};
+pub use load::{load_ebpf, load_ebpf_with_filter, load_ebpf_with_offsets};
 pub use offsets::KERNEL_BTF;
 pub use options::Options;
+pub use perf_events::{EventCounts, EventSink, PerfEvents};
 pub use report::Report;
 pub use stop::{READY_LINE, StopReason, detach};

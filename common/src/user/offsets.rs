@@ -6,13 +6,16 @@ use std::{path::Path, time::Instant};
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Backend, Btf, BtfType as _, Struct, Type};
 
-use crate::SockOffsets;
+use crate::{ListenEvent, ListenFilter, SockOffsets};
 
 /// Where the running kernel describes its types (CONFIG_DEBUG_INFO_BTF).
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-// SAFETY: `SockOffsets` is `repr(C)`, all `u32`, with no padding: any bytes are a valid value.
+// SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding: any bytes are a
+// valid value.
 unsafe impl aya::Pod for SockOffsets {}
+unsafe impl aya::Pod for ListenFilter {}
+unsafe impl aya::Pod for ListenEvent {}
 
 impl SockOffsets {
     /// The offsets in the running kernel.
@@ -43,6 +46,8 @@ impl SockOffsets {
             skc_rcv_saddr: field_offset(&btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
             skc_v6_rcv_saddr: field_offset(&btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
             inet_sport: field_offset(&btf, "inet_sock", &["inet_sport"])?,
+            skc_net: field_offset(&btf, "sock", &["__sk_common", "skc_net", "net"])?,
+            net_ns_inum: field_offset(&btf, "net", &["ns", "inum"])?,
         };
         log::debug!(
             "struct offsets from {} in {:?}: {offsets:?}",
@@ -58,13 +63,15 @@ impl std::fmt::Display for SockOffsets {
         write!(
             f,
             "socket.sk +{}, sock.sk_max_ack_backlog +{}, sock.skc_family +{}, sock.skc_rcv_saddr +{}, \
-             sock.skc_v6_rcv_saddr +{}, inet_sock.inet_sport +{}",
+             sock.skc_v6_rcv_saddr +{}, inet_sock.inet_sport +{}, sock.skc_net.net +{}, net.ns.inum +{}",
             self.socket_sk,
             self.sk_max_ack_backlog,
             self.skc_family,
             self.skc_rcv_saddr,
             self.skc_v6_rcv_saddr,
-            self.inet_sport
+            self.inet_sport,
+            self.skc_net,
+            self.net_ns_inum
         )
     }
 }

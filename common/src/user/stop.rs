@@ -22,6 +22,8 @@ pub enum StopReason {
     Interrupted,
     Terminated,
     DurationElapsed(Duration),
+    /// Whoever read the output went away (`| head -1`).
+    OutputClosed,
 }
 
 impl fmt::Display for StopReason {
@@ -30,6 +32,7 @@ impl fmt::Display for StopReason {
             Self::Interrupted => write!(f, "stopped by Ctrl-C (SIGINT)"),
             Self::Terminated => write!(f, "stopped by SIGTERM"),
             Self::DurationElapsed(duration) => write!(f, "stopped after {duration:?} (--duration)"),
+            Self::OutputClosed => write!(f, "stopped: the output was closed"),
         }
     }
 }

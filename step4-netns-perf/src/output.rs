@@ -1,0 +1,266 @@
+//! Lesson 4's output: the events as an aligned table, like solisten's, or as JSON lines. Both write
+//! into one buffer that is flushed per batch of events, without allocating per event.
+
+use std::{
+    io::{self, BufWriter, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use common::{
+    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, ListenEvent, user::EventSink,
+};
+use serde::Serialize;
+
+/// The bound address, IPv4 or IPv6, as people read it.
+pub fn address(event: &ListenEvent) -> IpAddr {
+    if event.family == AF_INET6 {
+        Ipv6Addr::from(event.addr).into()
+    } else {
+        let [a, b, c, d, ..] = event.addr;
+        Ipv4Addr::new(a, b, c, d).into()
+    }
+}
+
+/// The thread's name, up to its first NUL.
+pub fn comm(event: &ListenEvent) -> &str {
+    let name = event
+        .comm
+        .split(|&byte| byte == 0)
+        .next()
+        .unwrap_or_default();
+    std::str::from_utf8(name).unwrap_or("?")
+}
+
+fn proto(event: &ListenEvent) -> &'static str {
+    if event.family == AF_INET6 {
+        "TCPv6"
+    } else {
+        "TCPv4"
+    }
+}
+
+fn attach_path(event: &ListenEvent) -> &'static str {
+    match event.attach {
+        ATTACH_KPROBE => "kprobe",
+        ATTACH_FENTRY => "fentry",
+        ATTACH_TRACEPOINT => "tracepoint",
+        _ => "?",
+    }
+}
+
+/// `listen()`'s result where a return probe saw it.
+fn result(event: &ListenEvent) -> Option<i32> {
+    (event.has_result == 1).then_some(event.result)
+}
+
+/// The result for a person: `ok`, the error's name, or `n/a` on the tracepoint (which fires only
+/// when a socket really starts listening).
+fn result_text(event: &ListenEvent) -> String {
+    match result(event) {
+        None => "n/a".into(),
+        Some(0) => "ok".into(),
+        Some(error) => format!("{:?}", nix::errno::Errno::from_raw(-error)),
+    }
+}
+
+// ANCHOR: table
+/// An aligned table with a header, one row per event.
+pub struct Table<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write> Table<W> {
+    pub const HEADER: &'static str = "PID     COMM             NETNS       PROTO  BACKLOG  ADDR                                     PORT   RESULT";
+
+    pub fn new(out: W) -> io::Result<Self> {
+        let mut out = BufWriter::with_capacity(1 << 16, out);
+        writeln!(out, "{}", Self::HEADER)?;
+        out.flush()?;
+        Ok(Self { out })
+    }
+}
+
+impl<W: Write> EventSink for Table<W> {
+    fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{:<7} {:<16} {:<11} {:<6} {:<8} {:<40} {:<6} {}",
+            event.pid,
+            comm(event),
+            event.netns,
+            proto(event),
+            event.backlog,
+            address(event),
+            event.port,
+            result_text(event),
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+// ANCHOR_END: table
+
+/// One JSON object per line, for `jq` and other programs.
+pub struct JsonLines<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(1 << 16, out),
+        }
+    }
+}
+
+/// The JSON form of an event.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    netns: u32,
+    proto: &'static str,
+    backlog: u32,
+    addr: IpAddr,
+    port: u16,
+    /// `listen()`'s return value (0 or -errno), `null` where the attach path cannot see it.
+    result: Option<i32>,
+    attach: &'static str,
+}
+
+impl<W: Write> EventSink for JsonLines<W> {
+    fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
+        let json = JsonEvent {
+            pid: event.pid,
+            tid: event.tid,
+            comm: comm(event),
+            netns: event.netns,
+            proto: proto(event),
+            backlog: event.backlog,
+            addr: address(event),
+            port: event.port,
+            result: result(event),
+            attach: attach_path(event),
+        };
+        serde_json::to_writer(&mut self.out, &json)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::AF_INET;
+
+    use super::*;
+
+    fn event(family: u16, addr: [u8; 16], result: Option<i32>) -> ListenEvent {
+        ListenEvent {
+            pid: 4321,
+            tid: 4322,
+            netns: 4026531840,
+            backlog: 7,
+            addr,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            result: result.unwrap_or(0),
+            port: 4242,
+            family,
+            attach: if result.is_some() {
+                ATTACH_KPROBE
+            } else {
+                ATTACH_TRACEPOINT
+            },
+            has_result: result.is_some() as u8,
+            padding: [0; 2],
+        }
+    }
+
+    fn ipv4(octets: [u8; 4]) -> [u8; 16] {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&octets);
+        addr
+    }
+
+    fn table_of(events: &[ListenEvent]) -> String {
+        let mut buffer = Vec::new();
+        let mut table = Table::new(&mut buffer).unwrap();
+        for event in events {
+            table.write(event).unwrap();
+        }
+        table.flush().unwrap();
+        drop(table);
+        String::from_utf8(buffer).unwrap()
+    }
+
+    #[test]
+    fn the_table_has_one_header_and_aligned_columns() {
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0xffff, 0xabcd).octets();
+        let text = table_of(&[
+            event(AF_INET, ipv4([127, 0, 0, 1]), Some(0)),
+            event(AF_INET6, v6, None),
+            event(AF_INET, ipv4([0, 0, 0, 0]), Some(-22)),
+        ]);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], Table::<Vec<u8>>::HEADER);
+        assert_eq!(
+            lines[1],
+            "4321    nginx            4026531840  TCPv4  7        127.0.0.1                                4242   ok"
+        );
+        assert_eq!(
+            lines[2],
+            "4321    nginx            4026531840  TCPv6  7        2001:db8::ffff:abcd                      4242   n/a"
+        );
+        assert!(lines[3].ends_with("4242   EINVAL"), "{}", lines[3]);
+        // Every column starts where its header starts.
+        for column in [
+            "COMM", "NETNS", "PROTO", "BACKLOG", "ADDR", "PORT", "RESULT",
+        ] {
+            let at = lines[0].find(column).unwrap();
+            for line in &lines[1..] {
+                assert_ne!(line.as_bytes()[at], b' ', "{column} in {line:?}");
+                assert_eq!(line.as_bytes()[at - 1], b' ', "{column} in {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_back() {
+        let mut buffer = Vec::new();
+        let mut json = JsonLines::new(&mut buffer);
+        json.write(&event(AF_INET, ipv4([127, 0, 0, 1]), Some(-98)))
+            .unwrap();
+        json.write(&event(AF_INET6, Ipv6Addr::LOCALHOST.octets(), None))
+            .unwrap();
+        json.flush().unwrap();
+        drop(json);
+        let lines: Vec<serde_json::Value> = String::from_utf8(buffer)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "pid": 4321, "tid": 4322, "comm": "nginx", "netns": 4026531840u32, "proto": "TCPv4",
+                "backlog": 7, "addr": "127.0.0.1", "port": 4242, "result": -98, "attach": "kprobe"
+            })
+        );
+        assert_eq!(lines[1]["addr"], "::1");
+        assert_eq!(lines[1]["result"], serde_json::Value::Null);
+        assert_eq!(lines[1]["attach"], "tracepoint");
+    }
+
+    #[test]
+    fn a_name_of_sixteen_bytes_has_no_nul() {
+        let mut full = event(AF_INET, ipv4([0; 4]), None);
+        full.comm = *b"0123456789abcdef";
+        assert_eq!(comm(&full), "0123456789abcdef");
+    }
+}

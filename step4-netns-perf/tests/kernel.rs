@@ -1,0 +1,404 @@
+//! Lesson 4 against the real kernel: structured events with the exact values, both output formats
+//! read back, the in-kernel filters, and a storm of listens counted exactly (received + lost).
+//!
+//! Our own events are told apart by their own ports, and by a network namespace of their own.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+use common::{
+    testing::{
+        InNewNetns, Stream, TracedStep, attach_paths_here, kernel_tests_can_run,
+        listen_in_another_process,
+    },
+    trigger,
+};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+const STEP: &str = env!("CARGO_BIN_EXE_step4-netns-perf");
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// Starts lesson 4 with `args`, printing JSON lines.
+fn start_json(path: &str, args: &[&str]) -> TracedStep {
+    let mut all = vec!["--json", "--attach", path];
+    all.extend(args);
+    TracedStep::start(STEP, &all)
+}
+
+/// Waits for the JSON event of our listen on `addr`.
+fn json_event_for(step: &mut TracedStep, addr: SocketAddr) -> Value {
+    let (ip, port) = (addr.ip().to_string(), addr.port());
+    let line = step
+        .wait_for_line(
+            Stream::Stdout,
+            |line| {
+                let event: Value = serde_json::from_str(line).expect("every stdout line is JSON");
+                event["port"] == port && event["addr"] == ip.as_str()
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no event for {addr}; output: {:#?}", step.output));
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The result a path reports for a successful `listen()`: return probes see 0, the tracepoint
+/// nothing.
+fn success_on(path: &str) -> Value {
+    if path == "tracepoint" {
+        Value::Null
+    } else {
+        json!(0)
+    }
+}
+
+#[test]
+fn events_carry_the_exact_values_on_every_attach_path() {
+    if !kernel_tests_can_run("events_carry_the_exact_values_on_every_attach_path") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    for path in attach_paths_here() {
+        let mut step = start_json(path, &[]);
+        let (addr, tid, _listener) = netns.run(|| {
+            let listener = trigger::listen((LOCALHOST, 0).into(), 31).unwrap();
+            (
+                listener.local_addr,
+                nix::unistd::gettid().as_raw(),
+                listener,
+            )
+        });
+        let event = json_event_for(&mut step, addr);
+        assert_eq!(
+            event,
+            json!({
+                "pid": std::process::id(),
+                "tid": tid,
+                "comm": InNewNetns::THREAD_NAME,
+                "netns": netns.inode,
+                "proto": "TCPv4",
+                "backlog": 31,
+                "addr": "127.0.0.1",
+                "port": addr.port(),
+                "result": success_on(path),
+                "attach": path,
+            })
+        );
+        step.stop_cleanly(Signal::SIGINT);
+    }
+}
+
+#[test]
+fn the_table_shows_the_same_values_under_one_header() {
+    if !kernel_tests_can_run("the_table_shows_the_same_values_under_one_header") {
+        return;
+    }
+    let mut step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
+    let v4 = trigger::listen((LOCALHOST, 0).into(), 33)
+        .unwrap()
+        .local_addr;
+    let v6 = trigger::listen(("::1".parse::<std::net::IpAddr>().unwrap(), 0).into(), 33)
+        .unwrap()
+        .local_addr;
+    for (addr, proto, ip) in [(v4, "TCPv4", "127.0.0.1"), (v6, "TCPv6", "::1")] {
+        let port = addr.port().to_string();
+        let row = step
+            .wait_for_line(
+                Stream::Stdout,
+                |line| line.split_whitespace().nth(6) == Some(&port),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("no row for {addr}: {:#?}", step.output));
+        let columns: Vec<_> = row.split_whitespace().collect();
+        let own_netns = trigger::netns_inode().unwrap().to_string();
+        let pid = std::process::id().to_string();
+        assert_eq!(columns[0], pid);
+        assert_eq!(columns[2], own_netns);
+        assert_eq!(&columns[3..], [proto, "33", ip, port.as_str(), "n/a"]);
+        // The thread's name, cut to the kernel's 15 characters.
+        let thread = std::thread::current()
+            .name()
+            .unwrap()
+            .chars()
+            .take(15)
+            .collect::<String>();
+        assert_eq!(columns[1], thread);
+    }
+    let finished = step.stop(Signal::SIGINT);
+    let stdout = finished.stdout();
+    let header = "PID     COMM             NETNS       PROTO  BACKLOG  ADDR                                     PORT   RESULT";
+    assert_eq!(stdout.lines().next(), Some(header));
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("PID "))
+            .count(),
+        1,
+        "one header"
+    );
+}
+
+#[test]
+fn the_pid_filter_drops_other_processes() {
+    if !kernel_tests_can_run("the_pid_filter_drops_other_processes") {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let mut filtered = start_json("tracepoint", &["--pid", &pid]);
+    let mut unfiltered = start_json("tracepoint", &[]);
+    let (child, foreign) = listen_in_another_process((LOCALHOST, 0).into(), 35);
+    let own = trigger::listen((LOCALHOST, 0).into(), 35)
+        .unwrap()
+        .local_addr;
+    // The control: without the filter, both listens are seen, each with its own process.
+    assert_eq!(json_event_for(&mut unfiltered, foreign)["pid"], child);
+    assert_eq!(
+        json_event_for(&mut unfiltered, own)["pid"],
+        std::process::id()
+    );
+    // With it, ours arrives and the other process's never does.
+    assert_eq!(
+        json_event_for(&mut filtered, own)["pid"],
+        std::process::id()
+    );
+    let finished = filtered.stop(Signal::SIGINT);
+    let foreign_port = foreign.port();
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            event["pid"],
+            std::process::id(),
+            "the filter let through {line}"
+        );
+        assert_ne!(event["port"], foreign_port);
+    }
+    unfiltered.stop_cleanly(Signal::SIGINT);
+}
+
+#[test]
+fn the_netns_filter_drops_other_namespaces() {
+    if !kernel_tests_can_run("the_netns_filter_drops_other_namespaces") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let mut filtered = start_json("tracepoint", &["--netns", &netns.inode.to_string()]);
+    let mut unfiltered = start_json("tracepoint", &[]);
+    let inside = netns.run(|| {
+        trigger::listen((LOCALHOST, 0).into(), 37)
+            .unwrap()
+            .local_addr
+    });
+    let outside = trigger::listen((LOCALHOST, 0).into(), 37)
+        .unwrap()
+        .local_addr;
+    let inside_again = netns.run(|| {
+        trigger::listen((LOCALHOST, 0).into(), 37)
+            .unwrap()
+            .local_addr
+    });
+    // The control sees the listen outside the namespace.
+    assert_eq!(
+        json_event_for(&mut unfiltered, outside)["netns"],
+        trigger::netns_inode().unwrap()
+    );
+    assert_eq!(json_event_for(&mut filtered, inside)["netns"], netns.inode);
+    assert_eq!(
+        json_event_for(&mut filtered, inside_again)["netns"],
+        netns.inode
+    );
+    let finished = filtered.stop(Signal::SIGINT);
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["netns"], netns.inode, "the filter let through {line}");
+    }
+    unfiltered.stop_cleanly(Signal::SIGINT);
+}
+
+/// `listen()` on a connected socket fails with EINVAL inside `inet_listen()`: the return probes
+/// report it, and the tracepoint, which fires only when a socket starts listening, does not see it.
+#[test]
+fn a_failed_listen_reports_its_error_where_a_return_probe_sees_it() {
+    if !kernel_tests_can_run("a_failed_listen_reports_its_error_where_a_return_probe_sees_it") {
+        return;
+    }
+    for path in attach_paths_here() {
+        let mut step = start_json(path, &[]);
+        let server = trigger::listen((LOCALHOST, 0).into(), 39).unwrap();
+        let client = TcpStream::connect(server.local_addr).unwrap();
+        // SAFETY: a plain listen(2) on a socket we own.
+        let failed = unsafe { libc::listen(client.as_raw_fd(), 41) };
+        assert_eq!(failed, -1, "listen() on a connected socket fails");
+        let marker = trigger::listen((LOCALHOST, 0).into(), 43)
+            .unwrap()
+            .local_addr;
+        if path == "tracepoint" {
+            json_event_for(&mut step, marker);
+            let finished = step.stop(Signal::SIGINT);
+            let client_port = client.local_addr().unwrap().port();
+            assert!(
+                finished
+                    .stdout()
+                    .lines()
+                    .all(|line| !line.contains(&format!("\"port\":{client_port},"))),
+                "the tracepoint saw a listen() that failed:\n{}",
+                finished.stdout()
+            );
+        } else {
+            let event = json_event_for(&mut step, client.local_addr().unwrap());
+            assert_eq!(event["result"], -22, "EINVAL: {event}");
+            assert_eq!(event["backlog"], 41);
+            assert_eq!(json_event_for(&mut step, marker)["result"], 0);
+            step.stop_cleanly(Signal::SIGINT);
+        }
+    }
+}
+
+/// A socket that never called `bind()` gets its port during `listen()`: the return probes see it,
+/// the tracepoint (which fires before the kernel picks it) reports 0, as lesson 3 explains.
+#[test]
+fn the_return_probes_see_the_port_of_an_unbound_socket() {
+    if !kernel_tests_can_run("the_return_probes_see_the_port_of_an_unbound_socket") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    for path in attach_paths_here() {
+        let mut step = start_json(path, &["--netns", &netns.inode.to_string()]);
+        let (port, _listener) = netns.run(|| {
+            let listener = trigger::listen_without_bind(trigger::Domain::IPV4, 45).unwrap();
+            (listener.local_addr.port(), listener)
+        });
+        let reported_port = if path == "tracepoint" { 0 } else { port };
+        let event = json_event_for(
+            &mut step,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, reported_port)),
+        );
+        assert_eq!(event["backlog"], 45);
+        step.stop_cleanly(Signal::SIGINT);
+    }
+}
+
+/// How many listens a storm makes.
+const STORM: usize = 100_000;
+
+/// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
+/// what lesson 4, filtered to that namespace, reported: (rows printed, received, lost).
+fn storm(netns: &InNewNetns, buffer_pages: &str) -> (usize, u64, u64) {
+    let step = TracedStep::start(
+        STEP,
+        &[
+            "--attach",
+            "tracepoint",
+            "--netns",
+            &netns.inode.to_string(),
+            "--buffer-pages",
+            buffer_pages,
+        ],
+    );
+    netns.run(|| {
+        for _ in 0..STORM {
+            trigger::listen((LOCALHOST, 0).into(), 47).unwrap();
+        }
+    });
+    // Let the reader drain what is in the buffers, then stop it.
+    std::thread::sleep(Duration::from_secs(1));
+    let finished = step.stop(Signal::SIGINT);
+    assert!(finished.status.success(), "{}", finished.stderr());
+    let rows = finished
+        .stdout()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(4) == Some("47"))
+        .count();
+    let summary = finished
+        .stderr()
+        .lines()
+        .find_map(|line| {
+            let (received, rest) = line.split_once(" events received, ")?;
+            let lost = rest.split(' ').next()?;
+            Some((received.parse::<u64>().ok()?, lost.parse::<u64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no summary line in:\n{}", finished.stderr()));
+    (rows, summary.0, summary.1)
+}
+
+#[test]
+fn a_storm_of_listens_is_counted_exactly_with_a_small_buffer() {
+    if !kernel_tests_can_run("a_storm_of_listens_is_counted_exactly_with_a_small_buffer") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let (rows, received, lost) = storm(&netns, "1");
+    eprintln!("one page per CPU: {rows} rows, {received} received, {lost} lost of {STORM}");
+    assert_eq!(
+        rows as u64, received,
+        "every event received is printed once"
+    );
+    assert_eq!(
+        received + lost,
+        STORM as u64,
+        "received + lost = what we triggered"
+    );
+    assert!(
+        lost > 0,
+        "a one-page buffer must overflow in a storm of {STORM}"
+    );
+}
+
+#[test]
+fn a_storm_of_listens_loses_nothing_with_the_default_buffer() {
+    if !kernel_tests_can_run("a_storm_of_listens_loses_nothing_with_the_default_buffer") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let (rows, received, lost) = storm(&netns, "256");
+    eprintln!("default buffer: {rows} rows, {received} received, {lost} lost of {STORM}");
+    assert_eq!(
+        rows as u64, received,
+        "every event received is printed once"
+    );
+    assert_eq!(
+        received + lost,
+        STORM as u64,
+        "received + lost = what we triggered"
+    );
+    assert_eq!(
+        lost, 0,
+        "the default buffer keeps up with a storm of {STORM}"
+    );
+}
+
+#[test]
+fn rows_are_never_printed_twice() {
+    if !kernel_tests_can_run("rows_are_never_printed_twice") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let step = start_json(
+        "tracepoint",
+        &["--netns", &netns.inode.to_string(), "--buffer-pages", "1"],
+    );
+    let addrs: Vec<SocketAddr> = netns.run(|| {
+        let listeners: Vec<_> = (0..500)
+            .map(|_| trigger::listen((LOCALHOST, 0).into(), 49).unwrap())
+            .collect();
+        listeners
+            .iter()
+            .map(|listener| listener.local_addr)
+            .collect()
+    });
+    // A one-page ring wraps around many times over 500 events (and may drop some).
+    std::thread::sleep(Duration::from_secs(1));
+    let finished = step.stop(Signal::SIGINT);
+    let ports: HashSet<u64> = addrs.iter().map(|addr| u64::from(addr.port())).collect();
+    let mut seen = HashSet::new();
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let port = event["port"].as_u64().unwrap();
+        assert!(ports.contains(&port), "not one of ours: {line}");
+        assert!(seen.insert(port), "printed twice: {line}");
+    }
+    assert!(seen.len() > 50, "only {} of 500 events arrived", seen.len());
+}
