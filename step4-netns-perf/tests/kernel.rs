@@ -402,3 +402,174 @@ fn rows_are_never_printed_twice() {
     }
     assert!(seen.len() > 50, "only {} of 500 events arrived", seen.len());
 }
+
+/// The life cycle of a tool people keep running: every way it can end leaves nothing in the kernel.
+mod hardening {
+    use std::{fs, process::Command};
+
+    use super::*;
+    use common::testing::assert_programs_unloaded;
+
+    #[test]
+    fn sigterm_and_duration_end_with_a_summary_and_nothing_loaded() {
+        if !kernel_tests_can_run("sigterm_and_duration_end_with_a_summary_and_nothing_loaded") {
+            return;
+        }
+        let step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
+        let ids = step.program_ids();
+        let finished = step.stop(Signal::SIGTERM);
+        assert!(finished.status.success(), "{}", finished.stderr());
+        assert!(
+            finished.stderr().contains(" events received, "),
+            "{}",
+            finished.stderr()
+        );
+        assert!(
+            finished
+                .stderr()
+                .contains("stopped by SIGTERM: detached from the tracepoint")
+        );
+        assert_programs_unloaded(&ids);
+
+        let step = TracedStep::start(STEP, &["--attach", "tracepoint", "--duration", "0.5"]);
+        let ids = step.program_ids();
+        let finished = step.wait(Duration::from_secs(10));
+        assert!(finished.status.success(), "{}", finished.stderr());
+        assert!(
+            finished
+                .stderr()
+                .contains("stopped after 500ms (--duration)"),
+            "{}",
+            finished.stderr()
+        );
+        assert_programs_unloaded(&ids);
+    }
+
+    #[test]
+    fn kill_9_leaves_nothing_attached() {
+        if !kernel_tests_can_run("kill_9_leaves_nothing_attached") {
+            return;
+        }
+        for path in attach_paths_here() {
+            let step = start_json(path, &[]);
+            let ids = step.program_ids();
+            let finished = step.stop(Signal::SIGKILL);
+            assert_eq!(finished.status.code(), None, "killed by a signal");
+            // No handler ran: the kernel let go of the programs when their last fd closed.
+            assert_programs_unloaded(&ids);
+        }
+    }
+
+    #[test]
+    fn two_instances_at_once_both_see_every_event() {
+        if !kernel_tests_can_run("two_instances_at_once_both_see_every_event") {
+            return;
+        }
+        let mut first = start_json("tracepoint", &[]);
+        let mut second = start_json("tracepoint", &[]);
+        let listeners: Vec<_> = (0..20)
+            .map(|_| trigger::listen((LOCALHOST, 0).into(), 51).unwrap())
+            .collect();
+        for listener in &listeners {
+            assert_eq!(
+                json_event_for(&mut first, listener.local_addr)["backlog"],
+                51
+            );
+            assert_eq!(
+                json_event_for(&mut second, listener.local_addr)["backlog"],
+                51
+            );
+        }
+        first.stop_cleanly(Signal::SIGINT);
+        second.stop_cleanly(Signal::SIGINT);
+    }
+
+    #[test]
+    fn a_closed_output_pipe_ends_the_run_quietly() {
+        if !kernel_tests_can_run("a_closed_output_pipe_ends_the_run_quietly") {
+            return;
+        }
+        let stderr =
+            std::env::temp_dir().join(format!("listen-trace-pipe-{}.err", std::process::id()));
+        // `head -1` takes the table's header and exits; the next row meets a closed pipe.
+        let mut pipeline = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{STEP} --attach tracepoint 2>{} | head -1 >/dev/null",
+                stderr.display()
+            ))
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let _listener = trigger::listen((LOCALHOST, 0).into(), 53).unwrap();
+            if let Some(status) = pipeline.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the step did not end after its output closed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr_text = fs::read_to_string(&stderr).unwrap();
+        fs::remove_file(&stderr).unwrap();
+        assert!(status.success());
+        assert!(
+            stderr_text.contains("stopped: the output was closed: detached from the"),
+            "{stderr_text}"
+        );
+        assert!(
+            !stderr_text.contains("panicked") && !stderr_text.contains("Error"),
+            "{stderr_text}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_btf_is_a_clear_error() {
+        if !kernel_tests_can_run("a_kernel_without_btf_is_a_clear_error") {
+            return;
+        }
+        let corrupt =
+            std::env::temp_dir().join(format!("listen-trace-corrupt-btf-{}", std::process::id()));
+        fs::write(&corrupt, b"not BTF at all").unwrap();
+        for (file, message) in [
+            (
+                "/nonexistent/vmlinux".into(),
+                "this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF)",
+            ),
+            (corrupt.clone(), "is not valid BTF"),
+        ] {
+            let finished = TracedStep::spawn_command(
+                Command::new(STEP).env(common::user::KERNEL_BTF_VARIABLE, &file),
+            )
+            .wait(Duration::from_secs(10));
+            let stderr = finished.stderr();
+            assert_eq!(finished.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains(message), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+        fs::remove_file(corrupt).unwrap();
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for (args, message) in [
+            (&["--buffer-pages", "3"][..], "`3` is not a power of two"),
+            (&["--pid", "-4"][..], "unexpected argument"),
+            (
+                &["--netns", "abc"][..],
+                "invalid value 'abc' for '--netns <INODE>'",
+            ),
+            (&["--frobnicate"][..], "unexpected argument '--frobnicate'"),
+        ] {
+            let finished = TracedStep::spawn(STEP, args).wait(Duration::from_secs(10));
+            assert_eq!(finished.status.code(), Some(2), "{args:?}");
+            assert!(
+                finished.stderr().contains(message),
+                "{args:?}: {}",
+                finished.stderr()
+            );
+        }
+    }
+}

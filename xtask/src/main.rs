@@ -3,6 +3,7 @@
 //! xtask itself is built by whatever toolchain `cargo` starts with; it installs the pinned toolchain
 //! (see `common::PINNED_RUST`) and drives every other build with it.
 
+mod bench;
 mod lessons;
 mod listen;
 mod pinned;
@@ -43,6 +44,8 @@ enum Command {
     Test,
     /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm.rs` for the list)
     VmTest(vm::VmTestArgs),
+    /// Measure what lesson 4 costs per listen() next to no tracer and bpftrace, and start-up times
+    Bench(bench::BenchArgs),
     /// Listen on a TCP port until Ctrl-C, to give the lessons something to see
     Listen(listen::ListenArgs),
 }
@@ -89,6 +92,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Test => test::run(),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
+        Command::Bench(args) => bench::run(&setup::run()?, &args),
         Command::Listen(args) => listen::run(&args),
     }
 }

@@ -196,7 +196,8 @@ fn apt_get(args: &[&str]) -> anyhow::Result<()> {
     run_step(&what, Command::new("apt-get").args(args))
 }
 
-fn which(command: &str) -> Option<PathBuf> {
+/// The path of `command` on PATH, if it is installed.
+pub fn which(command: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(command))
         .find(|path| path.is_file())

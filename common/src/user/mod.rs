@@ -13,7 +13,7 @@ mod stop;
 pub use attach::{AttachMode, AttachPath, AttachedProbe, attach_listen_probe};
 pub use ebpf_logs::{EbpfLogPrinter, init_event_output};
 pub use load::{load_ebpf, load_ebpf_with_filter, load_ebpf_with_offsets};
-pub use offsets::KERNEL_BTF;
+pub use offsets::{KERNEL_BTF, KERNEL_BTF_VARIABLE};
 pub use options::Options;
 pub use perf_events::{EventCounts, EventSink, PerfEvents};
 pub use report::Report;

@@ -10,6 +10,9 @@ use crate::{ListenEvent, ListenFilter, SockOffsets};
 
 /// Where the running kernel describes its types (CONFIG_DEBUG_INFO_BTF).
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Names another BTF file for the running kernel: one shipped apart from a kernel built without
+/// BTF, or a missing or corrupt file to see how the lessons react.
+pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding: any bytes are a
 // valid value.
@@ -18,9 +21,13 @@ unsafe impl aya::Pod for ListenFilter {}
 unsafe impl aya::Pod for ListenEvent {}
 
 impl SockOffsets {
-    /// The offsets in the running kernel.
+    /// The offsets in the running kernel, from its BTF (or the file `LISTEN_TRACE_KERNEL_BTF`
+    /// names).
     pub fn of_running_kernel() -> anyhow::Result<Self> {
-        Self::from_btf_file(Path::new(KERNEL_BTF))
+        match std::env::var_os(KERNEL_BTF_VARIABLE) {
+            Some(path) => Self::from_btf_file(Path::new(&path)),
+            None => Self::from_btf_file(Path::new(KERNEL_BTF)),
+        }
     }
 
     /// The offsets described by the BTF file at `path`.
