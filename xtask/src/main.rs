@@ -4,6 +4,8 @@
 //! (see `common::PINNED_RUST`) and drives every other build with it.
 
 mod bench;
+mod check;
+mod docs;
 mod lessons;
 mod listen;
 mod pinned;
@@ -44,10 +46,33 @@ enum Command {
     Test,
     /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm.rs` for the list)
     VmTest(vm::VmTestArgs),
+    /// Build the book (English and Chinese) with mdBook, after checking its includes and links
+    Docs(docs::DocsArgs),
     /// Measure what lesson 4 costs per listen() next to no tracer and bpftrace, and start-up times
     Bench(bench::BenchArgs),
+    /// Check an exercise: build your lesson and run it against real listen() calls
+    Check {
+        #[command(subcommand)]
+        what: CheckWhat,
+    },
     /// Listen on a TCP port until Ctrl-C, to give the lessons something to see
     Listen(listen::ListenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckWhat {
+    /// An exercise, for example `cargo xtask check exercise 1`
+    Exercise {
+        /// The exercise number (the lesson it belongs to)
+        #[arg(value_name = "N")]
+        number: u8,
+        /// Check the reference solution (docs/exercises/) instead of your code
+        #[arg(long, conflicts_with = "starter")]
+        solution: bool,
+        /// Check the lesson as it is before the exercise (it must fail)
+        #[arg(long)]
+        starter: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +118,22 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test => test::run(),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
+        Command::Docs(args) => docs::run(&setup::run()?, &args),
+        Command::Check {
+            what:
+                CheckWhat::Exercise {
+                    number,
+                    solution,
+                    starter,
+                },
+        } => {
+            let attempt = match (solution, starter) {
+                (true, _) => check::Attempt::Solution,
+                (_, true) => check::Attempt::Starter,
+                _ => check::Attempt::Yours,
+            };
+            check::run(&setup::run()?, number, attempt)
+        }
         Command::Listen(args) => listen::run(&args),
     }
 }

@@ -145,32 +145,13 @@ fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
             "a C compiler (`cc`) is needed to link bpf-linker: install gcc (Debian/Ubuntu: `apt-get install gcc`)"
         );
     }
-    let feature = format!("llvm-{}", llvm.major);
-    let mut install = toolchain.cargo(&[
-        "install",
+    let mut install = install_tool(
+        toolchain,
         "bpf-linker",
-        "--version",
-        &format!("={BPF_LINKER_VERSION}"),
-        "--locked",
-        "--force",
-        "--no-default-features",
-        "--features",
-        &feature,
-        "--root",
-    ]);
-    // With its folder on PATH, cargo does not suggest adding it: the linker is found through
-    // `.cargo/config.toml`, not through PATH.
-    let path = std::env::join_paths(std::iter::once(linker.tools.join("bin")).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))?;
-    install
-        .arg(&linker.tools)
-        .env("PATH", path)
-        .env("LLVM_PREFIX", &llvm.prefix)
-        .env(
-            "CARGO_TARGET_DIR",
-            crate::pinned::target_dir().join("bpf-linker-build"),
-        );
+        BPF_LINKER_VERSION,
+        &format!("llvm-{}", llvm.major),
+    );
+    install.env("LLVM_PREFIX", &llvm.prefix);
     run_step("cargo install bpf-linker", &mut install)?;
     fs::write(
         linker.stamp(),
@@ -188,6 +169,40 @@ fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cargo install` of a tool from crates.io, at an exact version and with only `features`, into
+/// `.tools/` (its own build folder under `target/`, so that a failed build resumes).
+pub fn install_tool(toolchain: &Toolchain, name: &str, version: &str, features: &str) -> Command {
+    let tools = workspace_root().join(".tools");
+    let mut install = toolchain.cargo(&[
+        "install",
+        name,
+        "--locked",
+        "--force",
+        "--no-default-features",
+    ]);
+    install
+        .args([
+            "--version",
+            &format!("={version}"),
+            "--features",
+            features,
+            "--root",
+        ])
+        .arg(&tools);
+    // With the tools' folder on PATH, cargo does not suggest adding it: xtask and
+    // `.cargo/config.toml` find the tools there themselves.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(tools.join("bin")).chain(std::env::split_paths(&path)),
+    )
+    .expect("PATH holds no separator in a folder name");
+    install.env("PATH", path).env(
+        "CARGO_TARGET_DIR",
+        crate::pinned::target_dir().join(format!("{name}-build")),
+    );
+    install
 }
 
 /// An LLVM to build bpf-linker against: a prefix whose `lib/` holds `libLLVM.so`.

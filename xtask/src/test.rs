@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::{
-    lessons,
+    check, docs, lessons,
     pinned::{Toolchain, run_step},
     setup, vm,
 };
@@ -55,6 +55,18 @@ pub fn run() -> anyhow::Result<()> {
     // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
     vm::run(&toolchain, &vm::VmTestArgs::default())?;
 
+    check_exercises(&toolchain)?;
+
+    // The book: includes, anchors and links, transcripts that match the programs, and the build.
+    eprintln!("==> the book");
+    docs::check_transcripts()?;
+    docs::run(
+        &toolchain,
+        &docs::DocsArgs {
+            refresh_transcripts: false,
+        },
+    )?;
+
     eprintln!(
         "==> all checks passed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -79,4 +91,37 @@ fn clippy_ebpf(toolchain: &Toolchain, ebpf_crates: &[String]) -> std::process::C
     let mut command = toolchain.cargo(&args);
     command.env("RUSTC_BOOTSTRAP", "1"); // -Z build-std on a stable toolchain
     command
+}
+
+/// Every reference solution passes its check, and an untouched lesson fails with a message that
+/// says what is missing. The checks load eBPF programs: root only.
+fn check_exercises(toolchain: &Toolchain) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var_os("CI").is_some() {
+            anyhow::bail!("the exercise checks need root, and CI must not skip them");
+        }
+        eprintln!(
+            "SKIPPED: the exercise checks need root; run `sudo -E cargo xtask test` to include them"
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    eprintln!("==> exercises: the reference solutions pass, the starter fails");
+    for exercise in &check::EXERCISES {
+        check::run(toolchain, exercise.number, check::Attempt::Solution)?;
+    }
+    match check::run(toolchain, 1, check::Attempt::Starter) {
+        Ok(()) => anyhow::bail!("exercise 1 passes before anything was changed"),
+        Err(error) if format!("{error:#}").contains("but not who called listen()") => {
+            eprintln!("    the starter of exercise 1 fails, as it must: {error:#}");
+        }
+        Err(error) => {
+            return Err(error.context("exercise 1's starter failed for an unexpected reason"));
+        }
+    }
+    eprintln!(
+        "    exercises: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

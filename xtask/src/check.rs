@@ -1,0 +1,386 @@
+//! `cargo xtask check exercise N`: builds the learner's lesson, runs it against real `listen()` calls
+//! and says whether the exercise is done, or what is still missing. As in rustlings, a tool, not the
+//! reader's memory, knows when an exercise works.
+//!
+//! The reference solutions are patches in `docs/exercises/`. `--solution` checks one, applied to a
+//! clean checkout of the last commit (a git worktree under `target/`); `--starter` checks that
+//! checkout as it is, which must fail with a helpful message.
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::mpsc::Receiver,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use common::trigger;
+
+use crate::{
+    lessons::{self, Lesson},
+    pinned::{Toolchain, run_step, spawn_reading_lines, target_dir},
+    workspace_root,
+};
+
+/// One exercise: which lesson it extends, its solution, and what it asks.
+#[derive(Debug)]
+pub struct Exercise {
+    pub number: u8,
+    pub lesson: u8,
+    pub title: &'static str,
+    /// The reference solution, in `docs/exercises/`.
+    pub patch: &'static str,
+}
+
+pub const EXERCISES: [Exercise; 4] = [
+    Exercise {
+        number: 1,
+        lesson: 1,
+        title: "say who listens",
+        patch: "1-process-name.patch",
+    },
+    Exercise {
+        number: 2,
+        lesson: 2,
+        title: "add the process ID",
+        patch: "2-pid.patch",
+    },
+    Exercise {
+        number: 3,
+        lesson: 3,
+        title: "the port in host byte order",
+        patch: "3-skc-num.patch",
+    },
+    Exercise {
+        number: 4,
+        lesson: 4,
+        title: "a --port filter in the kernel",
+        patch: "4-port-filter.patch",
+    },
+];
+
+/// Whose code is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The lesson in this working tree, as the learner changed it.
+    Yours,
+    /// The reference solution, applied to the last commit.
+    Solution,
+    /// The last commit as it is, before the exercise.
+    Starter,
+}
+
+/// Checks exercise `number`; `Ok` when it passes, an error saying what is missing otherwise.
+pub fn run(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<()> {
+    let exercise = EXERCISES
+        .iter()
+        .find(|exercise| exercise.number == number)
+        .with_context(|| {
+            format!(
+                "there is no exercise {number}; they are 1 to {}",
+                EXERCISES.len()
+            )
+        })?;
+    let lesson = lessons::find(exercise.lesson)?;
+    let binary = match attempt {
+        Attempt::Yours => {
+            lessons::build(toolchain, &[lesson])?;
+            target_dir().join("release").join(lesson.package)
+        }
+        Attempt::Solution => build_in_clean_checkout(toolchain, lesson, Some(exercise.patch))?,
+        Attempt::Starter => build_in_clean_checkout(toolchain, lesson, None)?,
+    };
+    eprintln!(
+        "==> exercise {number} ({}): running lesson {} against real listen() calls",
+        exercise.title, lesson.number
+    );
+    let verdict = match number {
+        1 => check_process_name(&binary),
+        2 => check_pid(&binary),
+        3 => check_skc_num(&binary),
+        _ => check_port_filter(&binary),
+    };
+    match verdict {
+        Ok(()) => {
+            eprintln!("exercise {number} ({}): passed", exercise.title);
+            Ok(())
+        }
+        Err(missing) => bail!(
+            "exercise {number} ({}) is not done yet: {missing}\n(the exercise and its hint are at the end of docs/src/lesson-{}-*.md)",
+            exercise.title,
+            lesson.number
+        ),
+    }
+}
+
+/// Exercise 1: `Hello World from NAME!`, where NAME is the thread that called listen().
+fn check_process_name(binary: &Path) -> Result<(), String> {
+    let mut step = Running::start(binary, &[])?;
+    let thread_name = "ex1-listener";
+    let wanted = format!("Hello World from {thread_name}!");
+    thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(|| listen_once(1))
+        .map_err(|error| error.to_string())?
+        .join()
+        .map_err(|_| "the listening thread failed".to_string())??;
+    if step.wait_for(|line| line.ends_with(&wanted)).is_some() {
+        return Ok(());
+    }
+    Err(if step.saw(|line| line.ends_with(" Hello World!")) {
+        format!(
+            "the program says `Hello World!`, but not who called listen(). Our listener's thread \
+             is named {thread_name}: the line should read `{wanted}`"
+        )
+    } else {
+        format!(
+            "no line `{wanted}` arrived; the program printed:\n{}",
+            step.stdout()
+        )
+    })
+}
+
+/// Exercise 2: `Listening with up to 7 pending connections! (pid PID)`.
+fn check_pid(binary: &Path) -> Result<(), String> {
+    let mut step = Running::start(binary, &[])?;
+    listen_once(7)?;
+    let wanted = format!(
+        "Listening with up to 7 pending connections! (pid {})",
+        std::process::id()
+    );
+    if step.wait_for(|line| line.ends_with(&wanted)).is_some() {
+        return Ok(());
+    }
+    Err(
+        if step.saw(|line| line.ends_with(" Listening with up to 7 pending connections!")) {
+            format!("the backlog is there, the process is not: the line should end with `{wanted}`")
+        } else {
+            format!(
+                "no line ending with `{wanted}` arrived; the program printed:\n{}",
+                step.stdout()
+            )
+        },
+    )
+}
+
+/// Exercise 3: `…, skc_num PORT)` after inet_sport, on the line of our listener.
+fn check_skc_num(binary: &Path) -> Result<(), String> {
+    let mut step = Running::start(binary, &[])?;
+    let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 3)
+        .map_err(|error| format!("{error:#}"))?;
+    let port = listener.local_addr.port();
+    let ours = format!(" Listening on 127.0.0.1:{port} ");
+    let wanted_end = format!(", skc_num {port})");
+    if step
+        .wait_for(|line| line.contains(&ours) && line.ends_with(&wanted_end))
+        .is_some()
+    {
+        return Ok(());
+    }
+    Err(
+        match step.stdout().lines().find(|line| line.contains(&ours)) {
+            Some(line) => {
+                format!("our listener's line is `{line}`: it should end with `{wanted_end}`")
+            }
+            None => format!(
+                "no line for our listener on 127.0.0.1:{port}; the program printed:\n{}",
+                step.stdout()
+            ),
+        },
+    )
+}
+
+/// Exercise 4: `--port P` keeps the listens on port P and drops the others, in the kernel.
+fn check_port_filter(binary: &Path) -> Result<(), String> {
+    // A port that is free right now: the kernel gives one, we let it go and ask the filter for it.
+    let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 1)
+        .map_err(|error| format!("{error:#}"))?
+        .local_addr
+        .port();
+    let mut step = Running::start(binary, &["--json", "--port", &port.to_string()])?;
+    let other = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 5)
+        .map_err(|error| format!("{error:#}"))?;
+    let _kept = trigger::listen((Ipv4Addr::LOCALHOST, port).into(), 5)
+        .map_err(|error| format!("{error:#}"))?;
+    if step
+        .wait_for(|line| line.contains(&format!("\"port\":{port},")))
+        .is_none()
+    {
+        return Err(format!(
+            "the listen on port {port} did not show; the program printed:\n{}",
+            step.stdout()
+        ));
+    }
+    let other_port = format!("\"port\":{},", other.local_addr.port());
+    if step.saw(|line| line.contains(&other_port)) {
+        return Err(format!(
+            "--port {port} let through a listen on port {}",
+            other.local_addr.port()
+        ));
+    }
+    Ok(())
+}
+
+fn listen_once(backlog: i32) -> Result<(), String> {
+    trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), backlog)
+        .map(drop)
+        .map_err(|error| format!("{error:#}"))
+}
+
+/// A lesson binary, started and read line by line.
+struct Running {
+    child: Child,
+    lines: Receiver<(bool, String)>,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    /// Starts `binary` and waits for its ready line.
+    fn start(binary: &Path, args: &[&str]) -> Result<Self, String> {
+        let (child, lines) = spawn_reading_lines(Command::new(binary).args(args))
+            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        let mut running = Self {
+            child,
+            lines,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !running.stderr.iter().any(|line| line.starts_with("Ready:")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if running.next_line(left).is_none() {
+                return Err(format!(
+                    "the program did not get ready; it said:\n{}",
+                    running.stderr.join("\n")
+                ));
+            }
+        }
+        Ok(running)
+    }
+
+    /// The next line of either stream (`true` for stdout), or `None` at the time limit.
+    fn next_line(&mut self, timeout: Duration) -> Option<(bool, String)> {
+        let (is_stdout, line) = self.lines.recv_timeout(timeout).ok()?;
+        let stream = if is_stdout {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        stream.push(line.clone());
+        Some((is_stdout, line))
+    }
+
+    /// Waits up to 5 s for a stdout line that satisfies `wanted`.
+    fn wait_for(&mut self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(line) = self.stdout.iter().find(|line| wanted(line)) {
+            return Some(line.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next_line(left) {
+                Some((true, line)) if wanted(&line) => return Some(line),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    }
+
+    fn saw(&self, wanted: impl Fn(&str) -> bool) -> bool {
+        self.stdout.iter().any(|line| wanted(line))
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds `lesson` in a clean checkout of the last commit (a git worktree under `target/`), with
+/// `patch` applied, and returns its binary. Its own target folder keeps the learner's build intact.
+fn build_in_clean_checkout(
+    toolchain: &Toolchain,
+    lesson: &Lesson,
+    patch: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let base = target_dir().join("exercises");
+    let tree = base.join("checkout");
+    let git = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .status()
+            .context("cannot run git")?;
+        if !status.success() {
+            bail!(
+                "`git {}` failed (the solutions are checked in a git checkout)",
+                args.join(" ")
+            );
+        }
+        Ok(())
+    };
+    let tree_arg = tree
+        .to_str()
+        .context("a target folder whose path is not UTF-8")?;
+    if tree.exists() {
+        git(&["worktree", "remove", "--force", tree_arg])?;
+    }
+    git(&["worktree", "prune"])?;
+    git(&[
+        "worktree", "add", "--quiet", "--detach", "--force", tree_arg, "HEAD",
+    ])?;
+    if let Some(patch) = patch {
+        let patch = root.join("docs/exercises").join(patch);
+        run_step(
+            &format!("apply {}", patch.display()),
+            Command::new("git")
+                .arg("-C")
+                .arg(&tree)
+                .arg("apply")
+                .arg(&patch),
+        )?;
+    }
+    // The checkout links with this workspace's bpf-linker (`.cargo/config.toml` names `.tools/`).
+    symlink(root.join(".tools"), tree.join(".tools"))
+        .context("cannot link .tools into the checkout")?;
+    let mut build = toolchain.cargo(&["build", "--release", "--package", lesson.package]);
+    build
+        .current_dir(&tree)
+        .env("CARGO_TARGET_DIR", base.join("target"));
+    run_step(
+        &format!("build {} in {}", lesson.package, tree.display()),
+        &mut build,
+    )?;
+    Ok(base.join("target/release").join(lesson.package))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exercise_has_its_lesson_and_its_solution() {
+        for (index, exercise) in EXERCISES.iter().enumerate() {
+            assert_eq!(usize::from(exercise.number), index + 1);
+            assert!(
+                lessons::LESSONS
+                    .iter()
+                    .any(|lesson| lesson.number == exercise.lesson)
+            );
+            let patch = workspace_root().join("docs/exercises").join(exercise.patch);
+            assert!(patch.exists(), "{} is missing", patch.display());
+        }
+    }
+}

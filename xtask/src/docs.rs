@@ -1,0 +1,477 @@
+//! `cargo xtask docs`: the book, in English (`docs/`) and Chinese (`docs/zh/`), built with mdBook,
+//! and the checks that keep it from drifting away from the code: every `{{#include}}` resolves to
+//! something, both editions include the same code, links lead somewhere, and the transcripts on the
+//! pages have the format the programs print today (`--refresh-transcripts` rewrites them from real
+//! runs).
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use common::trigger;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{
+    lessons,
+    pinned::{Toolchain, run_step, spawn_reading_lines, target_dir},
+    workspace_root,
+};
+
+/// The mdBook release that builds the book.
+const MDBOOK_VERSION: &str = "0.5.4";
+
+#[derive(Debug, clap::Args)]
+pub struct DocsArgs {
+    /// First run each lesson and write what it prints into docs/src/transcripts/
+    #[arg(long)]
+    pub refresh_transcripts: bool,
+}
+
+/// The two editions: where their pages are.
+fn editions() -> [PathBuf; 2] {
+    let docs = workspace_root().join("docs");
+    [docs.join("src"), docs.join("zh/src")]
+}
+
+pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
+    if args.refresh_transcripts {
+        lessons::build(toolchain, &lessons::present()?)?;
+        let folder = transcripts_folder();
+        for transcript in TRANSCRIPTS {
+            let text = transcript.record()?;
+            fs::write(folder.join(format!("{}.txt", transcript.name)), text)?;
+            eprintln!("    wrote docs/src/transcripts/{}.txt", transcript.name);
+        }
+    }
+    check_pages()?;
+    let mdbook = ensure_mdbook(toolchain)?;
+    let docs = workspace_root().join("docs");
+    for book in [docs.clone(), docs.join("zh")] {
+        run_step(
+            &format!("mdbook build {}", book.display()),
+            Command::new(&mdbook).arg("build").arg(&book),
+        )?;
+    }
+    eprintln!(
+        "    the book: {} (English), {} (Chinese)",
+        docs.join("book/index.html").display(),
+        docs.join("book/zh/index.html").display()
+    );
+    Ok(())
+}
+
+/// The checks on the pages that need no program to run (includes, anchors, links).
+pub fn check_pages() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let [english, chinese] = editions();
+    let mut problems = Vec::new();
+    for edition in [&english, &chinese] {
+        for page in pages(edition)? {
+            let text = fs::read_to_string(&page)?;
+            problems.extend(include_problems(&page, &text));
+            problems.extend(link_problems(&page, &text));
+        }
+    }
+    for page in pages(&chinese)? {
+        let name = page.file_name().unwrap();
+        let original = english.join(name);
+        if !original.exists() {
+            problems.push(format!("{}: no English page of that name", page.display()));
+            continue;
+        }
+        let (ours, theirs) = (included_code(&page)?, included_code(&original)?);
+        if ours != theirs {
+            problems.push(format!(
+                "{} does not include the same code as {}: only in Chinese {:?}, only in English {:?}",
+                page.display(),
+                original.display(),
+                ours.difference(&theirs).collect::<Vec<_>>(),
+                theirs.difference(&ours).collect::<Vec<_>>()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the book has {} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    eprintln!(
+        "    book pages: includes, anchors and links are fine ({:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn pages(edition: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut pages: Vec<_> = fs::read_dir(edition)
+        .with_context(|| format!("no book pages in {}", edition.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    pages.sort();
+    Ok(pages)
+}
+
+/// The `{{#include PATH[:ANCHOR]}}` directives of a page.
+fn includes(text: &str) -> Vec<(&str, Option<&str>)> {
+    text.match_indices("{{#include ")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + "{{#include ".len()..];
+            let inside = &rest[..rest.find("}}")?];
+            Some(match inside.split_once(':') {
+                Some((path, anchor)) => (path.trim(), Some(anchor.trim())),
+                None => (inside.trim(), None),
+            })
+        })
+        .collect()
+}
+
+/// The code a page includes: (file, anchor) with the file's path resolved, so that the editions
+/// can be compared whatever their folders.
+fn included_code(page: &Path) -> anyhow::Result<BTreeSet<(PathBuf, String)>> {
+    let text = fs::read_to_string(page)?;
+    let folder = page.parent().unwrap();
+    Ok(includes(&text)
+        .into_iter()
+        .map(|(path, anchor)| {
+            let file = folder
+                .join(path)
+                .canonicalize()
+                .unwrap_or_else(|_| folder.join(path));
+            (file, anchor.unwrap_or_default().to_string())
+        })
+        .collect())
+}
+
+fn include_problems(page: &Path, text: &str) -> Vec<String> {
+    let folder = page.parent().unwrap();
+    includes(text)
+        .into_iter()
+        .filter_map(|(path, anchor)| {
+            let Ok(source) = fs::read_to_string(folder.join(path)) else {
+                return Some(format!(
+                    "{}: {{{{#include {path}}}}}: no such file",
+                    page.display()
+                ));
+            };
+            let content = match anchor {
+                Some(anchor) => anchored(&source, anchor),
+                None => Some(source),
+            };
+            match content {
+                Some(content) if !content.trim().is_empty() => None,
+                Some(_) => Some(format!(
+                    "{}: {path}:{} is empty",
+                    page.display(),
+                    anchor.unwrap_or("")
+                )),
+                None => Some(format!(
+                    "{}: {path} has no anchor {}",
+                    page.display(),
+                    anchor.unwrap_or("")
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The lines between `ANCHOR: name` and `ANCHOR_END: name`, as mdBook takes them.
+fn anchored(source: &str, anchor: &str) -> Option<String> {
+    let start = format!("ANCHOR: {anchor}");
+    let end = format!("ANCHOR_END: {anchor}");
+    let mut lines = source
+        .lines()
+        .skip_while(|line| !line.trim_end().ends_with(&start));
+    lines.next()?;
+    let mut content = String::new();
+    for line in lines {
+        if line.trim_end().ends_with(&end) {
+            return Some(content);
+        }
+        if !line.contains("ANCHOR") {
+            content.push_str(line);
+            content.push('\n');
+        }
+    }
+    None
+}
+
+/// Relative links that lead nowhere. A Chinese page may link to an English page that has no
+/// translation, through the English book's HTML (`../page.html`).
+fn link_problems(page: &Path, text: &str) -> Vec<String> {
+    let folder = page.parent().unwrap();
+    let english = &editions()[0];
+    text.match_indices("](")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + 2..];
+            let target = &rest[..rest.find(')')?];
+            let path = target.split('#').next().unwrap_or_default();
+            if path.is_empty() || path.contains("://") || path.starts_with("mailto:") {
+                return None;
+            }
+            let exists = match path.strip_suffix(".html") {
+                Some(html) => english
+                    .join(format!("{}.md", Path::new(html).file_name()?.to_str()?))
+                    .exists(),
+                None => folder.join(path).exists(),
+            };
+            (!exists).then(|| format!("{}: broken link ({target})", page.display()))
+        })
+        .collect()
+}
+
+/// mdBook, built once from crates.io into `.tools/` like bpf-linker.
+fn ensure_mdbook(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
+    let tools = workspace_root().join(".tools");
+    let mdbook = tools.join("bin/mdbook");
+    let version = Command::new(&mdbook).arg("--version").output();
+    if version.is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(MDBOOK_VERSION))
+    {
+        return Ok(mdbook);
+    }
+    eprintln!(
+        "    mdBook {MDBOOK_VERSION}: building it from crates.io into .tools/ (a few minutes, once)"
+    );
+    let mut install = crate::setup::install_tool(toolchain, "mdbook", MDBOOK_VERSION, "search");
+    run_step("cargo install mdbook", &mut install)?;
+    Ok(mdbook)
+}
+
+fn transcripts_folder() -> PathBuf {
+    workspace_root().join("docs/src/transcripts")
+}
+
+/// A transcript on a page: which lesson, with which options, making which listens, keeping which
+/// of its lines (other programs on the machine listen too).
+struct Transcript {
+    name: &'static str,
+    lesson: u8,
+    args: &'static [&'static str],
+    listens: fn() -> anyhow::Result<Vec<trigger::Listener>>,
+    keep: fn(&str) -> bool,
+}
+
+const TRANSCRIPTS: [Transcript; 5] = [
+    Transcript {
+        name: "step1",
+        lesson: 1,
+        args: &[],
+        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 1)?]),
+        keep: |line| line.ends_with(" Hello World!"),
+    },
+    Transcript {
+        name: "step2",
+        lesson: 2,
+        args: &[],
+        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 7)?]),
+        keep: |line| line.ends_with(" Listening with up to 7 pending connections!"),
+    },
+    Transcript {
+        name: "step3",
+        lesson: 3,
+        args: &[],
+        listens: || {
+            Ok(vec![
+                listen_on("127.0.0.1", 4242, 7)?,
+                listen_on("::1", 4243, 7)?,
+                trigger::listen_without_bind(trigger::Domain::IPV4, 5)?,
+            ])
+        },
+        keep: |line| {
+            line.contains(":4242 with up to 7")
+                || line.contains(":4243 with up to 7")
+                || line.contains(" 0.0.0.0:0 with up to 5 ")
+        },
+    },
+    Transcript {
+        name: "step4",
+        lesson: 4,
+        args: &[],
+        listens: || {
+            // The first in a network namespace of its own, as `cargo xtask listen --netns` does.
+            let in_netns = thread::spawn(|| -> anyhow::Result<trigger::Listener> {
+                trigger::enter_new_netns()?;
+                listen_on("0.0.0.0", 4242, 7)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the listening thread failed"))??;
+            Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
+        },
+        keep: |line| {
+            line.starts_with("PID ")
+                || line.split_whitespace().next() == Some(&std::process::id().to_string())
+        },
+    },
+    Transcript {
+        name: "step4-json",
+        lesson: 4,
+        args: &["--json"],
+        listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
+        keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
+    },
+];
+
+/// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
+fn listen_on(ip: &str, port: u16, backlog: i32) -> anyhow::Result<trigger::Listener> {
+    let ip: IpAddr = ip.parse()?;
+    trigger::listen(SocketAddr::new(ip, port), backlog)
+        .or_else(|_| trigger::listen((ip, 0).into(), backlog))
+}
+
+impl Transcript {
+    /// Runs the lesson, makes the listens, stops it with SIGINT, and returns its status lines and
+    /// the kept events, in order.
+    fn record(&self) -> anyhow::Result<String> {
+        let lesson = lessons::find(self.lesson)?;
+        let binary = target_dir().join("release").join(lesson.package);
+        let (mut child, lines) = spawn_reading_lines(Command::new(&binary).args(self.args))
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut before = Vec::new();
+        while !before
+            .iter()
+            .any(|line: &String| line.starts_with("Ready:"))
+        {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok((false, line)) => before.push(line),
+                Ok((true, line)) if (self.keep)(&line) => before.push(line), // a table's header
+                Ok(_) => {}
+                Err(_) => bail!(
+                    "{} did not get ready: {}",
+                    lesson.package,
+                    before.join("\n")
+                ),
+            }
+        }
+        let listeners = (self.listens)()?;
+        thread::sleep(Duration::from_millis(1500));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
+        child.wait()?;
+        drop(listeners);
+        let mut events = Vec::new();
+        let mut after = Vec::new();
+        for (is_stdout, line) in lines.iter() {
+            match is_stdout {
+                true if (self.keep)(&line) => events.push(line),
+                true => {}
+                false => after.push(line),
+            }
+        }
+        // The header of a table comes first among the events.
+        let (header, status): (Vec<_>, Vec<_>) = before
+            .into_iter()
+            .partition(|line| line.starts_with("PID "));
+        let mut text = status;
+        text.extend(header);
+        text.extend(events);
+        text.extend(after);
+        Ok(text.join("\n") + "\n")
+    }
+}
+
+/// The shape of a transcript's output: what the program prints, with every number, address and
+/// name that changes from run to run masked, and without the attach lines (which depend on the
+/// machine's kernel).
+fn shape(transcript: &str) -> Vec<String> {
+    transcript
+        .lines()
+        .filter(|line| !line.contains("inet_listen(): ") && !line.starts_with("tracepoint sock:"))
+        .filter(|line| !line.starts_with("struct offsets"))
+        .map(|line| {
+            let mut masked = String::new();
+            let mut previous = ' ';
+            for character in line.chars() {
+                let class = if character.is_ascii_hexdigit() || character == ':' || character == '.'
+                {
+                    '#'
+                } else if character.is_whitespace() {
+                    ' '
+                } else {
+                    character
+                };
+                if !(class == previous && (class == '#' || class == ' ')) {
+                    masked.push(class);
+                }
+                previous = class;
+            }
+            masked
+        })
+        .collect()
+}
+
+/// The test: each transcript on the pages still has the format of what the lesson prints now.
+pub fn check_transcripts() -> anyhow::Result<()> {
+    let started = Instant::now();
+    for transcript in TRANSCRIPTS {
+        let path = transcripts_folder().join(format!("{}.txt", transcript.name));
+        let on_page =
+            fs::read_to_string(&path).with_context(|| format!("{} is missing", path.display()))?;
+        let now = transcript.record()?;
+        if shape(&on_page) != shape(&now) {
+            bail!(
+                "the transcript {} no longer matches what lesson {} prints: run `cargo xtask docs \
+                 --refresh-transcripts`.\non the page:\n{on_page}\nnow:\n{now}",
+                path.display(),
+                transcript.lesson
+            );
+        }
+    }
+    eprintln!(
+        "    transcripts: every page shows the format the lessons print ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn includes_are_read_with_their_anchors() {
+        let text = "a\n{{#include ../../step1-hello/ebpf/src/main.rs:hello}}\nb {{#include transcripts/step1.txt}}";
+        assert_eq!(
+            includes(text),
+            [
+                ("../../step1-hello/ebpf/src/main.rs", Some("hello")),
+                ("transcripts/step1.txt", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_anchor_gives_the_lines_between_its_markers() {
+        let source = "x\n// ANCHOR: main\nfn main() {}\n// ANCHOR_END: main\ny\n";
+        assert_eq!(anchored(source, "main").as_deref(), Some("fn main() {}\n"));
+        assert_eq!(anchored(source, "other"), None);
+    }
+
+    #[test]
+    fn a_shape_ignores_the_values_but_not_the_format() {
+        let one = "2026-11-25T12:39:46.226Z Listening on 127.0.0.1:4242 with up to 7 pending connections!";
+        let two = "2026-11-26T08:01:02.003Z Listening on 10.0.0.12:80 with up to 511 pending connections!";
+        assert_eq!(shape(one), shape(two));
+        let changed = "2026-11-25T12:39:46.226Z Listening on 127.0.0.1:4242, backlog 7";
+        assert_ne!(shape(one), shape(changed));
+        let table = "10588   xtask            4026532177  TCPv4  7        0.0.0.0      4242   n/a";
+        let other = "9       nginx            4026531833  TCPv4  511      ::1          80     n/a";
+        assert_ne!(shape(table), shape(other), "a name is not a value we mask");
+    }
+
+    #[test]
+    fn the_pages_include_what_exists_and_link_where_they_can() {
+        check_pages().unwrap();
+    }
+}
