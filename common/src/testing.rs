@@ -205,6 +205,24 @@ impl TracedStep {
         }
     }
 
+    /// A line of `stream` that satisfies `wanted`, among those already read or, failing that, the
+    /// next ones: for events whose order is not guaranteed (lesson 4's rings are per CPU).
+    pub fn find_line(
+        &mut self,
+        stream: Stream,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        let seen = self
+            .output
+            .iter()
+            .find(|(from, line)| *from == stream && wanted(line));
+        match seen {
+            Some((_, line)) => Some(line.clone()),
+            None => self.wait_for_line(stream, wanted, timeout),
+        }
+    }
+
     /// Waits until `count` stdout lines satisfy `wanted`; returns them, or panics with the output.
     pub fn expect_events(&mut self, count: usize, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let mut events = Vec::new();
