@@ -4,26 +4,18 @@
 //! Other processes on the machine may call `listen()` too, so we count at least one `Hello World!` per
 //! own call, never exactly.
 
-use std::{
-    net::Ipv4Addr, os::unix::process::CommandExt as _, path::Path, process::Command, time::Duration,
-};
+use std::{net::Ipv4Addr, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use common::{
     testing::{
         Stream, TracedStep, assert_programs_loaded, assert_programs_unloaded, attach_must_work,
-        kernel_tests_can_run,
+        kernel_tests_can_run, kprobes_expected,
     },
     trigger,
 };
 use nix::sys::signal::Signal;
 
 const STEP: &str = env!("CARGO_BIN_EXE_step1-hello");
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
-
-/// Whether this kernel has kprobes: from the kernel itself, or from the VM runner's list.
-fn kprobes_expected() -> bool {
-    Path::new(KPROBE_PMU).exists() || attach_must_work("kprobe")
-}
 
 fn is_hello(line: &str) -> bool {
     line.ends_with(" Hello World!")
