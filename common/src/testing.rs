@@ -14,7 +14,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::user::READY_LINE;
+use crate::user::{KPROBE_PMU, READY_LINE};
 
 /// How long a step may take from exec to its ready line (loading and attaching).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,9 +42,6 @@ pub fn attach_must_work(path: &str) -> bool {
     std::env::var("LISTEN_TRACE_EXPECT_ATTACH")
         .is_ok_and(|paths| paths.split(',').any(|p| p == path))
 }
-
-/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// Whether this kernel has kprobes: from the kernel itself, or from the VM runner's list.
 pub fn kprobes_expected() -> bool {

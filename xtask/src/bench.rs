@@ -27,7 +27,7 @@ use nix::{
 
 use crate::{
     lessons,
-    pinned::{Toolchain, target_dir},
+    pinned::{Toolchain, spawn_reading_lines, target_dir},
     vm::which,
     workspace_root,
 };
@@ -264,16 +264,11 @@ fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
         let mut samples = Vec::new();
         for _ in 0..SAMPLES {
             let started = Instant::now();
-            let mut child = Command::new(&binary)
-                .arg("--attach=auto")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let stderr = BufReader::new(child.stderr.take().unwrap());
-            let ready = stderr
-                .lines()
-                .map_while(Result::ok)
-                .any(|line| line.starts_with("Ready:"));
+            let (mut child, lines) =
+                spawn_reading_lines(Command::new(&binary).arg("--attach=auto"))?;
+            let ready = lines
+                .iter()
+                .any(|(is_stdout, line)| !is_stdout && line.starts_with("Ready:"));
             samples.push(started.elapsed().as_secs_f64());
             child.kill()?;
             child.wait()?;
@@ -311,25 +306,20 @@ fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
 fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
     let own_pid = std::process::id().to_string();
     let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let (seen, seen_receiver) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.split_whitespace().next() == Some(&own_pid) {
-                let _ = seen.send(());
-                return;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_reading_lines(command)?;
     let deadline = started + Duration::from_secs(30);
     let result = loop {
         let _listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
-        if seen_receiver.recv_timeout(Duration::from_millis(5)).is_ok() {
+        let listened = Instant::now();
+        let own = |(is_stdout, line): &(bool, String)| {
+            *is_stdout && line.split_whitespace().next() == Some(own_pid.as_str())
+        };
+        let seen = std::iter::from_fn(|| {
+            let left = Duration::from_millis(5).checked_sub(listened.elapsed())?;
+            lines.recv_timeout(left).ok()
+        })
+        .any(|line| own(&line));
+        if seen {
             break Ok(started.elapsed().as_secs_f64());
         }
         if Instant::now() > deadline {

@@ -10,12 +10,11 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
+use super::KERNEL_BTF;
 use crate::{LISTEN_FUNCTION, STATE_TRACEPOINT};
 
 /// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
-/// The kernel's own BTF, which fentry programs are checked against (CONFIG_DEBUG_INFO_BTF).
-const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// What `--attach` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -10,6 +10,7 @@ mod perf_events;
 mod report;
 mod stop;
 
+pub(crate) use attach::KPROBE_PMU;
 pub use attach::{AttachMode, AttachPath, AttachedProbe, attach_listen_probe};
 pub use ebpf_logs::{EbpfLogPrinter, init_event_output};
 pub use load::{load_ebpf, load_ebpf_with_filter, load_ebpf_with_offsets};
