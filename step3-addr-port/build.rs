@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    common::ebpf_build::build_ebpf()
+    support::ebpf_build::build_ebpf()
 }

@@ -1,46 +1,38 @@
-//! What the lessons share.
+//! What both sides of every lesson must agree on, as aya-template's `-common` crate holds it.
 //!
-//! The crate root is `no_std` and dependency-free, because the eBPF programs use it too: it holds the
-//! constants that both sides of a lesson must agree on. Everything else sits behind a feature, so that
-//! the kernel side never sees it:
+//! The crate root is `no_std` and dependency-free, because the eBPF programs compile it too: the
+//! names of the hooks, kernel constants, the structs that cross between kernel and userspace, and
+//! byte order. Two features add what only one side needs:
 //!
-//! - `kernel`: what the eBPF programs share (reading kernel structs at the offsets below);
-//! - `user`: the plumbing of every step binary (loading, attach with fallback, logs, signals);
-//! - `build`: the `build.rs` helper that compiles a step's eBPF crate;
-//! - `trigger`: a listening socket on demand, for `cargo xtask listen` and the tests;
-//! - `testing`: what the kernel tests of every step share.
-#![cfg_attr(
-    not(any(test, feature = "user", feature = "build", feature = "trigger")),
-    no_std
-)]
+//! - `kernel`: reading a kernel struct's field at an offset, for the eBPF programs;
+//! - `user`: for the step binaries, helpers whose subject is not eBPF (the words that explain an
+//!   attach failure, the BTF member-offset lookup, command-line conventions, stop signals), and the
+//!   `aya::Pod` impls of the shared structs.
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
 
-#[cfg(feature = "build")]
-pub mod ebpf_build;
 #[cfg(feature = "kernel")]
 pub mod kernel;
-#[cfg(feature = "testing")]
-pub mod testing;
-#[cfg(feature = "trigger")]
-pub mod trigger;
 #[cfg(feature = "user")]
 pub mod user;
-
-/// The Rust toolchain that builds the eBPF programs (and, through `cargo xtask`, everything else).
-///
-/// bpf-linker reads the LLVM bitcode that rustc emits, so both must use the same LLVM: Rust 1.98.0
-/// ships LLVM 22, and `cargo xtask setup` builds bpf-linker against that very LLVM. A newer `stable`
-/// (1.99 emits LLVM 23 bitcode) would break the link, hence the pin.
-pub const PINNED_RUST: &str = "1.98.0";
-
-/// Where `cargo xtask setup` installs bpf-linker, relative to the workspace root
-/// (`.cargo/config.toml` names the same file as the linker of the BPF target).
-pub const BPF_LINKER: &str = ".tools/bin/bpf-linker";
 
 /// The kernel function behind `listen()` on TCP sockets (IPv4 and IPv6): the article's hook.
 pub const LISTEN_FUNCTION: &str = "inet_listen";
 
 /// The tracepoint that reports TCP state changes; a socket that starts listening enters `TCP_LISTEN`.
 pub const STATE_TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Where the running kernel describes its types (CONFIG_DEBUG_INFO_BTF).
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Names another BTF file for the running kernel: one shipped apart from a kernel built without
+/// BTF, or a missing or corrupt file to see how the lessons react.
+pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
+
+/// The line a step prints once it is attached and reading; the tests and xtask wait for it.
+pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
 /// `TCP_LISTEN` from the kernel's `include/net/tcp_states.h`.
 pub const TCP_LISTEN: i32 = 10;
@@ -165,6 +157,15 @@ pub const fn ipv4_from_network_order(stored: u32) -> u32 {
 }
 // ANCHOR_END: byte_order
 
+// SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding: any bytes are a
+// valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockOffsets {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenFilter {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenEvent {}
+
 // A panic cannot unwind in the kernel: the verifier rejects any path that could reach this, so it
 // only has to exist for the eBPF programs to link.
 #[cfg(target_arch = "bpf")]
@@ -187,8 +188,7 @@ mod tests {
     #[test]
     fn a_port_is_stored_big_endian() {
         // listen on port 4242: the kernel stores htons(4242), the bytes 0x10 0x92.
-        let stored = stored_u16(4242u16.to_be_bytes());
-        assert_eq!(4242u16.to_be_bytes(), [0x10, 0x92]);
+        let stored = stored_u16([0x10, 0x92]);
         assert_eq!(port_from_network_order(stored), 4242);
         if cfg!(target_endian = "little") {
             // What the article's `%d` of inet_sport printed on x86: the bytes read the other way.

@@ -1,14 +1,23 @@
-//! Lesson 2, userspace side: lesson 1, plus the struct offsets the kernel side needs.
-//! The plumbing lives in `common::user`; what is left here is the life cycle, top to bottom.
+//! Lesson 2, userspace side: lesson 1, plus the struct offsets the kernel side needs, found in this
+//! kernel's BTF and written into the object before it is loaded.
 
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{FEntry, KProbe, Program, RawTracePoint},
+};
+use aya_log::EbpfLogger;
 use clap::Parser as _;
 use common::{
-    SockOffsets,
+    LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
     user::{
-        EbpfLogPrinter, Options, Report, attach_listen_probe, detach, init_event_output,
-        load_ebpf_with_offsets,
+        AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
+        explain_attach_failure, no_path_attached,
     },
 };
+use tokio::io::{Interest, unix::AsyncFd};
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -22,16 +31,139 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let options = Options::parse(); // --attach auto|kprobe|fentry|tracepoint, --duration SECS
-    init_event_output();
+    print_log_records_on_stdout();
 
-    // New: where this kernel keeps the fields we read, from its BTF, handed in before loading.
+    // 1. Load the object: aya creates its maps now; each program is loaded when we attach it.
+    //    New: where this kernel keeps the fields we read, from its BTF, written into the object's
+    //    read-only global SOCK_OFFSETS first, so that the verifier sees them as constants.
+    check_privileges()?;
     let offsets = SockOffsets::of_running_kernel()?;
-    let mut ebpf = load_ebpf_with_offsets(EBPF_OBJECT, &offsets)?;
-    let mut logs = EbpfLogPrinter::new(&mut ebpf)?; // reads what `info!` sends from the kernel
-    let probe = attach_listen_probe(&mut ebpf, options.attach)?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    let mut ebpf = EbpfLoader::new()
+        .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
+        .load(EBPF_OBJECT)
+        .context("cannot load the eBPF object")?;
 
-    let reason = logs.print_until_stopped(options.duration).await?;
-    detach(ebpf, &probe, reason);
+    // 2. aya-log: what the kernel side logs with `info!` arrives in a map of the object. Take it
+    //    before attaching, so that no record is missed, and watch it with tokio.
+    let logger = EbpfLogger::init(&mut ebpf).context("the eBPF object has no aya-log map")?;
+    // SAFETY: the logger owns the map's fd and keeps it open for as long as `log_records` lives.
+    let mut log_records = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .context("cannot watch the log map")?;
+
+    // 3. Attach: the first path in `--attach` that this kernel accepts (see below).
+    let path = attach_first_path_that_works(&mut ebpf, options.attach)?;
+
+    // 4. Print each record as it comes, until Ctrl-C, SIGTERM or the end of `--duration`.
+    let mut stop = StopSignals::install(options.duration)?;
+    eprintln!("{READY_LINE}");
+    let reason = loop {
+        tokio::select! {
+            reason = stop.wait() => break reason,
+            ready = log_records.readable_mut() => {
+                let mut ready = ready.context("cannot wait for the log map")?;
+                ready.get_inner_mut().flush(); // hands every waiting record to the `log` crate
+                ready.clear_ready();
+            }
+        }
+    };
+    log_records.get_mut().flush(); // what arrived before the stop
+
+    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
+    drop(ebpf);
+    eprintln!("{reason}: detached from the {path} and unloaded the programs");
     Ok(())
 }
 // ANCHOR_END: main
+
+// ANCHOR: attach
+/// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the
+/// first that this kernel accepts, saying for each one that failed why.
+fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<AttachPath> {
+    let mut failures = Vec::new();
+    for &path in mode.candidates() {
+        match load_and_attach(ebpf, path) {
+            Ok(program) => {
+                eprintln!("{}", attached_line(path, &[program]));
+                return Ok(path);
+            }
+            Err(error) => {
+                unload(ebpf, path); // only the program in use stays in the kernel
+                let reason = explain_attach_failure(path, &error);
+                eprintln!("{path}: not available: {reason}");
+                failures.push((path, reason));
+            }
+        }
+    }
+    Err(no_path_attached(mode, &failures))
+}
+
+/// The kernel side's function for each path (`ebpf/src/main.rs`).
+fn program_name(path: AttachPath) -> &'static str {
+    match path {
+        AttachPath::Kprobe => "listen_kprobe",
+        AttachPath::Fentry => "listen_fentry",
+        AttachPath::Tracepoint => "listen_tracepoint",
+    }
+}
+
+/// Looks the program of `path` up in the object, converts it to its type, loads it into the kernel
+/// (where the verifier checks it) and attaches it. Returns its name and the kernel's id for it.
+fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<(&'static str, u32)> {
+    let name = program_name(path);
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    let id = match path {
+        AttachPath::Kprobe => {
+            // The article's hook: a kprobe on the first instruction of inet_listen().
+            let kprobe: &mut KProbe = program.try_into()?;
+            kprobe.load()?;
+            kprobe.attach(LISTEN_FUNCTION, 0)?;
+            kprobe.info()?.id()
+        }
+        AttachPath::Fentry => {
+            // A BPF trampoline: the verifier checks the program against the function's type,
+            // which it finds in the kernel's BTF.
+            let fentry: &mut FEntry = program.try_into()?;
+            fentry.load(LISTEN_FUNCTION, &Btf::from_sys_fs()?)?;
+            fentry.attach()?;
+            fentry.info()?.id()
+        }
+        AttachPath::Tracepoint => {
+            // A raw tracepoint: the tracepoint's own arguments, without tracefs.
+            let tracepoint: &mut RawTracePoint = program.try_into()?;
+            tracepoint.load()?;
+            tracepoint.attach(STATE_TRACEPOINT)?;
+            tracepoint.info()?.id()
+        }
+    };
+    Ok((name, id))
+}
+
+/// Unloads the program of a path that did not work out (a program that never loaded is fine).
+fn unload(ebpf: &mut Ebpf, path: AttachPath) {
+    let _ = match ebpf.program_mut(program_name(path)) {
+        Some(Program::KProbe(kprobe)) => kprobe.unload(),
+        Some(Program::FEntry(fentry)) => fentry.unload(),
+        Some(Program::RawTracePoint(tracepoint)) => tracepoint.unload(),
+        _ => Ok(()),
+    };
+}
+// ANCHOR_END: attach
+
+/// Prints log records on standard output, one line each: the kernel program's messages (`info`) as
+/// they are, anything else with its level and origin. Status lines go to standard error.
+/// `RUST_LOG` changes the level as usual.
+fn print_log_records_on_stdout() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stdout)
+        .format(|buf, record| {
+            let time = buf.timestamp_millis();
+            match record.level() {
+                log::Level::Info => writeln!(buf, "{time} {}", record.args()),
+                level => writeln!(buf, "{time} {level} {}: {}", record.target(), record.args()),
+            }
+        })
+        .init();
+}

@@ -4,11 +4,12 @@
 
 use std::{fs, net::Ipv4Addr};
 
-use common::{
-    testing::{TracedStep, attach_paths_here, kernel_tests_can_run},
+use nix::sys::signal::Signal;
+use support::{
+    kernel::{attach_paths_here, kernel_tests_can_run},
+    running::RunningStep,
     trigger,
 };
-use nix::sys::signal::Signal;
 
 const STEP: &str = env!("CARGO_BIN_EXE_step2-backlog");
 
@@ -42,7 +43,7 @@ fn the_backlog_is_exact_on_every_attach_path() {
         (38, 38),
     ];
     for path in attach_paths_here() {
-        let mut step = TracedStep::start(STEP, &["--attach", path]);
+        let mut step = RunningStep::start(STEP, &["--attach", path]);
         let listeners: Vec<_> = cases
             .iter()
             .map(|&(backlog, _)| trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), backlog).unwrap())

@@ -4,11 +4,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use common::{
-    testing::{TracedStep, attach_paths_here, kernel_tests_can_run},
+use nix::sys::signal::Signal;
+use support::{
+    kernel::{attach_paths_here, kernel_tests_can_run},
+    running::RunningStep,
     trigger::{self, Domain},
 };
-use nix::sys::signal::Signal;
 
 const STEP: &str = env!("CARGO_BIN_EXE_step3-addr-port");
 
@@ -43,7 +44,7 @@ fn addresses_and_ports_are_exact_on_every_attach_path() {
         Ipv6Addr::UNSPECIFIED.into(), // dual-stack: an IPv6 socket, reported as such
     ];
     for path in attach_paths_here() {
-        let mut step = TracedStep::start(STEP, &["--attach", path]);
+        let mut step = RunningStep::start(STEP, &["--attach", path]);
         // Port 0: the kernel picks a free port at bind(), before listen(): our own port.
         let listeners: Vec<_> = addresses
             .iter()
@@ -69,7 +70,7 @@ fn an_unbound_socket_has_no_port_yet_when_we_see_it() {
         return;
     }
     for path in attach_paths_here() {
-        let mut step = TracedStep::start(STEP, &["--attach", path]);
+        let mut step = RunningStep::start(STEP, &["--attach", path]);
         let unbound_v4 = trigger::listen_without_bind(Domain::IPV4, 23).unwrap();
         let unbound_v6 = trigger::listen_without_bind(Domain::IPV6, 23).unwrap();
         assert_ne!(

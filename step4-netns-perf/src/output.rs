@@ -6,10 +6,25 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use common::{
-    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, ListenEvent, user::EventSink,
-};
+use common::{AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, ListenEvent};
 use serde::Serialize;
+
+/// Where the events go: a table, JSON lines, a test's collector.
+pub trait EventSink {
+    /// Writes one event. An error (a closed pipe, for instance) stops the reading.
+    fn write(&mut self, event: &ListenEvent) -> io::Result<()>;
+    /// Called after each batch of events, so that a buffered sink can write them out.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl<S: EventSink + ?Sized> EventSink for Box<S> {
+    fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
+        (**self).write(event)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
 
 /// The bound address, IPv4 or IPv6, as people read it.
 pub fn address(event: &ListenEvent) -> IpAddr {

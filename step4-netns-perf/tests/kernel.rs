@@ -10,28 +10,26 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    testing::{
-        InNewNetns, Stream, TracedStep, attach_paths_here, kernel_tests_can_run,
-        listen_in_another_process,
-    },
-    trigger,
-};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use support::{
+    kernel::{attach_paths_here, kernel_tests_can_run},
+    running::{RunningStep, Stream},
+    trigger::{self, InNewNetns, listen_in_another_process},
+};
 
 const STEP: &str = env!("CARGO_BIN_EXE_step4-netns-perf");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Starts lesson 4 with `args`, printing JSON lines.
-fn start_json(path: &str, args: &[&str]) -> TracedStep {
+fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
-    TracedStep::start(STEP, &all)
+    RunningStep::start(STEP, &all)
 }
 
 /// Waits for the JSON event of our listen on `addr`.
-fn json_event_for(step: &mut TracedStep, addr: SocketAddr) -> Value {
+fn json_event_for(step: &mut RunningStep, addr: SocketAddr) -> Value {
     let (ip, port) = (addr.ip().to_string(), addr.port());
     let line = step
         .find_line(
@@ -97,7 +95,7 @@ fn the_table_shows_the_same_values_under_one_header() {
     if !kernel_tests_can_run("the_table_shows_the_same_values_under_one_header") {
         return;
     }
-    let mut step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
+    let mut step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
     let v4 = trigger::listen((LOCALHOST, 0).into(), 33)
         .unwrap()
         .local_addr;
@@ -239,14 +237,13 @@ fn a_failed_listen_reports_its_error_where_a_return_probe_sees_it() {
             json_event_for(&mut step, marker);
             let finished = step.stop(Signal::SIGINT);
             let client_port = client.local_addr().unwrap().port();
-            assert!(
-                finished
-                    .stdout()
-                    .lines()
-                    .all(|line| !line.contains(&format!("\"port\":{client_port},"))),
-                "the tracepoint saw a listen() that failed:\n{}",
-                finished.stdout()
-            );
+            for line in finished.stdout().lines() {
+                let event: Value = serde_json::from_str(line).expect("every stdout line is JSON");
+                assert_ne!(
+                    event["port"], client_port,
+                    "the tracepoint saw a listen() that failed: {line}"
+                );
+            }
         } else {
             let event = json_event_for(&mut step, client.local_addr().unwrap());
             assert_eq!(event["result"], -22, "EINVAL: {event}");
@@ -284,10 +281,17 @@ fn the_return_probes_see_the_port_of_an_unbound_socket() {
 /// How many listens a storm makes.
 const STORM: usize = 100_000;
 
+/// The storms measure what the buffers keep up with: two at once would share the CPUs and each
+/// lose what the other made it lose.
+static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
 /// what lesson 4, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(netns: &InNewNetns, buffer_pages: &str) -> (usize, u64, u64) {
-    let step = TracedStep::start(
+    let _alone = ONE_STORM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let step = RunningStep::start(
         STEP,
         &[
             "--attach",
@@ -402,17 +406,21 @@ fn rows_are_never_printed_twice() {
 
 /// The life cycle of a tool people keep running: every way it can end leaves nothing in the kernel.
 mod hardening {
-    use std::{fs, process::Command};
+    use std::{
+        fs,
+        io::Read as _,
+        process::{Command, Stdio},
+    };
 
     use super::*;
-    use common::testing::assert_programs_unloaded;
+    use support::kernel::assert_programs_unloaded;
 
     #[test]
     fn sigterm_and_duration_end_with_a_summary_and_nothing_loaded() {
         if !kernel_tests_can_run("sigterm_and_duration_end_with_a_summary_and_nothing_loaded") {
             return;
         }
-        let step = TracedStep::start(STEP, &["--attach", "tracepoint"]);
+        let step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
         let ids = step.program_ids();
         let finished = step.stop(Signal::SIGTERM);
         assert!(finished.status.success(), "{}", finished.stderr());
@@ -428,7 +436,7 @@ mod hardening {
         );
         assert_programs_unloaded(&ids);
 
-        let step = TracedStep::start(STEP, &["--attach", "tracepoint", "--duration", "0.5"]);
+        let step = RunningStep::start(STEP, &["--attach", "tracepoint", "--duration", "0.5"]);
         let ids = step.program_ids();
         let finished = step.wait(Duration::from_secs(10));
         assert!(finished.status.success(), "{}", finished.stderr());
@@ -486,39 +494,50 @@ mod hardening {
         if !kernel_tests_can_run("a_closed_output_pipe_ends_the_run_quietly") {
             return;
         }
-        let stderr =
-            std::env::temp_dir().join(format!("listen-trace-pipe-{}.err", std::process::id()));
-        // `head -1` takes the table's header and exits; the next row meets a closed pipe.
-        let mut pipeline = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "{STEP} --attach tracepoint 2>{} | head -1 >/dev/null",
-                stderr.display()
-            ))
+        // `STEP | head -1`: head takes the table's header and exits; the next row meets a closed
+        // pipe. The step's own exit status and messages are what we check, not head's.
+        let mut step = Command::new(STEP)
+            .args(["--attach", "tracepoint"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let head = Command::new("head")
+            .arg("-1")
+            .stdin(step.stdout.take().unwrap())
+            .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let status = loop {
             let _listener = trigger::listen((LOCALHOST, 0).into(), 53).unwrap();
-            if let Some(status) = pipeline.try_wait().unwrap() {
+            if let Some(status) = step.try_wait().unwrap() {
                 break status;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the step did not end after its output closed"
-            );
+            if std::time::Instant::now() > deadline {
+                let _ = step.kill();
+                panic!("the step did not end after its output closed");
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let stderr_text = fs::read_to_string(&stderr).unwrap();
-        fs::remove_file(&stderr).unwrap();
-        assert!(status.success());
+        let mut stderr = String::new();
+        step.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(head.wait_with_output().unwrap().status.success());
         assert!(
-            stderr_text.contains("stopped: the output was closed: detached from the"),
-            "{stderr_text}"
+            status.success(),
+            "the step's exit status: {status}\n{stderr}"
         );
         assert!(
-            !stderr_text.contains("panicked") && !stderr_text.contains("Error"),
-            "{stderr_text}"
+            stderr.contains("stopped: the output was closed: detached from the"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Error"),
+            "{stderr}"
         );
     }
 
@@ -537,8 +556,8 @@ mod hardening {
             ),
             (corrupt.clone(), "is not valid BTF"),
         ] {
-            let finished = TracedStep::spawn_command(
-                Command::new(STEP).env(common::user::KERNEL_BTF_VARIABLE, &file),
+            let finished = RunningStep::spawn_command(
+                Command::new(STEP).env(common::KERNEL_BTF_VARIABLE, &file),
             )
             .wait(Duration::from_secs(10));
             let stderr = finished.stderr();
@@ -560,7 +579,7 @@ mod hardening {
             ),
             (&["--frobnicate"][..], "unexpected argument '--frobnicate'"),
         ] {
-            let finished = TracedStep::spawn(STEP, args).wait(Duration::from_secs(10));
+            let finished = RunningStep::spawn(STEP, args).wait(Duration::from_secs(10));
             assert_eq!(finished.status.code(), Some(2), "{args:?}");
             assert!(
                 finished.stderr().contains(message),

@@ -18,16 +18,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use common::trigger;
+use anyhow::{Context as _, anyhow, bail};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use support::{
+    running::{RunningStep, Stream},
+    trigger,
+};
 
 use crate::{
     lessons,
-    pinned::{Toolchain, spawn_reading_lines, target_dir},
+    pinned::{Toolchain, target_dir},
     vm::which,
     workspace_root,
 };
@@ -264,17 +267,10 @@ fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
         let mut samples = Vec::new();
         for _ in 0..SAMPLES {
             let started = Instant::now();
-            let (mut child, lines) =
-                spawn_reading_lines(Command::new(&binary).arg("--attach=auto"))?;
-            let ready = lines
-                .iter()
-                .any(|(is_stdout, line)| !is_stdout && line.starts_with("Ready:"));
+            let step = RunningStep::try_start(Command::new(&binary).arg("--attach=auto"), false)
+                .map_err(|error| anyhow!("{} {error}", lesson.package))?;
             samples.push(started.elapsed().as_secs_f64());
-            child.kill()?;
-            child.wait()?;
-            if !ready {
-                bail!("{} exited before it was ready", lesson.package);
-            }
+            drop(step); // kills it
         }
         figures.push((
             format!("{}: exec to ready line", lesson.package),
@@ -306,29 +302,26 @@ fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
 fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
     let own_pid = std::process::id().to_string();
     let started = Instant::now();
-    let (mut child, lines) = spawn_reading_lines(command)?;
+    let mut tracer = RunningStep::try_spawn(command).map_err(|error| anyhow!(error))?;
     let deadline = started + Duration::from_secs(30);
-    let result = loop {
+    loop {
         let _listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
         let listened = Instant::now();
-        let own = |(is_stdout, line): &(bool, String)| {
-            *is_stdout && line.split_whitespace().next() == Some(own_pid.as_str())
-        };
-        let seen = std::iter::from_fn(|| {
-            let left = Duration::from_millis(5).checked_sub(listened.elapsed())?;
-            lines.recv_timeout(left).ok()
-        })
-        .any(|line| own(&line));
-        if seen {
-            break Ok(started.elapsed().as_secs_f64());
+        while let Some(left) = Duration::from_millis(5).checked_sub(listened.elapsed()) {
+            match tracer.next_line(left) {
+                Some((Stream::Stdout, line))
+                    if line.split_whitespace().next() == Some(own_pid.as_str()) =>
+                {
+                    return Ok(started.elapsed().as_secs_f64()); // dropping `tracer` kills it
+                }
+                Some(_) => {}
+                None => break,
+            }
         }
         if Instant::now() > deadline {
-            break Err(anyhow::anyhow!("{command:?} showed no event within 30 s"));
+            bail!("{command:?} showed no event within 30 s");
         }
-    };
-    child.kill()?;
-    child.wait()?;
-    result
+    }
 }
 
 fn median(samples: &mut [f64]) -> f64 {

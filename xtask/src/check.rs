@@ -10,20 +10,26 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Child, Command},
-    sync::mpsc::Receiver,
+    process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use common::trigger;
+use nix::sys::signal::Signal;
+use support::{
+    running::{RunningStep, Stream},
+    trigger,
+};
 
 use crate::{
     lessons::{self, Lesson},
-    pinned::{Toolchain, run_step, spawn_reading_lines, target_dir},
+    pinned::{Toolchain, run_step, target_dir},
     workspace_root,
 };
+
+/// How long an exercise's event may take to show.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One exercise: which lesson it extends, its solution, and what it asks.
 #[derive(Debug)]
@@ -118,7 +124,7 @@ pub fn run(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Resul
 
 /// Exercise 1: `Hello World from NAME!`, where NAME is the thread that called listen().
 fn check_process_name(binary: &Path) -> Result<(), String> {
-    let mut step = Running::start(binary, &[])?;
+    let mut step = start(binary, &[])?;
     let thread_name = "ex1-listener";
     let wanted = format!("Hello World from {thread_name}!");
     thread::Builder::new()
@@ -127,10 +133,10 @@ fn check_process_name(binary: &Path) -> Result<(), String> {
         .map_err(|error| error.to_string())?
         .join()
         .map_err(|_| "the listening thread failed".to_string())??;
-    if step.wait_for(|line| line.ends_with(&wanted)).is_some() {
+    if wait_for(&mut step, |line| line.ends_with(&wanted)).is_some() {
         return Ok(());
     }
-    Err(if step.saw(|line| line.ends_with(" Hello World!")) {
+    Err(if saw(&step, |line| line.ends_with(" Hello World!")) {
         format!(
             "the program says `Hello World!`, but not who called listen(). Our listener's thread \
              is named {thread_name}: the line should read `{wanted}`"
@@ -145,17 +151,19 @@ fn check_process_name(binary: &Path) -> Result<(), String> {
 
 /// Exercise 2: `Listening with up to 7 pending connections! (pid PID)`.
 fn check_pid(binary: &Path) -> Result<(), String> {
-    let mut step = Running::start(binary, &[])?;
+    let mut step = start(binary, &[])?;
     listen_once(7)?;
     let wanted = format!(
         "Listening with up to 7 pending connections! (pid {})",
         std::process::id()
     );
-    if step.wait_for(|line| line.ends_with(&wanted)).is_some() {
+    if wait_for(&mut step, |line| line.ends_with(&wanted)).is_some() {
         return Ok(());
     }
     Err(
-        if step.saw(|line| line.ends_with(" Listening with up to 7 pending connections!")) {
+        if saw(&step, |line| {
+            line.ends_with(" Listening with up to 7 pending connections!")
+        }) {
             format!("the backlog is there, the process is not: the line should end with `{wanted}`")
         } else {
             format!(
@@ -168,15 +176,16 @@ fn check_pid(binary: &Path) -> Result<(), String> {
 
 /// Exercise 3: `…, skc_num PORT)` after inet_sport, on the line of our listener.
 fn check_skc_num(binary: &Path) -> Result<(), String> {
-    let mut step = Running::start(binary, &[])?;
+    let mut step = start(binary, &[])?;
     let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 3)
         .map_err(|error| format!("{error:#}"))?;
     let port = listener.local_addr.port();
     let ours = format!(" Listening on 127.0.0.1:{port} ");
     let wanted_end = format!(", skc_num {port})");
-    if step
-        .wait_for(|line| line.contains(&ours) && line.ends_with(&wanted_end))
-        .is_some()
+    if wait_for(&mut step, |line| {
+        line.contains(&ours) && line.ends_with(&wanted_end)
+    })
+    .is_some()
     {
         return Ok(());
     }
@@ -200,26 +209,35 @@ fn check_port_filter(binary: &Path) -> Result<(), String> {
         .map_err(|error| format!("{error:#}"))?
         .local_addr
         .port();
-    let mut step = Running::start(binary, &["--json", "--port", &port.to_string()])?;
+    let mut step = start(binary, &["--json", "--port", &port.to_string()])?;
     let other = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 5)
         .map_err(|error| format!("{error:#}"))?;
     let _kept = trigger::listen((Ipv4Addr::LOCALHOST, port).into(), 5)
         .map_err(|error| format!("{error:#}"))?;
-    if step
-        .wait_for(|line| line.contains(&format!("\"port\":{port},")))
-        .is_none()
+    if wait_for(&mut step, |line| {
+        line.contains(&format!("\"port\":{port},"))
+    })
+    .is_none()
     {
         return Err(format!(
             "the listen on port {port} did not show; the program printed:\n{}",
             step.stdout()
         ));
     }
-    let other_port = format!("\"port\":{},", other.local_addr.port());
-    if step.saw(|line| line.contains(&other_port)) {
-        return Err(format!(
-            "--port {port} let through a listen on port {}",
-            other.local_addr.port()
-        ));
+    // The events come from one ring per CPU, in no set order: stop the lesson and read everything
+    // it printed before deciding that the other listen was dropped.
+    let finished = step
+        .try_stop(Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    let other_port = other.local_addr.port();
+    for line in finished.stdout().lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .map_err(|error| format!("a line that is not JSON ({error}): {line}"))?;
+        if event["port"] == other_port {
+            return Err(format!(
+                "--port {port} let through a listen on port {other_port}"
+            ));
+        }
     }
     Ok(())
 }
@@ -230,80 +248,20 @@ fn listen_once(backlog: i32) -> Result<(), String> {
         .map_err(|error| format!("{error:#}"))
 }
 
-/// A lesson binary, started and read line by line.
-struct Running {
-    child: Child,
-    lines: Receiver<(bool, String)>,
-    stdout: Vec<String>,
-    stderr: Vec<String>,
+/// Starts the learner's lesson and waits until it is attached.
+fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String> {
+    RunningStep::try_start(Command::new(binary).args(args), false)
+        .map_err(|error| format!("the program {error}"))
 }
 
-impl Running {
-    /// Starts `binary` and waits for its ready line.
-    fn start(binary: &Path, args: &[&str]) -> Result<Self, String> {
-        let (child, lines) = spawn_reading_lines(Command::new(binary).args(args))
-            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-        let mut running = Self {
-            child,
-            lines,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !running.stderr.iter().any(|line| line.starts_with("Ready:")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if running.next_line(left).is_none() {
-                return Err(format!(
-                    "the program did not get ready; it said:\n{}",
-                    running.stderr.join("\n")
-                ));
-            }
-        }
-        Ok(running)
-    }
-
-    /// The next line of either stream (`true` for stdout), or `None` at the time limit.
-    fn next_line(&mut self, timeout: Duration) -> Option<(bool, String)> {
-        let (is_stdout, line) = self.lines.recv_timeout(timeout).ok()?;
-        let stream = if is_stdout {
-            &mut self.stdout
-        } else {
-            &mut self.stderr
-        };
-        stream.push(line.clone());
-        Some((is_stdout, line))
-    }
-
-    /// Waits up to 5 s for a stdout line that satisfies `wanted`.
-    fn wait_for(&mut self, wanted: impl Fn(&str) -> bool) -> Option<String> {
-        if let Some(line) = self.stdout.iter().find(|line| wanted(line)) {
-            return Some(line.clone());
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.next_line(left) {
-                Some((true, line)) if wanted(&line) => return Some(line),
-                Some(_) => {}
-                None => return None,
-            }
-        }
-        None
-    }
-
-    fn saw(&self, wanted: impl Fn(&str) -> bool) -> bool {
-        self.stdout.iter().any(|line| wanted(line))
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.join("\n")
-    }
+/// Waits up to 5 s for a stdout line that satisfies `wanted` (or finds it among those read).
+fn wait_for(step: &mut RunningStep, wanted: impl Fn(&str) -> bool) -> Option<String> {
+    step.find_line(Stream::Stdout, wanted, EVENT_TIMEOUT)
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Whether a stdout line read so far satisfies `wanted`.
+fn saw(step: &RunningStep, wanted: impl Fn(&str) -> bool) -> bool {
+    step.saw(Stream::Stdout, wanted).is_some()
 }
 
 /// Builds `lesson` in a clean checkout of the last commit (a git worktree under `target/`), with

@@ -14,16 +14,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use common::trigger;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
+use anyhow::{Context as _, anyhow, bail};
+use common::READY_LINE;
+use nix::sys::signal::Signal;
+use support::{
+    running::{RunningStep, Stream},
+    trigger,
 };
 
 use crate::{
     lessons,
-    pinned::{Toolchain, run_step, spawn_reading_lines, target_dir},
+    pinned::{Toolchain, run_step, target_dir},
     workspace_root,
 };
 
@@ -337,36 +338,34 @@ impl Transcript {
     fn record(&self) -> anyhow::Result<String> {
         let lesson = lessons::find(self.lesson)?;
         let binary = target_dir().join("release").join(lesson.package);
-        let (mut child, lines) = spawn_reading_lines(Command::new(&binary).args(self.args))
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut before = Vec::new();
-        while !before
-            .iter()
-            .any(|line: &String| line.starts_with("Ready:"))
-        {
-            match lines.recv_timeout(Duration::from_secs(30)) {
-                Ok((false, line)) => before.push(line),
-                Ok((true, line)) if (self.keep)(&line) => before.push(line), // a table's header
-                Ok(_) => {}
-                Err(_) => bail!(
-                    "{} did not get ready: {}",
-                    lesson.package,
-                    before.join("\n")
-                ),
-            }
-        }
+        let step = RunningStep::try_start(Command::new(&binary).args(self.args), false)
+            .map_err(|error| anyhow!("{} {error}", lesson.package))?;
         let listeners = (self.listens)()?;
         thread::sleep(Duration::from_millis(1500));
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
-        child.wait()?;
+        let finished = step
+            .try_stop(Signal::SIGINT)
+            .map_err(|error| anyhow!(error))?;
         drop(listeners);
+        // Up to the ready line: status lines, and a table's header.
+        let ready = finished
+            .output
+            .iter()
+            .position(|(stream, line)| *stream == Stream::Stderr && line == READY_LINE)
+            .context("no ready line")?;
+        let (until_ready, since_ready) = finished.output.split_at(ready + 1);
+        let kept =
+            |(stream, line): &&(Stream, String)| *stream == Stream::Stderr || (self.keep)(line);
+        let before = until_ready
+            .iter()
+            .filter(kept)
+            .map(|(_, line)| line.clone());
         let mut events = Vec::new();
         let mut after = Vec::new();
-        for (is_stdout, line) in lines.iter() {
-            match is_stdout {
-                true if (self.keep)(&line) => events.push(line),
-                true => {}
-                false => after.push(line),
+        for (stream, line) in since_ready {
+            match stream {
+                Stream::Stdout if (self.keep)(line) => events.push(line.clone()),
+                Stream::Stdout => {}
+                Stream::Stderr => after.push(line.clone()),
             }
         }
         // The header of a table comes first among the events.

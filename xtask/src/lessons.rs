@@ -133,7 +133,8 @@ pub fn exec(lesson: &Lesson, args: &[String]) -> anyhow::Result<()> {
     Err(error).with_context(|| format!("cannot run {}", binary.display()))
 }
 
-fn has_sudo() -> bool {
+/// Whether `sudo` is installed.
+pub fn has_sudo() -> bool {
     Command::new("sudo")
         .arg("--version")
         .output()

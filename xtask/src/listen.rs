@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use common::trigger;
+use support::trigger;
 
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {

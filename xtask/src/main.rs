@@ -1,7 +1,7 @@
 //! `cargo xtask`: everything around the normal `cargo build`, for learners and teachers.
 //!
 //! xtask itself is built by whatever toolchain `cargo` starts with; it installs the pinned toolchain
-//! (see `common::PINNED_RUST`) and drives every other build with it.
+//! (see `support::PINNED_RUST`) and drives every other build with it.
 
 mod bench;
 mod check;

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use common::PINNED_RUST;
+use support::PINNED_RUST;
 
 use crate::workspace_root;
 
@@ -59,34 +59,4 @@ pub fn run_step(what: &str, command: &mut Command) -> anyhow::Result<()> {
     }
     eprintln!("    {what}: done in {:.1} s", elapsed.as_secs_f64());
     Ok(())
-}
-
-/// Starts `command` with its stdout and stderr piped, and returns it with a channel that yields
-/// each line as it comes, `(true, line)` from stdout and `(false, line)` from stderr.
-pub fn spawn_reading_lines(
-    command: &mut Command,
-) -> std::io::Result<(
-    std::process::Child,
-    std::sync::mpsc::Receiver<(bool, String)>,
-)> {
-    use std::io::{BufRead as _, BufReader, Read};
-    let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let (sender, lines) = std::sync::mpsc::channel();
-    let pipes: [(bool, Box<dyn Read + Send>); 2] = [
-        (true, Box::new(child.stdout.take().unwrap())),
-        (false, Box::new(child.stderr.take().unwrap())),
-    ];
-    for (is_stdout, pipe) in pipes {
-        let sender = sender.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = sender.send((is_stdout, line));
-            }
-        });
-    }
-    Ok((child, lines))
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use common::{BPF_LINKER, PINNED_RUST};
+use support::{BPF_LINKER, PINNED_RUST};
 
 use crate::{
     pinned::{Toolchain, run_step},

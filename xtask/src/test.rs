@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use anyhow::Context as _;
+
 use crate::{
     check, docs, lessons,
     pinned::{Toolchain, run_step},
@@ -25,32 +27,44 @@ pub fn run() -> anyhow::Result<()> {
         &mut toolchain.cargo(&["fmt", "--all", "--check"]),
     )?;
 
-    let mut host = vec![
-        "clippy",
-        "--release",
-        "--workspace",
-        "--all-targets",
-        "--all-features",
-    ];
+    // Clippy as the builds compile each crate: the workspace together (as `cargo build` and the
+    // tests do), and the shared crates alone with each set of features a build gives them.
+    let mut host = vec!["clippy", "--release", "--workspace", "--all-targets"];
     for ebpf in &ebpf_crates {
         host.extend(["--exclude", ebpf.as_str()]);
     }
     host.extend(["--", "-D", "warnings"]);
     run_step("clippy, host crates", &mut toolchain.cargo(&host))?;
+    for (package, features) in [
+        ("common", ""),
+        ("common", "user"),
+        ("support", ""),
+        ("support", "build"),
+    ] {
+        run_step(
+            &format!("clippy, {package} with features [{features}]"),
+            &mut toolchain.cargo(&[
+                "clippy",
+                "--release",
+                "--package",
+                package,
+                "--all-targets",
+                "--no-default-features",
+                "--features",
+                features,
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
 
     run_step(
         "clippy, eBPF crates",
         &mut clippy_ebpf(&toolchain, &ebpf_crates),
     )?;
 
-    let mut test = vec!["test", "--release", "--workspace"];
-    for ebpf in &ebpf_crates {
-        test.extend(["--exclude", ebpf.as_str()]);
-    }
-    run_step(
-        "unit and kernel tests (cargo test)",
-        &mut toolchain.cargo(&test),
-    )?;
+    run_tests(&toolchain, &ebpf_crates)?;
 
     // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
     vm::run(&toolchain, &vm::VmTestArgs::default())?;
@@ -70,6 +84,56 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!(
         "==> all checks passed in {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The unit tests and the kernel tests, one test at a time (as the VM runner does), so that one
+/// kernel test never counts another's events. The kernel tests load eBPF programs: a user who is not
+/// root runs them through sudo, as `cargo xtask run` does; without sudo they are left out and
+/// counted as skipped, never reported as passed.
+fn run_tests(toolchain: &Toolchain, ebpf_crates: &[String]) -> anyhow::Result<()> {
+    let mut test = vec!["test", "--release", "--workspace"];
+    for ebpf in ebpf_crates {
+        test.extend(["--exclude", ebpf.as_str()]);
+    }
+    let one_at_a_time = ["--", "--test-threads=1"];
+    if nix::unistd::geteuid().is_root() {
+        test.extend(one_at_a_time);
+        return run_step(
+            "unit and kernel tests (cargo test)",
+            &mut toolchain.cargo(&test),
+        );
+    }
+    if lessons::has_sudo() {
+        eprintln!(
+            "    not root: running the test binaries through sudo (the kernel tests load eBPF)"
+        );
+        test.extend(["--config", r#"target."cfg(all())".runner = ["sudo", "-E"]"#]);
+        test.extend(one_at_a_time);
+        return run_step(
+            "unit and kernel tests (cargo test, through sudo)",
+            &mut toolchain.cargo(&test),
+        );
+    }
+    // No root and no sudo: every target but the kernel tests (`tests/kernel.rs` of each step).
+    let mut unit = test.clone();
+    unit.extend(["--lib", "--bins"]);
+    unit.extend(one_at_a_time);
+    run_step("unit tests (cargo test)", &mut toolchain.cargo(&unit))?;
+    let mut list = test;
+    list.extend(["--test", "kernel", "--", "--list"]);
+    let listed = toolchain
+        .cargo(&list)
+        .output()
+        .context("cannot list the kernel tests")?;
+    let skipped = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| line.ends_with(": test"))
+        .count();
+    eprintln!(
+        "    SKIPPED: {skipped} kernel tests: they load eBPF programs, which needs root, and this \
+         user has no sudo; run `cargo xtask test` as root to include them"
     );
     Ok(())
 }

@@ -6,28 +6,13 @@ use std::{path::Path, time::Instant};
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Backend, Btf, BtfType as _, Struct, Type};
 
-use crate::{ListenEvent, ListenFilter, SockOffsets};
-
-/// Where the running kernel describes its types (CONFIG_DEBUG_INFO_BTF).
-pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-/// Names another BTF file for the running kernel: one shipped apart from a kernel built without
-/// BTF, or a missing or corrupt file to see how the lessons react.
-pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
-
-// SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding: any bytes are a
-// valid value.
-unsafe impl aya::Pod for SockOffsets {}
-unsafe impl aya::Pod for ListenFilter {}
-unsafe impl aya::Pod for ListenEvent {}
+use crate::{KERNEL_BTF, KERNEL_BTF_VARIABLE, SockOffsets};
 
 impl SockOffsets {
     /// The offsets in the running kernel, from its BTF (or the file `LISTEN_TRACE_KERNEL_BTF`
     /// names).
     pub fn of_running_kernel() -> anyhow::Result<Self> {
-        match std::env::var_os(KERNEL_BTF_VARIABLE) {
-            Some(path) => Self::from_btf_file(Path::new(&path)),
-            None => Self::from_btf_file(Path::new(KERNEL_BTF)),
-        }
+        Self::from_btf_file(&running_kernel_btf())
     }
 
     /// The offsets described by the BTF file at `path`.
@@ -81,6 +66,11 @@ impl std::fmt::Display for SockOffsets {
             self.net_ns_inum
         )
     }
+}
+
+/// The running kernel's BTF file: `LISTEN_TRACE_KERNEL_BTF` where it is set, else the kernel's own.
+fn running_kernel_btf() -> std::path::PathBuf {
+    std::env::var_os(KERNEL_BTF_VARIABLE).map_or_else(|| KERNEL_BTF.into(), Into::into)
 }
 
 /// The byte offset of `struct NAME`'s field `path` (`["__sk_common", "skc_family"]` is
@@ -193,8 +183,9 @@ mod tests {
     /// The running kernel's own BTF, where there is one (the kernel tests check the values for real).
     #[test]
     fn the_running_kernels_offsets_are_plausible() {
-        if !Path::new(KERNEL_BTF).exists() {
-            eprintln!("SKIPPED: no {KERNEL_BTF} on this machine");
+        let btf = running_kernel_btf();
+        if !btf.exists() {
+            eprintln!("SKIPPED: no {} on this machine", btf.display());
             return;
         }
         let offsets = SockOffsets::of_running_kernel().unwrap();

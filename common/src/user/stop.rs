@@ -1,20 +1,10 @@
 use std::{fmt, time::Duration};
 
 use anyhow::Context as _;
-use aya::Ebpf;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::{Instant, sleep_until},
 };
-
-use super::AttachedProbe;
-
-/// The line a step prints once it is attached and reading; the tests wait for it.
-pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
-
-pub(super) fn print_ready_line() {
-    eprintln!("{READY_LINE}");
-}
 
 /// Why a step stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,15 +27,16 @@ impl fmt::Display for StopReason {
     }
 }
 
-/// SIGINT, SIGTERM and the optional time limit, installed before the step says it is ready.
-pub(super) struct StopSignals {
+/// SIGINT, SIGTERM and the optional time limit (`--duration`), installed before the step says it
+/// is ready.
+pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
     limit: Option<(Instant, Duration)>,
 }
 
 impl StopSignals {
-    pub(super) fn install(duration: Option<Duration>) -> anyhow::Result<Self> {
+    pub fn install(duration: Option<Duration>) -> anyhow::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
@@ -54,7 +45,7 @@ impl StopSignals {
     }
 
     /// Resolves when it is time to stop. Cancel-safe: it can be raced in a `select!` loop.
-    pub(super) async fn wait(&mut self) -> StopReason {
+    pub async fn wait(&mut self) -> StopReason {
         let deadline = async {
             match self.limit {
                 Some((deadline, duration)) => {
@@ -72,32 +63,9 @@ impl StopSignals {
     }
 }
 
-/// Detaches and unloads everything `ebpf` holds (dropping it closes every link and program fd, and
-/// the kernel frees what no fd holds any more), then says so.
-pub fn detach(ebpf: Ebpf, probe: &AttachedProbe, reason: StopReason) {
-    drop(ebpf);
-    eprintln!(
-        "{reason}: detached from the {} and unloaded the programs",
-        probe.path
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stop_reasons_read_well() {
-        assert_eq!(
-            StopReason::Interrupted.to_string(),
-            "stopped by Ctrl-C (SIGINT)"
-        );
-        assert_eq!(StopReason::Terminated.to_string(), "stopped by SIGTERM");
-        assert_eq!(
-            StopReason::DurationElapsed(Duration::from_secs(2)).to_string(),
-            "stopped after 2s (--duration)"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_time_limit_stops() {

@@ -6,15 +6,19 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     macros::{fentry, kprobe, raw_tracepoint},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
-use common::{
-    TCP_LISTEN,
-    kernel::{SOCK_OFFSETS, read_field},
-};
+use common::{SockOffsets, TCP_LISTEN, kernel::read_field};
+
+// ANCHOR: sock_offsets_global
+/// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
+/// writes them here before loading us. A read-only global, so the verifier sees constants.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
+// ANCHOR_END: sock_offsets_global
 
 // ANCHOR: say_backlog
 /// The lesson: report the backlog that the kernel will really use.

@@ -6,16 +6,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     macros::{fentry, kprobe, raw_tracepoint},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
 use common::{
-    AF_INET6, TCP_LISTEN, ipv4_from_network_order,
-    kernel::{SOCK_OFFSETS, read_field},
+    AF_INET6, SockOffsets, TCP_LISTEN, ipv4_from_network_order, kernel::read_field,
     port_from_network_order,
 };
+
+// ANCHOR: sock_offsets_global
+/// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
+/// writes them here before loading us. A read-only global, so the verifier sees constants.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
+// ANCHOR_END: sock_offsets_global
 
 // ANCHOR: say_where
 /// The lesson: where the socket listens, shown twice, as the kernel stores it (the article's view:

@@ -5,24 +5,36 @@
 #![no_std]
 #![no_main]
 
+use core::ptr;
+
 use aya_ebpf::{
     EbpfContext, Global,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    bindings::BPF_F_CURRENT_CPU,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_perf_event_output},
     macros::{fexit, kprobe, kretprobe, map, raw_tracepoint},
-    maps::{LruHashMap, PerfEventArray},
+    maps::{LruHashMap, PerCpuArray, PerfEventArray},
     programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use common::{
     AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, ListenEvent, ListenFilter,
-    TCP_LISTEN,
-    kernel::{SOCK_OFFSETS, output_counting_drops, read_field},
-    port_from_network_order,
+    SockOffsets, TCP_LISTEN, kernel::read_field, port_from_network_order,
 };
+
+/// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
+/// writes them here before loading us. A read-only global, so the verifier sees constants.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 
 // ANCHOR: maps
 /// The events: userspace reads one ring per CPU.
 #[map]
 static EVENTS: PerfEventArray<ListenEvent> = PerfEventArray::new(0);
+
+/// Events that a perf buffer had no room for, per CPU. The kernel tells userspace about such drops
+/// only when room frees up again (a `PERF_RECORD_LOST` in the ring), so the last drops of a burst
+/// would go unreported: counting every failed output here gives the exact number.
+#[map]
+static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `--pid` and `--netns`, written by userspace before load (0 keeps everything).
 #[unsafe(no_mangle)]
@@ -74,8 +86,32 @@ fn send_event(
         padding: [0; 2],
     };
     // No argument limit here: the whole struct goes to the ring of this CPU.
-    output_counting_drops(ctx, &EVENTS, &event);
+    output_counting_drops(ctx, &event);
     Ok(())
+}
+
+/// Sends `event` to this CPU's ring of `EVENTS`, and counts it in `DROPPED_EVENTS` if the ring is
+/// full.
+fn output_counting_drops(ctx: &impl EbpfContext, event: &ListenEvent) {
+    // aya's `PerfEventArray::output` discards the helper's result, which says whether the event
+    // fit; `PerfEventArray` is the map's definition itself (`repr(transparent)`), so its address is
+    // the map.
+    // SAFETY: a map and an event that live for the whole call; the helper copies the event.
+    let result = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            ptr::from_ref(&EVENTS).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            ptr::from_ref(event).cast_mut().cast(),
+            size_of::<ListenEvent>() as u64,
+        )
+    };
+    if result < 0
+        && let Some(dropped) = DROPPED_EVENTS.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's own slot of a per-CPU array; nothing else writes it meanwhile.
+        unsafe { *dropped += 1 };
+    }
 }
 // ANCHOR_END: send_event
 

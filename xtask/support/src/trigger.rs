@@ -1,10 +1,12 @@
-//! A listening socket on demand: `cargo xtask listen` for the lessons, and the tests' own `listen()`
-//! calls, so that nothing depends on `nc`.
+//! Listening sockets on demand: `cargo xtask listen` for the lessons, and the tests' own `listen()`
+//! calls (in a network namespace or a process of their own), so that nothing depends on `nc`.
 
 use std::{
     fs, io,
     net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt as _,
+    sync::mpsc,
+    thread,
 };
 
 use anyhow::{Context as _, bail};
@@ -128,6 +130,88 @@ pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
         .map_err(|_| {
             format!("`{text}` is not an IP address (for example 127.0.0.1, 0.0.0.0, ::1 or ::)")
         })
+}
+
+/// A thread that lives in a network namespace of its own (with `lo` up) and runs the closures it is
+/// given there, so that a test's listens can be told apart by their namespace.
+pub struct InNewNetns {
+    /// The namespace's inode, as `/proc/PID/ns/net` and lesson 4 show it.
+    pub inode: u64,
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl InNewNetns {
+    /// The thread's name, which is also its `comm` in the kernel's events.
+    pub const THREAD_NAME: &str = "netns-listener";
+
+    pub fn new() -> Self {
+        let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (inode_sender, inode) = mpsc::channel();
+        thread::Builder::new()
+            .name(Self::THREAD_NAME.into())
+            .spawn(move || {
+                inode_sender.send(enter_new_netns().unwrap()).unwrap();
+                for job in queue {
+                    job();
+                }
+            })
+            .unwrap();
+        Self {
+            inode: inode.recv().unwrap(),
+            jobs,
+        }
+    }
+
+    /// Runs `job` in the namespace's thread and returns its result.
+    pub fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> T {
+        let (result_sender, result) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move || result_sender.send(job()).unwrap()))
+            .unwrap();
+        result.recv().unwrap()
+    }
+}
+
+impl Default for InNewNetns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Makes another process call `listen()` on `addr` with `backlog`, and returns its pid and the
+/// address it listened on, once it has exited.
+pub fn listen_in_another_process(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> (u32, std::net::SocketAddr) {
+    use nix::unistd::{ForkResult, fork, pipe, read, write};
+    let (reader, writer) = pipe().unwrap();
+    // SAFETY: the child only makes system calls (socket, bind, listen, getsockname, write, _exit),
+    // which are safe after fork() in a multi-threaded process.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let port = listen(addr, backlog).map_or(0, |listener| listener.local_addr.port());
+            let _ = write(&writer, &port.to_ne_bytes());
+            // SAFETY: ends the child at once, without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(writer);
+            let mut port = [0u8; 2];
+            assert_eq!(
+                read(&reader, &mut port).unwrap(),
+                2,
+                "the child could not listen"
+            );
+            nix::sys::wait::waitpid(child, None).unwrap();
+            let port = u16::from_ne_bytes(port);
+            assert_ne!(port, 0, "the child could not listen");
+            (
+                child.as_raw() as u32,
+                std::net::SocketAddr::new(addr.ip(), port),
+            )
+        }
+    }
 }
 
 #[cfg(test)]

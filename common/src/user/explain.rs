@@ -1,21 +1,14 @@
-//! Attach with fallback: the article hooks `inet_listen()` with a kprobe, but not every kernel allows
-//! that, so each step's kernel program has three entry points to the same lesson and we take the first
-//! that this kernel accepts.
+//! The words around attaching: the attach paths and `--attach`, what a step says when a path
+//! attached, and why one failed, with the kernel's own error. The attach calls themselves are in
+//! each step's `main.rs`.
 
 use std::{fmt, io, path::Path};
 
-use anyhow::{Context as _, anyhow};
-use aya::{
-    Btf, Ebpf,
-    programs::{Program, ProgramError},
-};
+use anyhow::bail;
+use aya::programs::ProgramError;
+use caps::{CapSet, Capability};
 
-use super::KERNEL_BTF;
-use crate::{LISTEN_FUNCTION, STATE_TRACEPOINT};
-
-/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
-pub(crate) const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
-
+use crate::{KERNEL_BTF, KPROBE_PMU, LISTEN_FUNCTION, STATE_TRACEPOINT};
 /// What `--attach` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -54,18 +47,6 @@ pub enum AttachPath {
     Tracepoint,
 }
 
-impl AttachPath {
-    /// The names of the eBPF functions that may serve this path, attached in this order; a step
-    /// defines those it needs (lesson 4 adds the return probes, for `listen()`'s result).
-    pub const fn programs(self) -> &'static [&'static str] {
-        match self {
-            Self::Kprobe => &["listen_kprobe", "listen_kretprobe"],
-            Self::Fentry => &["listen_fentry", "listen_fexit"],
-            Self::Tracepoint => &["listen_tracepoint"],
-        }
-    }
-}
-
 impl fmt::Display for AttachPath {
     /// What the program hooks, as the lessons name it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,103 +56,6 @@ impl fmt::Display for AttachPath {
             Self::Tracepoint => write!(f, "tracepoint sock:{STATE_TRACEPOINT}"),
         }
     }
-}
-
-/// The programs that are now attached.
-#[derive(Clone, Debug)]
-pub struct AttachedProbe {
-    pub path: AttachPath,
-    /// Each program's name and the kernel's id for it (`bpftool prog show id N`).
-    pub programs: Vec<(&'static str, u32)>,
-}
-
-/// Loads and attaches the first path of `mode` that this kernel accepts, printing one line per path
-/// tried. Programs that loaded but could not attach are unloaded again.
-pub fn attach_listen_probe(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<AttachedProbe> {
-    let mut failures = Vec::new();
-    for &path in mode.candidates() {
-        match load_and_attach(ebpf, path) {
-            Ok(programs) => {
-                eprintln!("{}", attached_line(path, &programs));
-                return Ok(AttachedProbe { path, programs });
-            }
-            Err(error) => {
-                let reason = explain_failure(path, &error, &KernelFacts::probe());
-                eprintln!("{path}: not available: {reason}");
-                failures.push((path, reason));
-            }
-        }
-    }
-    Err(anyhow!(no_path_attached(mode, &failures)))
-}
-
-/// Loads and attaches every program of `path` the object has; on any failure, unloads them all.
-fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
-    let mut attached = Vec::new();
-    for &name in path.programs() {
-        let Some(program) = ebpf.program_mut(name) else {
-            continue;
-        };
-        match load_and_attach_program(program) {
-            Ok(id) => attached.push((name, id)),
-            Err(error) => {
-                unload(program);
-                for (loaded, _) in &attached {
-                    if let Some(program) = ebpf.program_mut(loaded) {
-                        unload(program);
-                    }
-                }
-                return Err(error);
-            }
-        }
-    }
-    if attached.is_empty() {
-        anyhow::bail!(
-            "the eBPF object has none of the programs {:?}",
-            path.programs()
-        );
-    }
-    Ok(attached)
-}
-
-/// Loads one program and attaches it where its kind says: `inet_listen()` for kprobes (entry or
-/// return) and for fentry/fexit, the `inet_sock_set_state` tracepoint for raw tracepoints.
-fn load_and_attach_program(program: &mut Program) -> anyhow::Result<u32> {
-    match program {
-        Program::KProbe(kprobe) => {
-            kprobe.load()?;
-            kprobe.attach(LISTEN_FUNCTION, 0)?;
-        }
-        Program::FEntry(fentry) => {
-            fentry.load(LISTEN_FUNCTION, &kernel_btf()?)?;
-            fentry.attach()?;
-        }
-        Program::FExit(fexit) => {
-            fexit.load(LISTEN_FUNCTION, &kernel_btf()?)?;
-            fexit.attach()?;
-        }
-        Program::RawTracePoint(tracepoint) => {
-            tracepoint.load()?;
-            tracepoint.attach(STATE_TRACEPOINT)?;
-        }
-        other => anyhow::bail!("unexpected program type {:?}", other.prog_type()),
-    }
-    Ok(program.info()?.id())
-}
-
-/// Detaches and unloads a program of a path that did not work out; it may not be loaded at all.
-fn unload(program: &mut Program) {
-    let _ = match program {
-        Program::KProbe(kprobe) => kprobe.unload(),
-        Program::FEntry(fentry) => fentry.unload(),
-        Program::FExit(fexit) => fexit.unload(),
-        Program::RawTracePoint(tracepoint) => tracepoint.unload(),
-        _ => Ok(()),
-    };
-}
-
-fn kernel_btf() -> anyhow::Result<Btf> {
-    Btf::from_sys_fs().context("cannot read the kernel's BTF")
 }
 
 /// What we know of the kernel when an attach fails, to name the cause.
@@ -190,7 +74,9 @@ impl KernelFacts {
     }
 }
 
-fn attached_line(path: AttachPath, programs: &[(&str, u32)]) -> String {
+/// What a step says once a path is attached: each program's name and the kernel's id for it
+/// (`bpftool prog show id N`).
+pub fn attached_line(path: AttachPath, programs: &[(&str, u32)]) -> String {
     let programs: Vec<_> = programs
         .iter()
         .map(|(name, id)| format!("program {name}, id {id}"))
@@ -198,7 +84,11 @@ fn attached_line(path: AttachPath, programs: &[(&str, u32)]) -> String {
     format!("{path}: attached ({})", programs.join("; "))
 }
 
-/// The kernel's own error, preceded by its likely cause where we can tell it.
+/// Why `path` failed: the kernel's own error, preceded by its likely cause where we can tell it.
+pub fn explain_attach_failure(path: AttachPath, error: &anyhow::Error) -> String {
+    explain_failure(path, error, &KernelFacts::probe())
+}
+
 fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts) -> String {
     let cause = match path {
         AttachPath::Kprobe if !facts.has_kprobe_pmu => {
@@ -234,7 +124,12 @@ fn refused_with_eperm(error: &anyhow::Error) -> bool {
         })
 }
 
-fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> String {
+/// The error when no path of `mode` attached; `failures` holds each path with its reason.
+pub fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> anyhow::Error {
+    anyhow::anyhow!(no_path_attached_words(mode, failures))
+}
+
+fn no_path_attached_words(mode: AttachMode, failures: &[(AttachPath, String)]) -> String {
     match (mode, failures) {
         (AttachMode::Auto, _) => {
             "none of the attach paths works on this kernel (see the lines above)".into()
@@ -246,8 +141,34 @@ fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> Stri
     }
 }
 
+/// Fails early, with the fix, where the kernel would answer a bare EPERM: call it before loading.
+pub fn check_privileges() -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    let missing: Vec<_> = [Capability::CAP_BPF, Capability::CAP_PERFMON]
+        .into_iter()
+        .filter(|&cap| !has(cap))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "loading eBPF programs needs root, or the capabilities CAP_BPF and CAP_PERFMON \
+             (missing: {}): run it with sudo (`cargo xtask run` does that for you)",
+            missing
+                .iter()
+                .map(|cap| cap.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use anyhow::anyhow;
+
     use super::*;
 
     const EVERYTHING: KernelFacts = KernelFacts {
@@ -262,27 +183,6 @@ mod tests {
         assert_eq!(AttachMode::Kprobe.candidates(), [Kprobe]);
         assert_eq!(AttachMode::Fentry.candidates(), [Fentry]);
         assert_eq!(AttachMode::Tracepoint.candidates(), [Tracepoint]);
-    }
-
-    #[test]
-    fn paths_are_named_by_what_they_hook() {
-        assert_eq!(AttachPath::Kprobe.to_string(), "kprobe inet_listen()");
-        assert_eq!(AttachPath::Fentry.to_string(), "fentry inet_listen()");
-        assert_eq!(
-            AttachPath::Tracepoint.to_string(),
-            "tracepoint sock:inet_sock_set_state"
-        );
-        assert_eq!(
-            attached_line(AttachPath::Tracepoint, &[("listen_tracepoint", 42)]),
-            "tracepoint sock:inet_sock_set_state: attached (program listen_tracepoint, id 42)"
-        );
-        assert_eq!(
-            attached_line(
-                AttachPath::Kprobe,
-                &[("listen_kprobe", 7), ("listen_kretprobe", 8)]
-            ),
-            "kprobe inet_listen(): attached (program listen_kprobe, id 7; program listen_kretprobe, id 8)"
-        );
     }
 
     #[test]
@@ -338,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_single_mode_that_fails_suggests_auto() {
-        let message = no_path_attached(
+        let message = no_path_attached_words(
             AttachMode::Kprobe,
             &[(AttachPath::Kprobe, "no kprobes".into())],
         );
@@ -351,7 +251,7 @@ mod tests {
             (AttachPath::Fentry, "b".into()),
         ];
         assert!(
-            no_path_attached(AttachMode::Auto, &failures)
+            no_path_attached_words(AttachMode::Auto, &failures)
                 .starts_with("none of the attach paths works")
         );
     }

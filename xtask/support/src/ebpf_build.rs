@@ -19,8 +19,10 @@ pub fn build_ebpf() -> anyhow::Result<()> {
         "{}-ebpf",
         env::var("CARGO_PKG_NAME").context("CARGO_PKG_NAME is not set")?
     );
+    // This crate sits in `xtask/support/`, two levels below the workspace root.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .context("no workspace root")?;
 
     let pinned_rust_works = std::process::Command::new("rustup")

@@ -1,0 +1,119 @@
+//! What the kernel tests need to know of the kernel they run on, and whether programs are loaded.
+
+use std::{
+    io, thread,
+    time::{Duration, Instant},
+};
+
+use common::KPROBE_PMU;
+
+/// Whether the kernel tests can run here: they load eBPF programs, which needs root. Elsewhere they
+/// skip, loudly; under CI (`CI` set) a skip would hide a broken suite, so it fails instead.
+/// (`cargo xtask test` runs them through sudo when it can, and counts them as skipped when not.)
+pub fn kernel_tests_can_run(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let reason = format!("kernel test `{test}` needs root to load eBPF programs");
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason}, and CI must not skip it: run the tests as root");
+    }
+    eprintln!("SKIPPED: {reason}; `cargo xtask test` runs it through sudo");
+    false
+}
+
+/// Whether this kernel must accept the attach path `path` (`kprobe`, `fentry` or `tracepoint`).
+/// `cargo xtask vm-test` knows which paths each guest kernel offers and lists them in
+/// `LISTEN_TRACE_EXPECT_ATTACH`; elsewhere only the kernel can tell, and a clear refusal is fine.
+pub fn attach_must_work(path: &str) -> bool {
+    std::env::var("LISTEN_TRACE_EXPECT_ATTACH")
+        .is_ok_and(|paths| paths.split(',').any(|p| p == path))
+}
+
+/// Whether this kernel has kprobes: from the kernel itself, or from the VM runner's list.
+pub fn kprobes_expected() -> bool {
+    std::path::Path::new(KPROBE_PMU).exists() || attach_must_work("kprobe")
+}
+
+/// The attach paths a lesson's kernel tests exercise here: the tracepoint everywhere, the kprobe
+/// where the kernel has kprobes, fentry where the VM runner says the kernel accepts it (a host may
+/// refuse fentry by policy; lesson 1's tests check that it says so clearly).
+pub fn attach_paths_here() -> Vec<&'static str> {
+    let mut paths = vec!["tracepoint"];
+    if kprobes_expected() {
+        paths.push("kprobe");
+    }
+    if attach_must_work("fentry") {
+        paths.push("fentry");
+    }
+    eprintln!("attach paths tested on this kernel: {}", paths.join(", "));
+    paths
+}
+
+/// The ids of every BPF program loaded in the kernel, as `bpftool prog show` lists them.
+pub fn loaded_program_ids() -> io::Result<Vec<u32>> {
+    /// `BPF_PROG_GET_NEXT_ID` from `include/uapi/linux/bpf.h`.
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    /// The part of `union bpf_attr` that command reads and writes.
+    #[repr(C)]
+    #[derive(Default)]
+    struct NextId {
+        start_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut ids = Vec::new();
+    let mut attr = NextId::default();
+    loop {
+        // SAFETY: the kernel reads and writes only the `size_of::<NextId>()` bytes of `attr`.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_NEXT_ID,
+                &mut attr as *mut NextId,
+                size_of::<NextId>(),
+            )
+        };
+        if result < 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::ENOENT) => Ok(ids), // no program after `start_id`
+                _ => Err(error),
+            };
+        }
+        ids.push(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
+}
+
+/// Asserts, through the bpf syscall, that the programs with these ids are gone from the kernel. The
+/// kernel frees a program shortly after its last fd closes, so this waits up to 5 s.
+pub fn assert_programs_unloaded(program_ids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let still_loaded: Vec<_> = loaded_program_ids()
+            .expect("cannot list the loaded BPF programs")
+            .into_iter()
+            .filter(|id| program_ids.contains(id))
+            .collect();
+        if still_loaded.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs {still_loaded:?} are still loaded after their step exited"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that programs with these ids are loaded right now (the tests' positive control).
+pub fn assert_programs_loaded(program_ids: &[u32]) {
+    let loaded = loaded_program_ids().expect("cannot list the loaded BPF programs");
+    for id in program_ids {
+        assert!(
+            loaded.contains(id),
+            "program id {id} is not loaded while its step runs"
+        );
+    }
+}
