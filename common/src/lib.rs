@@ -41,18 +41,43 @@ pub const TCP_LISTEN: i32 = 10;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
+/// `IPPROTO_TCP` and `IPPROTO_MPTCP` from `include/uapi/linux/in.h`: the protocols whose `listen()`
+/// the lessons report. An MPTCP socket listens through a TCP socket of its own (its first
+/// subflow), which the tracepoint also sees; the protocol tells them apart.
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_MPTCP: u16 = 262;
+
+/// The function behind `listen()` on an MPTCP socket; it does not call `inet_listen()` on recent
+/// kernels (and calls it for its subflow on older ones).
+pub const MPTCP_LISTEN_FUNCTION: &str = "mptcp_listen";
+
+/// The system call's tracepoints, in the `syscalls` group, which lesson 4 pairs with
+/// `inet_sock_set_state` to see the end of each call.
+pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter_listen";
+pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit_listen";
+
+/// Where the syscall tracepoints keep their fields (their `format` file in tracefs): after 8 bytes
+/// of common fields and the syscall number, each argument and the return value is 8 bytes.
+pub const SYSCALL_ENTER_FD_OFFSET: usize = 16;
+pub const SYSCALL_ENTER_BACKLOG_OFFSET: usize = 24;
+pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
+
 // ANCHOR: sock_offsets
 /// Where the fields the lessons read sit in this kernel's structs: bytes from the start of the
 /// struct, which differ from kernel to kernel. Rust eBPF programs get no CO-RE relocations, so
-/// userspace looks them up in the running kernel's BTF and hands them to the program before it is
-/// loaded, as the read-only global [`SOCK_OFFSETS_SYMBOL`].
+/// userspace looks them up in the running kernel's BTF (checking each field's size too) and hands
+/// them to the program before it is loaded, as the read-only global [`SOCK_OFFSETS_SYMBOL`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
+    /// 1 once userspace has filled in the offsets: a program never reads with unset ones.
+    pub resolved: u32,
     /// `struct socket`: `sk`, the `struct sock *` behind the socket.
     pub socket_sk: u32,
     /// `struct sock`: `sk_max_ack_backlog`, the backlog `listen()` set.
     pub sk_max_ack_backlog: u32,
+    /// `struct sock`: `sk_protocol`, `IPPROTO_TCP` or `IPPROTO_MPTCP` for the sockets we report.
+    pub sk_protocol: u32,
     /// `struct sock`: `__sk_common.skc_family`, `AF_INET` or `AF_INET6`.
     pub skc_family: u32,
     /// `struct sock`: `__sk_common.skc_rcv_saddr`, the bound IPv4 address (network byte order).
@@ -66,20 +91,44 @@ pub struct SockOffsets {
     pub skc_net: u32,
     /// `struct net`: `ns.inum`, the namespace's inode number.
     pub net_ns_inum: u32,
+    /// `struct net`: `core.sysctl_somaxconn`, the cap `listen()` puts on a backlog.
+    pub net_somaxconn: u32,
+    /// From a file descriptor to its socket, for the end of a `listen()` system call (lesson 4):
+    /// `struct task_struct`: `files`.
+    pub task_files: u32,
+    /// `struct files_struct`: `fdt`, the table of open files.
+    pub files_fdt: u32,
+    /// `struct fdtable`: `max_fds`, its size.
+    pub fdtable_max_fds: u32,
+    /// `struct fdtable`: `fd`, the array of `struct file *`.
+    pub fdtable_fd: u32,
+    /// `struct file`: `private_data`, the `struct socket *` of a socket's file.
+    pub file_private_data: u32,
+    /// `struct socket`: `file`, which points back to the file of a real socket.
+    pub socket_file: u32,
 }
 // ANCHOR_END: sock_offsets
 
 impl SockOffsets {
     /// Placeholder values in the compiled program, replaced by the loader.
     pub const UNSET: Self = Self {
+        resolved: 0,
         socket_sk: 0,
         sk_max_ack_backlog: 0,
+        sk_protocol: 0,
         skc_family: 0,
         skc_rcv_saddr: 0,
         skc_v6_rcv_saddr: 0,
         inet_sport: 0,
         skc_net: 0,
         net_ns_inum: 0,
+        net_somaxconn: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_max_fds: 0,
+        fdtable_fd: 0,
+        file_private_data: 0,
+        socket_file: 0,
     };
 }
 
@@ -112,11 +161,12 @@ pub struct ListenEvent {
     pub family: u16,
     /// The attach path that saw it: [`ATTACH_KPROBE`], [`ATTACH_FENTRY`] or [`ATTACH_TRACEPOINT`].
     pub attach: u8,
-    /// 1 where a return probe saw `listen()` finish (kretprobe, fexit); 0 on the tracepoint, which
-    /// fires only for a socket that really starts listening.
+    /// 1 where the program saw `listen()` finish (every path does for a `listen()` system call); 0
+    /// for a socket that started listening without a call the program could follow to its end
+    /// (io_uring's listen, or a socket of the kernel's own).
     pub has_result: u8,
-    /// Spelled out so that every byte sent to userspace is initialised.
-    pub padding: [u8; 2],
+    /// `IPPROTO_TCP` or `IPPROTO_MPTCP`.
+    pub protocol: u16,
 }
 // ANCHOR_END: listen_event
 
@@ -124,6 +174,17 @@ pub struct ListenEvent {
 pub const ATTACH_KPROBE: u8 = 1;
 pub const ATTACH_FENTRY: u8 = 2;
 pub const ATTACH_TRACEPOINT: u8 = 3;
+
+/// Lesson 4's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
+/// Events a perf buffer had no room for.
+pub const COUNTER_DROPPED: u32 = 0;
+/// Calls whose socket could not be read (a failed `bpf_probe_read_kernel`).
+pub const COUNTER_UNREADABLE: u32 = 1;
+/// Calls whose end was never seen: a kretprobe that did not fire (its `maxactive` was exceeded), or
+/// an entry that the next call of the same thread replaced.
+pub const COUNTER_END_MISSED: u32 = 2;
+/// How many counters there are.
+pub const COUNTERS: u32 = 3;
 
 /// Lesson 4's filters, applied in the kernel; 0 keeps every value.
 #[repr(C)]

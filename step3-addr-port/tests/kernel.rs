@@ -93,3 +93,45 @@ fn an_unbound_socket_has_no_port_yet_when_we_see_it() {
         step.stop_cleanly(Signal::SIGINT);
     }
 }
+
+/// An MPTCP listen changes the state of its own socket twice and of its first subflow (a TCP
+/// socket) once; the kprobe sees `inet_listen()` for the subflow on older kernels only. Whatever
+/// the path, it is never reported more than once, and other protocols never.
+#[test]
+fn an_mptcp_listen_is_reported_at_most_once() {
+    if !kernel_tests_can_run("an_mptcp_listen_is_reported_at_most_once") {
+        return;
+    }
+    for path in attach_paths_here() {
+        let mut step = RunningStep::start(STEP, &["--attach", path]);
+        let mptcp = match trigger::listen_mptcp((Ipv4Addr::LOCALHOST, 0).into(), 29) {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("this kernel has no MPTCP ({error:#}): nothing to check");
+                return;
+            }
+        };
+        let marker = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 29).unwrap();
+        step.expect_sequence(&[line_for(marker.local_addr, 29)]);
+        let finished = step.stop_cleanly(Signal::SIGINT);
+        let port = format!(":{} ", mptcp.local_addr.port());
+        let rows = finished
+            .stdout()
+            .lines()
+            .filter(|line| line.contains(&port))
+            .count();
+        assert!(
+            rows <= 1,
+            "{rows} lines for one MPTCP listen:\n{}",
+            finished.stdout()
+        );
+        if path == "tracepoint" {
+            assert_eq!(
+                rows,
+                1,
+                "the subflow's state change:\n{}",
+                finished.stdout()
+            );
+        }
+    }
+}

@@ -11,23 +11,26 @@ mod output;
 
 use std::{fmt, io, mem::size_of, ptr, time::Duration};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
         MapData, PerCpuArray, PerfEventArray,
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
-    programs::{FExit, KProbe, Program, RawTracePoint},
+    programs::Program,
     util::online_cpus,
 };
 use clap::Parser;
 use common::{
-    LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION, ListenEvent, ListenFilter, READY_LINE,
-    SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
+    COUNTER_DROPPED, COUNTER_END_MISSED, COUNTER_UNREADABLE, LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION,
+    ListenEvent, ListenFilter, MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL,
+    STATE_TRACEPOINT, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
+    SYSCALL_ENTER_TRACEPOINT, SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SockOffsets,
     user::{
         AttachMode, AttachPath, Options, Report, StopReason, StopSignals, attached_line,
-        check_privileges, explain_attach_failure, no_path_attached,
+        check_privileges, check_tracepoint_field, explain_attach_failure, mount_tracefs,
+        no_path_attached,
     },
 };
 use futures_util::future::select_all;
@@ -78,7 +81,7 @@ async fn main() -> Result<(), Report> {
     let mut stop = StopSignals::install(cli.options.duration)?;
     eprintln!("{READY_LINE}");
     let reason = events.read_until_stopped(&mut sink, &mut stop).await?;
-    eprintln!("{}", events.counts()?);
+    eprintln!("{}", events.counts(calls_left(&ebpf)?)?);
 
     // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
     drop(ebpf);
@@ -100,8 +103,8 @@ const BATCH_PAUSE: Duration = Duration::from_millis(10);
 struct PerfBuffers {
     // Keeps the map's fd; the buffers are registered in it.
     _events: PerfEventArray<MapData>,
-    /// The kernel side's count of the events the rings had no room for.
-    dropped: PerCpuArray<MapData, u64>,
+    /// The kernel side's counters of what did not become an event (`common::COUNTER_*`).
+    counters: PerCpuArray<MapData, u64>,
     buffers: Vec<(u32, AsyncFd<PerfEventArrayBuffer>)>,
     pages: usize,
     received: u64,
@@ -115,9 +118,9 @@ impl PerfBuffers {
             ebpf.take_map("EVENTS")
                 .context("the eBPF object has no map EVENTS")?,
         )?;
-        let dropped = PerCpuArray::try_from(
-            ebpf.take_map("DROPPED_EVENTS")
-                .context("the eBPF object has no map DROPPED_EVENTS")?,
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .context("the eBPF object has no map COUNTERS")?,
         )?;
         let cpus = online_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
         let mut buffers = Vec::with_capacity(cpus.len());
@@ -133,7 +136,7 @@ impl PerfBuffers {
         }
         Ok(Self {
             _events: events,
-            dropped,
+            counters,
             buffers,
             pages,
             received: 0,
@@ -205,12 +208,15 @@ impl PerfBuffers {
     }
     // ANCHOR_END: perf_read
 
-    /// How many events arrived, and how many the kernel side counted as dropped, per CPU.
-    fn counts(&self) -> anyhow::Result<EventCounts> {
-        let dropped = self
-            .dropped
-            .get(&0, 0)
-            .context("cannot read the count of dropped events")?;
+    /// How many events arrived, and what the kernel side counted as not sent: dropped per CPU,
+    /// unreadable, and calls whose end was missed (`calls_left`: those still waiting for theirs).
+    fn counts(&self, calls_left: u64) -> anyhow::Result<EventCounts> {
+        let counter = |index| {
+            self.counters
+                .get(&index, 0)
+                .context("cannot read the kernel side's counters")
+        };
+        let dropped = counter(COUNTER_DROPPED)?;
         Ok(EventCounts {
             received: self.received,
             lost: dropped
@@ -219,8 +225,23 @@ impl PerfBuffers {
                 .filter(|(_, lost)| **lost > 0)
                 .map(|(cpu, lost)| (cpu as u32, *lost))
                 .collect(),
+            unreadable: counter(COUNTER_UNREADABLE)?.iter().sum(),
+            end_missed: counter(COUNTER_END_MISSED)?.iter().sum::<u64>() + calls_left,
         })
     }
+}
+
+/// The calls still waiting for their end in the kernel side's maps: a return that never came.
+fn calls_left(ebpf: &Ebpf) -> anyhow::Result<u64> {
+    let mut left = 0;
+    for name in ["CALLS", "MPTCP_CALLS"] {
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("the eBPF object has no map {name}"))?;
+        let calls = aya::maps::HashMap::<_, u64, [u8; 16]>::try_from(map)?;
+        left += calls.keys().count() as u64;
+    }
+    Ok(left)
 }
 
 /// A sample's bytes, `head` then `tail` (non-empty when the sample wraps around the end of the
@@ -249,6 +270,10 @@ struct EventCounts {
     received: u64,
     /// `(cpu, lost)` for each CPU that lost events.
     lost: Vec<(u32, u64)>,
+    /// Calls whose socket could not be read.
+    unreadable: u64,
+    /// Calls whose end was never seen.
+    end_missed: u64,
 }
 
 impl fmt::Display for EventCounts {
@@ -267,6 +292,16 @@ impl fmt::Display for EventCounts {
                 per_cpu.join(", ")
             )?;
         }
+        if self.unreadable > 0 {
+            write!(
+                f,
+                "; {} calls whose socket could not be read",
+                self.unreadable
+            )?;
+        }
+        if self.end_missed > 0 {
+            write!(f, "; {} calls whose end was not seen", self.end_missed)?;
+        }
         Ok(())
     }
 }
@@ -278,12 +313,14 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Re
     let mut failures = Vec::new();
     for &path in mode.candidates() {
         match load_and_attach(ebpf, path) {
-            Ok(programs) => {
-                eprintln!("{}", attached_line(path, &programs));
+            Ok(attached) => {
+                eprintln!("{}", attached_line(path, &attached));
                 return Ok(path);
             }
             Err(error) => {
-                unload(ebpf, path); // only the programs in use stay in the kernel
+                // Only the programs in use stay in the kernel.
+                unload(ebpf, programs(path));
+                unload(ebpf, mptcp_programs(path));
                 let reason = explain_attach_failure(path, &error);
                 eprintln!("{path}: not available: {reason}");
                 failures.push((path, reason));
@@ -293,63 +330,163 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Re
     Err(no_path_attached(mode, &failures))
 }
 
-/// The kernel side's functions for each path (`ebpf/src/main.rs`). New (part 2): the kprobe path
-/// also has a return probe, and the trampoline path hooks the return (fexit) instead of the entry,
-/// to see `listen()`'s result.
-fn program_names(path: AttachPath) -> &'static [&'static str] {
+/// Where a program of the kernel side is attached.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// A kernel function: kprobe or kretprobe, fentry or fexit (the object says which).
+    Function(&'static str),
+    /// A tracepoint of the `syscalls` group (a perf-event tracepoint: tracefs must be mounted).
+    Syscall(&'static str),
+    /// A raw tracepoint.
+    RawTracepoint(&'static str),
+}
+
+/// The kernel side's programs for each path (`ebpf/src/main.rs`) and where each goes. New (part 2):
+/// every path follows each call to its end, to see `listen()`'s result and the final port.
+fn programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
     match path {
-        AttachPath::Kprobe => &["listen_kprobe", "listen_kretprobe"],
-        AttachPath::Fentry => &["listen_fexit"],
-        AttachPath::Tracepoint => &["listen_tracepoint"],
+        AttachPath::Kprobe => &[
+            ("listen_kprobe", Hook::Function(LISTEN_FUNCTION)),
+            ("listen_kretprobe", Hook::Function(LISTEN_FUNCTION)),
+        ],
+        AttachPath::Fentry => &[("listen_fexit", Hook::Function(LISTEN_FUNCTION))],
+        // The system call's entry and exit see every call to its end; the state change sees a
+        // socket that starts listening without one.
+        AttachPath::Tracepoint => &[
+            ("listen_sys_enter", Hook::Syscall(SYSCALL_ENTER_TRACEPOINT)),
+            ("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),
+            ("listen_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
+        ],
     }
 }
 
-/// Looks each program of `path` up in the object, converts it to its type, loads it into the
-/// kernel (where the verifier checks it) and attaches it. Returns their names and the kernel's ids.
+/// MPTCP sockets listen through `mptcp_listen()`, not `inet_listen()`: the kprobe and fentry paths
+/// hook it too, where the kernel has MPTCP. (The tracepoint path sees their system calls.)
+fn mptcp_programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
+    match path {
+        AttachPath::Kprobe => &[
+            ("mptcp_kprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+            ("mptcp_kretprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+        ],
+        AttachPath::Fentry => &[
+            ("mptcp_fentry", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+            ("mptcp_fexit", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+        ],
+        AttachPath::Tracepoint => &[],
+    }
+}
+
+/// Loads and attaches the programs of `path`, then those for MPTCP where this kernel has it.
+/// Returns the names and the kernel's ids.
 fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    if path == AttachPath::Tracepoint {
+        prepare_syscall_tracepoints()?;
+    }
+    let mut attached = load_and_attach_programs(ebpf, programs(path))?;
+    match load_and_attach_programs(ebpf, mptcp_programs(path)) {
+        Ok(mptcp) => attached.extend(mptcp),
+        Err(error) => {
+            unload(ebpf, mptcp_programs(path));
+            eprintln!(
+                "{path}: MPTCP listens are not traced ({MPTCP_LISTEN_FUNCTION}(): {error:#})"
+            );
+        }
+    }
+    Ok(attached)
+}
+
+/// Looks each program up in the object, loads it into the kernel (where the verifier checks it)
+/// and attaches it where its type and hook say.
+fn load_and_attach_programs(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, Hook)],
+) -> anyhow::Result<Vec<(&'static str, u32)>> {
     let mut attached = Vec::new();
-    for &name in program_names(path) {
+    for &(name, hook) in programs {
         let program = ebpf
             .program_mut(name)
             .with_context(|| format!("the eBPF object has no program {name}"))?;
-        let id = match path {
-            AttachPath::Kprobe => {
-                // A kprobe or a kretprobe (the object says which): on the entry of inet_listen(),
-                // or on its return.
-                let kprobe: &mut KProbe = program.try_into()?;
+        match (program, hook) {
+            // A kprobe or a kretprobe: on the entry of the function, or on its return.
+            (Program::KProbe(kprobe), Hook::Function(function)) => {
                 kprobe.load()?;
-                kprobe.attach(LISTEN_FUNCTION, 0)?;
-                kprobe.info()?.id()
+                kprobe.attach(function, 0)?;
             }
-            AttachPath::Fentry => {
-                // The trampoline's return hook sees the arguments and the result together.
-                let fexit: &mut FExit = program.try_into()?;
-                fexit.load(LISTEN_FUNCTION, &Btf::from_sys_fs()?)?;
+            // The trampoline's entry hook, and its return hook, which sees the arguments and the
+            // result together.
+            (Program::FEntry(fentry), Hook::Function(function)) => {
+                fentry.load(function, &Btf::from_sys_fs()?)?;
+                fentry.attach()?;
+            }
+            (Program::FExit(fexit), Hook::Function(function)) => {
+                fexit.load(function, &Btf::from_sys_fs()?)?;
                 fexit.attach()?;
-                fexit.info()?.id()
             }
-            AttachPath::Tracepoint => {
-                let tracepoint: &mut RawTracePoint = program.try_into()?;
+            (Program::TracePoint(tracepoint), Hook::Syscall(name)) => {
                 tracepoint.load()?;
-                tracepoint.attach(STATE_TRACEPOINT)?;
-                tracepoint.info()?.id()
+                tracepoint.attach("syscalls", name)?;
             }
-        };
+            (Program::RawTracePoint(tracepoint), Hook::RawTracepoint(name)) => {
+                tracepoint.load()?;
+                tracepoint.attach(name)?;
+            }
+            (program, _) => bail!("{name} is a {:?} program", program.prog_type()),
+        }
+        let id = ebpf
+            .program(name)
+            .map_or(Ok(0), |program| program.info().map(|info| info.id()))?;
         attached.push((name, id));
     }
     Ok(attached)
 }
 
 /// Unloads the programs of a path that did not work out (those that never loaded are fine).
-fn unload(ebpf: &mut Ebpf, path: AttachPath) {
-    for &name in program_names(path) {
+fn unload(ebpf: &mut Ebpf, programs: &[(&'static str, Hook)]) {
+    for &(name, _) in programs {
         let _ = match ebpf.program_mut(name) {
             Some(Program::KProbe(kprobe)) => kprobe.unload(),
+            Some(Program::FEntry(fentry)) => fentry.unload(),
             Some(Program::FExit(fexit)) => fexit.unload(),
+            Some(Program::TracePoint(tracepoint)) => tracepoint.unload(),
             Some(Program::RawTracePoint(tracepoint)) => tracepoint.unload(),
             _ => Ok(()),
         };
     }
+}
+
+/// The syscall tracepoints are perf-event tracepoints: their ids come from tracefs, which is
+/// mounted here when it is missing. Their fields must sit where the kernel side reads them.
+fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
+    let tracefs = mount_tracefs()?;
+    for (tracepoint, fields) in [
+        (
+            SYSCALL_ENTER_TRACEPOINT,
+            &[
+                ("fd", SYSCALL_ENTER_FD_OFFSET),
+                ("backlog", SYSCALL_ENTER_BACKLOG_OFFSET),
+            ][..],
+        ),
+        (
+            SYSCALL_EXIT_TRACEPOINT,
+            &[("ret", SYSCALL_EXIT_RET_OFFSET)][..],
+        ),
+    ] {
+        let format = tracefs
+            .join("events/syscalls")
+            .join(tracepoint)
+            .join("format");
+        let text = std::fs::read_to_string(&format).with_context(|| {
+            format!(
+                "cannot read {}: this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+                format.display()
+            )
+        })?;
+        for &(field, offset) in fields {
+            check_tracepoint_field(&text, field, offset)
+                .with_context(|| format!("{}", format.display()))?;
+        }
+    }
+    Ok(())
 }
 // ANCHOR_END: attach
 
@@ -419,7 +556,7 @@ mod tests {
             family: common::AF_INET,
             attach: common::ATTACH_KPROBE,
             has_result: 1,
-            padding: [0; 2],
+            protocol: common::IPPROTO_TCP,
         }
     }
 
@@ -447,13 +584,22 @@ mod tests {
 
     #[test]
     fn the_summary_says_where_events_were_lost() {
-        let counts = EventCounts {
+        let mut counts = EventCounts {
             received: 10,
             lost: vec![(1, 7), (0, 2)],
+            unreadable: 0,
+            end_missed: 0,
         };
         assert_eq!(
             counts.to_string(),
             "10 events received, 9 lost (CPU 1: 7, CPU 0: 2; a larger --buffer-pages keeps more)"
+        );
+        counts.lost.clear();
+        counts.unreadable = 1;
+        counts.end_missed = 2;
+        assert_eq!(
+            counts.to_string(),
+            "10 events received, 0 lost; 1 calls whose socket could not be read; 2 calls whose end was not seen"
         );
     }
 }

@@ -6,7 +6,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use common::{AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, ListenEvent};
+use common::{
+    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, IPPROTO_MPTCP, ListenEvent,
+};
 use serde::Serialize;
 
 /// Where the events go: a table, JSON lines, a test's collector.
@@ -47,10 +49,11 @@ pub fn comm(event: &ListenEvent) -> &str {
 }
 
 fn proto(event: &ListenEvent) -> &'static str {
-    if event.family == AF_INET6 {
-        "TCPv6"
-    } else {
-        "TCPv4"
+    match (event.protocol == IPPROTO_MPTCP, event.family == AF_INET6) {
+        (false, false) => "TCPv4",
+        (false, true) => "TCPv6",
+        (true, false) => "MPTCPv4",
+        (true, true) => "MPTCPv6",
     }
 }
 
@@ -63,18 +66,25 @@ fn attach_path(event: &ListenEvent) -> &'static str {
     }
 }
 
-/// `listen()`'s result where a return probe saw it.
+/// `listen()`'s result: 0 or `-errno`; `None` for a socket that started listening without a call
+/// the program could follow to its end (io_uring's listen, a socket of the kernel's own).
 fn result(event: &ListenEvent) -> Option<i32> {
     (event.has_result == 1).then_some(event.result)
 }
 
-/// The result for a person: `ok`, the error's name, or `n/a` on the tracepoint (which fires only
-/// when a socket really starts listening).
+/// The name of the error in a negative result (`EADDRINUSE`).
+fn error_name(event: &ListenEvent) -> Option<String> {
+    result(event)
+        .filter(|&result| result < 0)
+        .map(|result| format!("{:?}", nix::errno::Errno::from_raw(-result)))
+}
+
+/// The result for a person: `ok`, the error's name, or `unseen` where the end was not seen.
 fn result_text(event: &ListenEvent) -> String {
-    match result(event) {
-        None => "n/a".into(),
-        Some(0) => "ok".into(),
-        Some(error) => format!("{:?}", nix::errno::Errno::from_raw(-error)),
+    match (result(event), error_name(event)) {
+        (None, _) => "unseen".into(),
+        (_, Some(name)) => name,
+        (Some(_), None) => "ok".into(),
     }
 }
 
@@ -85,7 +95,7 @@ pub struct Table<W: Write> {
 }
 
 impl<W: Write> Table<W> {
-    pub const HEADER: &'static str = "PID     COMM             NETNS       PROTO  BACKLOG  ADDR                                     PORT   RESULT";
+    pub const HEADER: &'static str = "PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
 
     pub fn new(out: W) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -99,7 +109,7 @@ impl<W: Write> EventSink for Table<W> {
     fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
         writeln!(
             self.out,
-            "{:<7} {:<16} {:<11} {:<6} {:<8} {:<40} {:<6} {}",
+            "{:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} {}",
             event.pid,
             comm(event),
             event.netns,
@@ -141,8 +151,11 @@ struct JsonEvent<'a> {
     backlog: u32,
     addr: IpAddr,
     port: u16,
-    /// `listen()`'s return value (0 or -errno), `null` where the attach path cannot see it.
+    /// `listen()`'s return value (0 or -errno), `null` where the end of the call was not seen.
     result: Option<i32>,
+    /// The name of the error, when `result` is negative.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     attach: &'static str,
 }
 
@@ -158,6 +171,7 @@ impl<W: Write> EventSink for JsonLines<W> {
             addr: address(event),
             port: event.port,
             result: result(event),
+            error: error_name(event),
             attach: attach_path(event),
         };
         serde_json::to_writer(&mut self.out, &json)?;
@@ -192,7 +206,7 @@ mod tests {
                 ATTACH_TRACEPOINT
             },
             has_result: result.is_some() as u8,
-            padding: [0; 2],
+            protocol: common::IPPROTO_TCP,
         }
     }
 
@@ -226,11 +240,11 @@ mod tests {
         assert_eq!(lines[0], Table::<Vec<u8>>::HEADER);
         assert_eq!(
             lines[1],
-            "4321    nginx            4026531840  TCPv4  7        127.0.0.1                                4242   ok"
+            "4321    nginx            4026531840  TCPv4   7        127.0.0.1                                4242   ok"
         );
         assert_eq!(
             lines[2],
-            "4321    nginx            4026531840  TCPv6  7        2001:db8::ffff:abcd                      4242   n/a"
+            "4321    nginx            4026531840  TCPv6   7        2001:db8::ffff:abcd                      4242   unseen"
         );
         assert!(lines[3].ends_with("4242   EINVAL"), "{}", lines[3]);
         // Every column starts where its header starts.
@@ -264,12 +278,23 @@ mod tests {
             lines[0],
             serde_json::json!({
                 "pid": 4321, "tid": 4322, "comm": "nginx", "netns": 4026531840u32, "proto": "TCPv4",
-                "backlog": 7, "addr": "127.0.0.1", "port": 4242, "result": -98, "attach": "kprobe"
+                "backlog": 7, "addr": "127.0.0.1", "port": 4242, "result": -98,
+                "error": "EADDRINUSE", "attach": "kprobe"
             })
         );
         assert_eq!(lines[1]["addr"], "::1");
         assert_eq!(lines[1]["result"], serde_json::Value::Null);
+        assert!(lines[1].get("error").is_none());
         assert_eq!(lines[1]["attach"], "tracepoint");
+    }
+
+    #[test]
+    fn mptcp_is_never_shown_as_tcp() {
+        let mut mptcp = event(AF_INET6, Ipv6Addr::LOCALHOST.octets(), Some(0));
+        mptcp.protocol = common::IPPROTO_MPTCP;
+        assert_eq!(proto(&mptcp), "MPTCPv6");
+        mptcp.family = AF_INET;
+        assert_eq!(proto(&mptcp), "MPTCPv4");
     }
 
     #[test]

@@ -5,17 +5,20 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
+use common::IPPROTO_MPTCP;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use support::{
     kernel::{attach_paths_here, kernel_tests_can_run},
     running::{RunningStep, Stream},
-    trigger::{self, InNewNetns, listen_in_another_process},
+    trigger::{
+        self, Domain, InNewNetns, listen_in_another_process,
+        socket2::{Protocol, Socket, Type},
+    },
 };
 
 const STEP: &str = env!("CARGO_BIN_EXE_step4-netns-perf");
@@ -42,16 +45,6 @@ fn json_event_for(step: &mut RunningStep, addr: SocketAddr) -> Value {
         )
         .unwrap_or_else(|| panic!("no event for {addr}; output: {:#?}", step.output));
     serde_json::from_str(&line).unwrap()
-}
-
-/// The result a path reports for a successful `listen()`: return probes see 0, the tracepoint
-/// nothing.
-fn success_on(path: &str) -> Value {
-    if path == "tracepoint" {
-        Value::Null
-    } else {
-        json!(0)
-    }
 }
 
 #[test]
@@ -82,7 +75,7 @@ fn events_carry_the_exact_values_on_every_attach_path() {
                 "backlog": 31,
                 "addr": "127.0.0.1",
                 "port": addr.port(),
-                "result": success_on(path),
+                "result": 0,
                 "attach": path,
             })
         );
@@ -116,7 +109,7 @@ fn the_table_shows_the_same_values_under_one_header() {
         let pid = std::process::id().to_string();
         assert_eq!(columns[0], pid);
         assert_eq!(columns[2], own_netns);
-        assert_eq!(&columns[3..], [proto, "33", ip, port.as_str(), "n/a"]);
+        assert_eq!(&columns[3..], [proto, "33", ip, port.as_str(), "ok"]);
         // The thread's name, cut to the kernel's 15 characters.
         let thread = std::thread::current()
             .name()
@@ -128,7 +121,7 @@ fn the_table_shows_the_same_values_under_one_header() {
     }
     let finished = step.stop(Signal::SIGINT);
     let stdout = finished.stdout();
-    let header = "PID     COMM             NETNS       PROTO  BACKLOG  ADDR                                     PORT   RESULT";
+    let header = "PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
     assert_eq!(stdout.lines().next(), Some(header));
     assert_eq!(
         stdout
@@ -216,66 +209,145 @@ fn the_netns_filter_drops_other_namespaces() {
     unfiltered.stop_cleanly(Signal::SIGINT);
 }
 
-/// `listen()` on a connected socket fails with EINVAL inside `inet_listen()`: the return probes
-/// report it, and the tracepoint, which fires only when a socket starts listening, does not see it.
+/// A listen on a socket of each kind, and listens that fail, in a namespace of our own: each call
+/// is reported exactly once, with its protocol, the final port and its result, on every path.
 #[test]
-fn a_failed_listen_reports_its_error_where_a_return_probe_sees_it() {
-    if !kernel_tests_can_run("a_failed_listen_reports_its_error_where_a_return_probe_sees_it") {
-        return;
-    }
-    for path in attach_paths_here() {
-        let mut step = start_json(path, &[]);
-        let server = trigger::listen((LOCALHOST, 0).into(), 39).unwrap();
-        let client = TcpStream::connect(server.local_addr).unwrap();
-        // SAFETY: a plain listen(2) on a socket we own.
-        let failed = unsafe { libc::listen(client.as_raw_fd(), 41) };
-        assert_eq!(failed, -1, "listen() on a connected socket fails");
-        let marker = trigger::listen((LOCALHOST, 0).into(), 43)
-            .unwrap()
-            .local_addr;
-        if path == "tracepoint" {
-            json_event_for(&mut step, marker);
-            let finished = step.stop(Signal::SIGINT);
-            let client_port = client.local_addr().unwrap().port();
-            for line in finished.stdout().lines() {
-                let event: Value = serde_json::from_str(line).expect("every stdout line is JSON");
-                assert_ne!(
-                    event["port"], client_port,
-                    "the tracepoint saw a listen() that failed: {line}"
-                );
-            }
-        } else {
-            let event = json_event_for(&mut step, client.local_addr().unwrap());
-            assert_eq!(event["result"], -22, "EINVAL: {event}");
-            assert_eq!(event["backlog"], 41);
-            assert_eq!(json_event_for(&mut step, marker)["result"], 0);
-            step.stop_cleanly(Signal::SIGINT);
-        }
-    }
-}
-
-/// A socket that never called `bind()` gets its port during `listen()`: the return probes see it,
-/// the tracepoint (which fires before the kernel picks it) reports 0, as lesson 3 explains.
-#[test]
-fn the_return_probes_see_the_port_of_an_unbound_socket() {
-    if !kernel_tests_can_run("the_return_probes_see_the_port_of_an_unbound_socket") {
+fn every_call_is_reported_once_with_its_protocol_port_and_result() {
+    if !kernel_tests_can_run("every_call_is_reported_once_with_its_protocol_port_and_result") {
         return;
     }
     let netns = InNewNetns::new();
     for path in attach_paths_here() {
-        let mut step = start_json(path, &["--netns", &netns.inode.to_string()]);
-        let (port, _listener) = netns.run(|| {
-            let listener = trigger::listen_without_bind(trigger::Domain::IPV4, 45).unwrap();
-            (listener.local_addr.port(), listener)
-        });
-        let reported_port = if path == "tracepoint" { 0 } else { port };
-        let event = json_event_for(
-            &mut step,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, reported_port)),
+        let step = start_json(path, &["--netns", &netns.inode.to_string()]);
+        let (expected, _sockets) = netns.run(make_every_kind_of_listen);
+        // Wait for the last call's row, then stop and read everything (rings are per CPU).
+        let mut step = step;
+        let (last_port, _) = expected.last().unwrap().clone();
+        step.find_line(
+            Stream::Stdout,
+            |line| {
+                serde_json::from_str::<Value>(line).is_ok_and(|event| event["port"] == last_port)
+            },
+            Duration::from_secs(10),
         );
-        assert_eq!(event["backlog"], 45);
-        step.stop_cleanly(Signal::SIGINT);
+        let finished = step.stop_cleanly(Signal::SIGINT);
+        let mut rows: Vec<(u16, Value)> = finished
+            .stdout()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).expect("every stdout line is JSON"))
+            .map(|event| {
+                let port = event["port"].as_u64().unwrap() as u16;
+                let row = json!({
+                    "proto": event["proto"], "backlog": event["backlog"], "addr": event["addr"],
+                    "result": event["result"], "error": event.get("error"), "attach": event["attach"],
+                    "pid": event["pid"], "netns": event["netns"],
+                });
+                (port, row)
+            })
+            .collect();
+        rows.sort_by_key(|(port, row)| (*port, row["backlog"].as_u64()));
+        let mut wanted: Vec<(u16, Value)> = expected
+            .iter()
+            .map(|(port, row)| {
+                let mut row = row.clone();
+                row["attach"] = json!(path);
+                row["pid"] = json!(std::process::id());
+                row["netns"] = json!(netns.inode);
+                (*port, row)
+            })
+            .collect();
+        wanted.sort_by_key(|(port, row)| (*port, row["backlog"].as_u64()));
+        assert_eq!(rows, wanted, "on the {path} path");
     }
+}
+
+/// The calls, made in the calling thread's namespace: returns what each must be reported as (its
+/// port and row) and the sockets, kept open until the rows are read.
+fn make_every_kind_of_listen() -> (Vec<(u16, Value)>, Vec<Socket>) {
+    let row = |proto: &str, backlog: i32, addr: &str, result: i32, error: Option<&str>| {
+        json!({
+            "proto": proto, "backlog": backlog, "addr": addr, "result": result, "error": error,
+            "attach": null, "pid": null, "netns": null,
+        })
+    };
+    let mut expected = Vec::new();
+    let mut sockets = Vec::new();
+    let port_of = |socket: &Socket| socket.local_addr().unwrap().as_socket().unwrap().port();
+    // TCP over IPv4 and IPv6, bound first.
+    for (addr, proto, backlog) in [("127.0.0.1", "TCPv4", 61), ("::1", "TCPv6", 62)] {
+        let listener = trigger::listen((addr.parse::<IpAddr>().unwrap(), 0).into(), backlog)
+            .unwrap()
+            .socket;
+        expected.push((port_of(&listener), row(proto, backlog, addr, 0, None)));
+        sockets.push(listener);
+    }
+    // Never bound: the kernel picks the port during listen(); the row has that port.
+    let unbound = trigger::listen_without_bind(Domain::IPV4, 63)
+        .unwrap()
+        .socket;
+    expected.push((port_of(&unbound), row("TCPv4", 63, "0.0.0.0", 0, None)));
+    // A second listen() on a listening socket only changes its backlog: a call all the same.
+    unbound.listen(64).unwrap();
+    expected.push((port_of(&unbound), row("TCPv4", 64, "0.0.0.0", 0, None)));
+    sockets.push(unbound);
+    // Two sockets bound to one port with SO_REUSEADDR: the second listen() fails, EADDRINUSE.
+    let first = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    first.set_reuse_address(true).unwrap();
+    first
+        .bind(&SocketAddr::from((LOCALHOST, 0)).into())
+        .unwrap();
+    let port = port_of(&first);
+    let second = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    second.set_reuse_address(true).unwrap();
+    second
+        .bind(&SocketAddr::from((LOCALHOST, port)).into())
+        .unwrap();
+    first.listen(65).unwrap();
+    let error = second.listen(66).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EADDRINUSE));
+    expected.push((port, row("TCPv4", 65, "127.0.0.1", 0, None)));
+    expected.push((
+        port,
+        row(
+            "TCPv4",
+            66,
+            "127.0.0.1",
+            -libc::EADDRINUSE,
+            Some("EADDRINUSE"),
+        ),
+    ));
+    sockets.extend([first, second]);
+    // listen() on a connected socket fails with EINVAL.
+    let server = trigger::listen((LOCALHOST, 0).into(), 67).unwrap().socket;
+    expected.push((port_of(&server), row("TCPv4", 67, "127.0.0.1", 0, None)));
+    let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    client.connect(&server.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        client.listen(68).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    expected.push((
+        port_of(&client),
+        row("TCPv4", 68, "127.0.0.1", -libc::EINVAL, Some("EINVAL")),
+    ));
+    sockets.extend([server, client]);
+    // MPTCP, where the kernel has it: one row, never shown as TCP.
+    match Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(i32::from(IPPROTO_MPTCP))),
+    ) {
+        Ok(mptcp) => {
+            mptcp
+                .bind(&SocketAddr::from((LOCALHOST, 0)).into())
+                .unwrap();
+            mptcp.listen(69).unwrap();
+            expected.push((port_of(&mptcp), row("MPTCPv4", 69, "127.0.0.1", 0, None)));
+            sockets.push(mptcp);
+        }
+        Err(error) => eprintln!("this kernel has no MPTCP ({error}): no MPTCP listen to check"),
+    }
+    (expected, sockets)
 }
 
 /// How many listens a storm makes.

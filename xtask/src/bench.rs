@@ -134,8 +134,9 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let unrelated = measure_unrelated_syscall(&step4_binary, args.rounds, &work)?;
     let startup = measure_startup(&step4_binary, bpftrace.is_some())?;
-    let report = report(args, &tracers, &runs, &startup)?;
+    let report = report(args, &tracers, &runs, &unrelated, &startup)?;
     let output = workspace_root().join(&args.output);
     fs::write(&output, &report)?;
     eprintln!("{report}");
@@ -217,6 +218,37 @@ fn run_once(tracer: Tracer, step4: &Path, listens: usize, work: &Path) -> anyhow
         received,
         lost,
     })
+}
+
+/// How many calls of the unrelated system call a run makes.
+const UNRELATED_CALLS: u32 = 2_000_000;
+
+/// Nanoseconds per `getppid()` (a cheap system call that has nothing to do with `listen()`), with no
+/// tracer and with lesson 4 attached on the tracepoint path, alternating: the medians.
+fn measure_unrelated_syscall(step4: &Path, rounds: u32, work: &Path) -> anyhow::Result<(f64, f64)> {
+    let getppid_loop = || {
+        let started = Instant::now();
+        for _ in 0..UNRELATED_CALLS {
+            std::hint::black_box(nix::unistd::getppid());
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(UNRELATED_CALLS)
+    };
+    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        untraced.push(getppid_loop());
+        let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
+        let mut step = spawn_to_files(Command::new(step4).arg("--attach=tracepoint"), &out, &err)?;
+        wait_until_ready(Tracer::Step4Table, &out, &err)?;
+        traced.push(getppid_loop());
+        kill(Pid::from_raw(step.id() as i32), Signal::SIGINT)?;
+        step.wait()?;
+        eprintln!(
+            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 4 attached",
+            untraced.last().unwrap(),
+            traced.last().unwrap()
+        );
+    }
+    Ok((median(&mut untraced), median(&mut traced)))
 }
 
 fn spawn_to_files(command: &mut Command, out: &Path, err: &Path) -> anyhow::Result<Child> {
@@ -338,6 +370,7 @@ fn report(
     args: &BenchArgs,
     tracers: &[Tracer],
     runs: &[Vec<Run>],
+    (untraced, traced): &(f64, f64),
     startup: &Startup,
 ) -> anyhow::Result<String> {
     let uname = String::from_utf8(Command::new("uname").arg("-r").output()?.stdout)?;
@@ -432,6 +465,21 @@ fn report(
          perf buffers always ask for. The reader drains in batches, so it is not woken again for every\n\
          event; bpftrace is. A BPF ring buffer, which can skip the wake-up per event, would be cheaper\n\
          still (see lesson 4)."
+    )?;
+    writeln!(text, "\n## What the others pay\n")?;
+    writeln!(
+        text,
+        "A tracer of `listen()` must not slow down the rest of the machine. Lesson 4's tracepoint\n\
+         path hooks the `listen()` system call's entry and exit; this loop calls another system call,\n\
+         `getppid()`, {UNRELATED_CALLS} times, with no tracer and with lesson 4 attached, alternating.\n"
+    )?;
+    writeln!(text, "| configuration | median per getppid() | ratio |")?;
+    writeln!(text, "|---|---|---|")?;
+    writeln!(text, "| no tracer | {untraced:.1} ns | 1.00x |")?;
+    writeln!(
+        text,
+        "| lesson 4 attached (tracepoint path) | {traced:.1} ns | {:.2}x |",
+        traced / untraced
     )?;
     writeln!(text, "\n## Start-up (median of 5)\n")?;
     writeln!(text, "| what | median |")?;

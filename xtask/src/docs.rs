@@ -387,7 +387,7 @@ fn shape(transcript: &str) -> Vec<String> {
     transcript
         .lines()
         .filter(|line| !line.contains("inet_listen(): ") && !line.starts_with("tracepoint sock:"))
-        .filter(|line| !line.starts_with("struct offsets"))
+        .filter(|line| !line.starts_with("struct offsets") && !line.starts_with("mounted tracefs"))
         .map(|line| {
             let mut masked = String::new();
             let mut previous = ' ';

@@ -8,6 +8,7 @@ mod offsets;
 mod options;
 mod report;
 mod stop;
+mod tracefs;
 
 pub use explain::{
     AttachMode, AttachPath, attached_line, check_privileges, explain_attach_failure,
@@ -16,3 +17,4 @@ pub use explain::{
 pub use options::Options;
 pub use report::Report;
 pub use stop::{StopReason, StopSignals};
+pub use tracefs::{check_tracepoint_field, mount_tracefs};

@@ -31,15 +31,27 @@ impl SockOffsets {
             .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
             .map_err(|error| anyhow!("{error}"))
             .with_context(|| format!("{} is not valid BTF", path.display()))?;
+        // Each field with the size the eBPF programs read it as: a field that changed type (not
+        // only place) on some kernel is an error here, not a wrong value later.
+        const POINTER: usize = size_of::<u64>();
         let offsets = Self {
-            socket_sk: field_offset(&btf, "socket", &["sk"])?,
-            sk_max_ack_backlog: field_offset(&btf, "sock", &["sk_max_ack_backlog"])?,
-            skc_family: field_offset(&btf, "sock", &["__sk_common", "skc_family"])?,
-            skc_rcv_saddr: field_offset(&btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
-            skc_v6_rcv_saddr: field_offset(&btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
-            inet_sport: field_offset(&btf, "inet_sock", &["inet_sport"])?,
-            skc_net: field_offset(&btf, "sock", &["__sk_common", "skc_net", "net"])?,
-            net_ns_inum: field_offset(&btf, "net", &["ns", "inum"])?,
+            resolved: 1,
+            socket_sk: field(&btf, "socket", &["sk"], POINTER)?,
+            sk_max_ack_backlog: field(&btf, "sock", &["sk_max_ack_backlog"], 4)?,
+            sk_protocol: field(&btf, "sock", &["sk_protocol"], 2)?,
+            skc_family: field(&btf, "sock", &["__sk_common", "skc_family"], 2)?,
+            skc_rcv_saddr: field(&btf, "sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
+            skc_v6_rcv_saddr: field(&btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
+            inet_sport: field(&btf, "inet_sock", &["inet_sport"], 2)?,
+            skc_net: field(&btf, "sock", &["__sk_common", "skc_net", "net"], POINTER)?,
+            net_ns_inum: field(&btf, "net", &["ns", "inum"], 4)?,
+            net_somaxconn: field(&btf, "net", &["core", "sysctl_somaxconn"], 4)?,
+            task_files: field(&btf, "task_struct", &["files"], POINTER)?,
+            files_fdt: field(&btf, "files_struct", &["fdt"], POINTER)?,
+            fdtable_max_fds: field(&btf, "fdtable", &["max_fds"], 4)?,
+            fdtable_fd: field(&btf, "fdtable", &["fd"], POINTER)?,
+            file_private_data: field(&btf, "file", &["private_data"], POINTER)?,
+            socket_file: field(&btf, "socket", &["file"], POINTER)?,
         };
         log::debug!(
             "struct offsets from {} in {:?}: {offsets:?}",
@@ -54,10 +66,12 @@ impl std::fmt::Display for SockOffsets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "socket.sk +{}, sock.sk_max_ack_backlog +{}, sock.skc_family +{}, sock.skc_rcv_saddr +{}, \
-             sock.skc_v6_rcv_saddr +{}, inet_sock.inet_sport +{}, sock.skc_net.net +{}, net.ns.inum +{}",
+            "socket.sk +{}, sock.sk_max_ack_backlog +{}, sock.sk_protocol +{}, sock.skc_family +{}, \
+             sock.skc_rcv_saddr +{}, sock.skc_v6_rcv_saddr +{}, inet_sock.inet_sport +{}, \
+             sock.skc_net.net +{}, net.ns.inum +{}",
             self.socket_sk,
             self.sk_max_ack_backlog,
+            self.sk_protocol,
             self.skc_family,
             self.skc_rcv_saddr,
             self.skc_v6_rcv_saddr,
@@ -74,8 +88,9 @@ fn running_kernel_btf() -> std::path::PathBuf {
 }
 
 /// The byte offset of `struct NAME`'s field `path` (`["__sk_common", "skc_family"]` is
-/// `__sk_common.skc_family`), looking through anonymous structs and unions as C does.
-fn field_offset(btf: &Btf, name: &str, path: &[&str]) -> anyhow::Result<u32> {
+/// `__sk_common.skc_family`), looking through anonymous structs and unions as C does; an error
+/// unless the field is `size` bytes long.
+fn field(btf: &Btf, name: &str, path: &[&str], size: usize) -> anyhow::Result<u32> {
     let found = btf
         .resolve_types_by_name(name)
         .map_err(|error| anyhow!("{error}"));
@@ -88,21 +103,57 @@ fn field_offset(btf: &Btf, name: &str, path: &[&str]) -> anyhow::Result<u32> {
             })
         })
         .with_context(|| format!("this kernel's BTF has no struct {name}"))?;
-    let bits = bit_offset(btf, &ty, path)?.with_context(|| {
+    let (bits, member) = member_at(btf, &ty, path)?.with_context(|| {
         format!(
             "struct {name} has no field {} in this kernel",
             path.join(".")
         )
     })?;
-    if !bits.is_multiple_of(8) {
+    if !bits.is_multiple_of(8) || member.bitfield_size().is_some_and(|bits| bits > 0) {
         bail!("struct {name}: field {} is a bitfield", path.join("."));
+    }
+    let found_size = size_of_type(
+        btf,
+        btf.resolve_chained_type(&member)
+            .map_err(|e| anyhow!("{e}"))?,
+    )?;
+    if found_size != size {
+        bail!(
+            "struct {name}: field {} is {found_size} bytes in this kernel, where the lessons read {size}: \
+             its type changed, and the lessons do not know this kernel's layout",
+            path.join(".")
+        );
     }
     Ok(bits / 8)
 }
 
-fn bit_offset(btf: &Btf, ty: &Struct, path: &[&str]) -> anyhow::Result<Option<u32>> {
+/// The size in bytes of a type, through typedefs and qualifiers.
+fn size_of_type(btf: &Btf, ty: Type) -> anyhow::Result<usize> {
+    let next = |ty: &dyn btf_rs::BtfType| {
+        btf.resolve_chained_type(ty)
+            .map_err(|error| anyhow!("{error}"))
+    };
+    Ok(match ty {
+        Type::Int(int) => int.size(),
+        Type::Ptr(_) => size_of::<u64>(),
+        Type::Enum(enumeration) => enumeration.size(),
+        Type::Struct(inner) | Type::Union(inner) => inner.size(),
+        Type::Array(array) => array.len() * size_of_type(btf, next(&array)?)?,
+        Type::Typedef(inner) => size_of_type(btf, next(&inner)?)?,
+        Type::Const(inner) => size_of_type(btf, next(&inner)?)?,
+        Type::Volatile(inner) => size_of_type(btf, next(&inner)?)?,
+        other => bail!("a field of an unexpected type: {other:?}"),
+    })
+}
+
+/// The bit offset of the field at `path` in `ty`, and the field's member entry.
+fn member_at(
+    btf: &Btf,
+    ty: &Struct,
+    path: &[&str],
+) -> anyhow::Result<Option<(u32, btf_rs::Member)>> {
     let Some((first, rest)) = path.split_first() else {
-        return Ok(Some(0));
+        return Ok(None);
     };
     for member in &ty.members {
         let name = if member.get_name_offset().unwrap_or(0) == 0 {
@@ -113,7 +164,7 @@ fn bit_offset(btf: &Btf, ty: &Struct, path: &[&str]) -> anyhow::Result<Option<u3
         };
         let inner = if name == *first {
             if rest.is_empty() {
-                return Ok(Some(member.bit_offset()));
+                return Ok(Some((member.bit_offset(), member.clone())));
             }
             struct_of(btf, member)?.map(|inner| (inner, rest))
         } else if name.is_empty() {
@@ -123,9 +174,9 @@ fn bit_offset(btf: &Btf, ty: &Struct, path: &[&str]) -> anyhow::Result<Option<u3
             None
         };
         if let Some((inner, inner_path)) = inner
-            && let Some(offset) = bit_offset(btf, &inner, inner_path)?
+            && let Some((offset, found)) = member_at(btf, &inner, inner_path)?
         {
-            return Ok(Some(member.bit_offset() + offset));
+            return Ok(Some((member.bit_offset() + offset, found)));
         }
     }
     Ok(None)
@@ -198,6 +249,29 @@ mod tests {
         assert!(
             offsets.socket_sk > 0 && offsets.socket_sk.is_multiple_of(8),
             "a pointer, aligned"
+        );
+        assert_eq!(offsets.resolved, 1);
+    }
+
+    /// A field read with the wrong size is refused at start-up, with the struct and field named.
+    #[test]
+    fn a_field_of_another_size_is_a_clear_error() {
+        let path = running_kernel_btf();
+        if !path.exists() {
+            eprintln!("SKIPPED: no {} on this machine", path.display());
+            return;
+        }
+        let btf = Btf::from_file_with_backend(&path, Backend::Cache).unwrap();
+        assert_eq!(
+            field(&btf, "sock", &["sk_protocol"], 2).ok().map(|_| ()),
+            Some(())
+        );
+        let error = field(&btf, "sock", &["sk_max_ack_backlog"], 2).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("struct sock: field sk_max_ack_backlog is 4 bytes in this kernel, where the lessons read 2"),
+            "{error}"
         );
     }
 }

@@ -38,11 +38,13 @@ pub fn listen_fentry(ctx: FEntryContext) -> i32 {
 
 /// A stable tracepoint that fires on every TCP state change. Its arguments are
 /// `(const struct sock *sk, int oldstate, int newstate)`; a socket that starts listening moves to
-/// `TCP_LISTEN`, so we keep only those.
+/// `TCP_LISTEN`, so we keep only those. (An MPTCP socket "moves" to `TCP_LISTEN` a second time
+/// when it already listens: `oldstate` drops that. Telling protocols apart needs a field of the
+/// socket, which lesson 2 learns to read.)
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
-    let newstate: i32 = ctx.arg(2);
-    if newstate == TCP_LISTEN {
+    let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if newstate == TCP_LISTEN && oldstate != TCP_LISTEN {
         say_hello(&ctx);
     }
     0

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
-use common::{SockOffsets, TCP_LISTEN, kernel::read_field};
+use common::{IPPROTO_TCP, SockOffsets, TCP_LISTEN, kernel::read_field};
 
 // ANCHOR: sock_offsets_global
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -52,14 +52,22 @@ pub fn listen_fentry(ctx: FEntryContext) -> i32 {
 /// in this kernel's BTF and wrote it into `SOCK_OFFSETS` before loading us.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
-    let newstate: i32 = ctx.arg(2);
-    if newstate == TCP_LISTEN {
-        let sk: *const u8 = ctx.arg(0);
-        if let Ok(backlog) = read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog) {
-            say_backlog(&ctx, backlog);
-        }
+    let (sk, oldstate, newstate): (*const u8, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if newstate == TCP_LISTEN
+        && oldstate != TCP_LISTEN
+        && is_tcp(sk)
+        && let Ok(backlog) = read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog)
+    {
+        say_backlog(&ctx, backlog);
     }
     0
+}
+
+/// Whether `sk` is a TCP socket (`sk->sk_protocol`): other protocols use the same state numbers
+/// (SCTP's LISTENING is 10 too), and an MPTCP listen changes the state of its own socket (twice)
+/// and of its first subflow, a TCP socket (once): keeping TCP keeps one per listen.
+fn is_tcp(sk: *const u8) -> bool {
+    read_field::<u16>(sk, SOCK_OFFSETS.load().sk_protocol) == Ok(IPPROTO_TCP)
 }
 // ANCHOR_END: entry_points
 

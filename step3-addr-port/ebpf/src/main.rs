@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use common::{
-    AF_INET6, SockOffsets, TCP_LISTEN, ipv4_from_network_order, kernel::read_field,
+    AF_INET6, IPPROTO_TCP, SockOffsets, TCP_LISTEN, ipv4_from_network_order, kernel::read_field,
     port_from_network_order,
 };
 
@@ -83,9 +83,8 @@ pub fn listen_fentry(ctx: FEntryContext) -> i32 {
 /// itself; the backlog is in `sk->sk_max_ack_backlog`, as in lesson 2.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
-    let newstate: i32 = ctx.arg(2);
-    if newstate == TCP_LISTEN {
-        let sk: *const u8 = ctx.arg(0);
+    let (sk, oldstate, newstate): (*const u8, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if newstate == TCP_LISTEN && oldstate != TCP_LISTEN && is_tcp(sk) {
         let backlog = read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog);
         let _ = backlog.and_then(|backlog| say_where(&ctx, sk, backlog));
     }
@@ -95,6 +94,13 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
 /// `sock->sk`: the `struct sock` behind a `struct socket`.
 fn sock_of(sock: *const u8) -> Result<*const u8, i32> {
     read_field(sock, SOCK_OFFSETS.load().socket_sk)
+}
+
+/// Whether `sk` is a TCP socket (`sk->sk_protocol`): other protocols use the same state numbers
+/// (SCTP's LISTENING is 10 too), and an MPTCP listen changes the state of its own socket (twice)
+/// and of its first subflow, a TCP socket (once): keeping TCP keeps one per listen.
+fn is_tcp(sk: *const u8) -> bool {
+    read_field::<u16>(sk, SOCK_OFFSETS.load().sk_protocol) == Ok(IPPROTO_TCP)
 }
 // ANCHOR_END: entry_points
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-pub use socket2::Domain;
+pub use socket2::{self, Domain};
 use socket2::{Protocol, SockAddr, Socket, Type};
 
 /// A TCP socket in the listening state; closing it (dropping) ends the listen.
@@ -25,17 +25,25 @@ pub struct Listener {
 pub fn listen(addr: SocketAddr, backlog: i32) -> anyhow::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .context("cannot create a TCP socket")?;
+    bind_and_listen(socket, addr, backlog)
+}
+
+/// The same for an MPTCP socket (`IPPROTO_MPTCP`); an error where the kernel has no MPTCP.
+pub fn listen_mptcp(addr: SocketAddr, backlog: i32) -> anyhow::Result<Listener> {
+    let mptcp = Protocol::from(i32::from(common::IPPROTO_MPTCP));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(mptcp))
+        .context("cannot create an MPTCP socket")?;
+    bind_and_listen(socket, addr, backlog)
+}
+
+fn bind_and_listen(socket: Socket, addr: SocketAddr, backlog: i32) -> anyhow::Result<Listener> {
     socket
         .bind(&SockAddr::from(addr))
         .map_err(|error| bind_error(addr, error))?;
     socket
         .listen(backlog)
         .with_context(|| format!("listen({addr}, backlog {backlog}) failed"))?;
-    let local_addr = socket
-        .local_addr()?
-        .as_socket()
-        .context("the socket has no IP address")?;
-    Ok(Listener { socket, local_addr })
+    listening(socket)
 }
 
 /// `socket()` and `listen(backlog)` without `bind()`: the kernel picks the port (and the wildcard
@@ -46,6 +54,11 @@ pub fn listen_without_bind(domain: Domain, backlog: i32) -> anyhow::Result<Liste
     socket
         .listen(backlog)
         .with_context(|| format!("listen(backlog {backlog}) without bind failed"))?;
+    listening(socket)
+}
+
+/// The listener of a socket that now listens, with the address the kernel bound.
+fn listening(socket: Socket) -> anyhow::Result<Listener> {
     let local_addr = socket
         .local_addr()?
         .as_socket()
