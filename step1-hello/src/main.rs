@@ -15,7 +15,7 @@ use common::{
     LISTEN_FUNCTION, READY_LINE, STATE_TRACEPOINT,
     user::{
         AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
-        explain_attach_failure, no_path_attached,
+        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
     },
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -36,7 +36,8 @@ async fn main() -> Result<(), Report> {
 
     // 1. Load the object: aya creates its maps now; each program is loaded when we attach it.
     check_privileges()?;
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).context("cannot load the eBPF object")?;
+    lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(explain_load_failure)?;
 
     // 2. aya-log: what the kernel side logs with `info!` arrives in a map of the object. Take it
     //    before attaching, so that no record is missed, and watch it with tokio.

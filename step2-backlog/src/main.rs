@@ -14,7 +14,7 @@ use common::{
     LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
     user::{
         AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
-        explain_attach_failure, no_path_attached,
+        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
     },
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -37,12 +37,13 @@ async fn main() -> Result<(), Report> {
     //    New: where this kernel keeps the fields we read, from its BTF, written into the object's
     //    read-only global SOCK_OFFSETS first, so that the verifier sees them as constants.
     check_privileges()?;
+    lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = SockOffsets::of_running_kernel()?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .load(EBPF_OBJECT)
-        .context("cannot load the eBPF object")?;
+        .map_err(explain_load_failure)?;
 
     // 2. aya-log: what the kernel side logs with `info!` arrives in a map of the object. Take it
     //    before attaching, so that no record is missed, and watch it with tokio.

@@ -29,8 +29,8 @@ use common::{
     SYSCALL_ENTER_TRACEPOINT, SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SockOffsets,
     user::{
         AttachMode, AttachPath, Options, Report, StopReason, StopSignals, attached_line,
-        check_privileges, check_tracepoint_field, explain_attach_failure, mount_tracefs,
-        no_path_attached,
+        check_privileges, check_tracepoint_field, explain_attach_failure, explain_load_failure,
+        lift_memlock_limit, mount_tracefs, no_path_attached,
     },
 };
 use futures_util::future::select_all;
@@ -53,6 +53,7 @@ async fn main() -> Result<(), Report> {
     // 1. Load the object, with this kernel's struct offsets written into it (lesson 2) and, new
     //    (part 2), the filters the kernel side applies before it sends anything.
     check_privileges()?;
+    lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = SockOffsets::of_running_kernel()?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
     let filter = ListenFilter {
@@ -63,7 +64,7 @@ async fn main() -> Result<(), Report> {
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .override_global(LISTEN_FILTER_SYMBOL, &filter, true)
         .load(EBPF_OBJECT)
-        .context("cannot load the eBPF object")?;
+        .map_err(explain_load_failure)?;
 
     // 2. New (part 1): one perf buffer per CPU, instead of aya-log's ring of log records.
     let mut events = PerfBuffers::open(&mut ebpf, cli.buffer_pages)?;

@@ -30,20 +30,31 @@ pub struct GuestKernel {
     /// Every path listed here must attach in this kernel; the tests read the list from
     /// `LISTEN_TRACE_EXPECT_ATTACH` and fail if one does not.
     pub attach_paths: &'static str,
+    /// The Debian suite that has the package, where the host's own apt sources may not
+    /// (`bullseye`); `None`: the host's sources.
+    pub suite: Option<&'static str>,
 }
 
 // ANCHOR: guest_kernels
 /// The kernels `vm-test` boots. Adding a kernel is one entry.
 pub const GUEST_KERNELS: &[GuestKernel] = &[
     GuestKernel {
+        package: "linux-image-5.10.0-32-cloud-amd64",
+        about: "Debian 11 (bullseye) cloud kernel: before 5.11, BPF maps count against RLIMIT_MEMLOCK; no MPTCP",
+        attach_paths: "kprobe,fentry,tracepoint",
+        suite: Some("bullseye"),
+    },
+    GuestKernel {
         package: "linux-image-6.1.0-56-cloud-amd64",
         about: "Debian 12 (bookworm) stock cloud kernel",
         attach_paths: "kprobe,fentry,tracepoint",
+        suite: None,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-amd64",
         about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
         attach_paths: "kprobe,fentry,tracepoint",
+        suite: None,
     },
 ];
 // ANCHOR_END: guest_kernels
@@ -80,6 +91,10 @@ pub struct VmTestArgs {
     /// is required, and the output shows which attached
     #[arg(long, value_name = "PATHS", requires = "kernel", default_value = "")]
     pub expect: String,
+    /// With --kernel: the Debian suite that has the package, when the host's apt sources do not
+    /// (for example `bullseye`)
+    #[arg(long, requires = "kernel")]
+    pub suite: Option<String>,
 }
 
 impl Default for VmTestArgs {
@@ -89,6 +104,7 @@ impl Default for VmTestArgs {
             filter: None,
             kernel: None,
             expect: String::new(),
+            suite: None,
         }
     }
 }
@@ -103,6 +119,7 @@ impl VmTestArgs {
                 package: package.clone().leak(),
                 about: "given with --kernel",
                 attach_paths: self.expect.clone().leak(),
+                suite: self.suite.clone().map(|suite| &*suite.leak()),
             }],
         }
     }
@@ -126,12 +143,14 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     }
     let vm_dir = target_dir().join("vm");
     let mut failures = Vec::new();
+    let mut matrix = Vec::new();
     let kernels = args.kernels();
     for kernel in &kernels {
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
         let accel = choose_accel(args.accel, &vmlinuz, &vm_dir)?;
         let initramfs = build_initramfs(kernel, &tests, &vm_dir.join(kernel.package))?;
-        let results = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
+        let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
+        matrix.push(MatrixRow::of(kernel, &results, run));
         failures.extend(
             results
                 .into_iter()
@@ -150,7 +169,100 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("vm-test failed: {}", failures.join(", "));
     }
+    if args.kernel.is_none() && args.filter.is_none() {
+        let page = crate::workspace_root().join(MATRIX_PAGE);
+        fs::write(&page, matrix_page(&matrix)?)?;
+        eprintln!(
+            "    vm-test: the table of kernels and attach paths is in {}",
+            page.display()
+        );
+    }
     Ok(())
+}
+
+/// The generated table of kernels × attach paths, included by the kernels page.
+const MATRIX_PAGE: &str = "docs/src/vm-test-results.md";
+
+/// What one guest showed: its kernel, which paths attached, MPTCP, the cases and the times.
+struct MatrixRow {
+    package: &'static str,
+    release: String,
+    paths: Vec<(&'static str, bool)>,
+    mptcp: &'static str,
+    passed: usize,
+    cases: usize,
+    run: GuestRun,
+}
+
+impl MatrixRow {
+    fn of(kernel: &GuestKernel, results: &[CaseResult], run: GuestRun) -> Self {
+        let said = |text: &str| results.iter().any(|result| result.output.contains(text));
+        Self {
+            package: kernel.package,
+            release: run.release.clone(),
+            paths: vec![
+                ("kprobe", said("kprobe inet_listen(): attached")),
+                ("fentry", said("fentry inet_listen(): attached")),
+                (
+                    "tracepoint",
+                    said("tracepoint sock:inet_sock_set_state: attached"),
+                ),
+            ],
+            mptcp: if said("program mptcp_") {
+                "yes"
+            } else if said("has no MPTCP") {
+                "not in this kernel"
+            } else {
+                "not checked"
+            },
+            passed: results.iter().filter(|result| result.passed).count(),
+            cases: results.len(),
+            run,
+        }
+    }
+}
+
+fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
+    let date = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?
+            .stdout,
+    )?;
+    let mut text = String::from(
+        "<!-- Written by `cargo xtask vm-test` (the built-in kernels, every case): do not edit. -->\n\n",
+    );
+    writeln!(
+        text,
+        "The latest `cargo xtask vm-test`, {} (x86-64 guests under qemu):\n",
+        date.trim()
+    )?;
+    writeln!(
+        text,
+        "| kernel package | `uname -r` | kprobe | fentry | tracepoint | MPTCP | cases | boot | whole run |"
+    )?;
+    writeln!(text, "|---|---|---|---|---|---|---|---|---|")?;
+    for row in rows {
+        let mark = |wanted: &str| {
+            let attached = row.paths.iter().any(|&(path, seen)| path == wanted && seen);
+            if attached { "attached" } else { "not seen" }
+        };
+        writeln!(
+            text,
+            "| `{}` | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
+            row.package,
+            row.release,
+            mark("kprobe"),
+            mark("fentry"),
+            mark("tracepoint"),
+            row.mptcp,
+            row.passed,
+            row.cases,
+            row.run.boot_seconds,
+            row.run.whole_seconds,
+        )?;
+    }
+    Ok(text)
 }
 
 /// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing.
@@ -282,24 +394,28 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
         );
     }
     fs::create_dir_all(&dir)?;
+    let apt = AptSources::for_suite(kernel.suite, vm_dir)?;
     let download = |dir: &Path| {
         Command::new("apt-get")
-            .args([
-                "download",
-                "-q",
-                "-o",
-                "APT::Sandbox::User=root",
-                kernel.package,
-            ])
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .args(&apt.options)
+            .arg(kernel.package)
             .current_dir(dir)
             .status()
             .is_ok_and(|status| status.success())
     };
     eprintln!("==> vm-test: fetch {} ({})", kernel.package, kernel.about);
     if !download(&dir) {
-        run_step("apt-get update", Command::new("apt-get").arg("update"))?;
+        run_step(
+            "apt-get update",
+            Command::new("apt-get").arg("update").args(&apt.options),
+        )?;
         if !download(&dir) {
-            bail!("cannot download {} with apt-get", kernel.package);
+            bail!(
+                "cannot download {} with apt-get (from {}): is the package name right?",
+                kernel.package,
+                kernel.suite.unwrap_or("this machine's apt sources")
+            );
         }
     }
     let deb = fs::read_dir(&dir)?
@@ -313,6 +429,43 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
     )?;
     fs::remove_file(&deb)?;
     find_vmlinuz(&unpacked)?.with_context(|| format!("no boot/vmlinuz-* in {}", kernel.package))
+}
+
+/// apt options that read another Debian suite's package lists, kept apart from the host's (in
+/// `target/vm/apt/SUITE`), or none for the host's own sources.
+struct AptSources {
+    options: Vec<String>,
+}
+
+impl AptSources {
+    fn for_suite(suite: Option<&str>, vm_dir: &Path) -> anyhow::Result<Self> {
+        let Some(suite) = suite else {
+            return Ok(Self {
+                options: Vec::new(),
+            });
+        };
+        let dir = vm_dir.join("apt").join(suite);
+        fs::create_dir_all(dir.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("archives/partial"))?;
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let list = dir.join("sources.list");
+        fs::write(
+            &list,
+            format!(
+                "deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n\
+                 deb [signed-by={keyring}] http://deb.debian.org/debian {suite}-updates main\n\
+                 deb [signed-by={keyring}] http://deb.debian.org/debian-security {suite}-security main\n"
+            ),
+        )?;
+        let option =
+            |name: &str, value: &Path| ["-o".to_string(), format!("{name}={}", value.display())];
+        let mut options = Vec::new();
+        options.extend(option("Dir::Etc::SourceList", &list));
+        options.extend(option("Dir::Etc::SourceParts", &dir.join("no-parts")));
+        options.extend(option("Dir::State::Lists", &dir.join("lists")));
+        options.extend(option("Dir::Cache::Archives", &dir.join("archives")));
+        Ok(Self { options })
+    }
 }
 
 fn find_vmlinuz(root: &Path) -> anyhow::Result<Option<PathBuf>> {
@@ -569,7 +722,7 @@ fn boot_and_run(
     initramfs: &Path,
     accel: Accel,
     case_count: usize,
-) -> anyhow::Result<Vec<CaseResult>> {
+) -> anyhow::Result<(Vec<CaseResult>, GuestRun)> {
     let dir = initramfs.parent().unwrap();
     let limit = BOOT_LIMIT + Duration::from_secs(CASE_LIMIT_SECS) * case_count as u32;
     eprintln!(
@@ -579,12 +732,10 @@ fn boot_and_run(
     let started = Instant::now();
     let (output, console) = boot(vmlinuz, initramfs, accel, dir, limit)?;
     let elapsed = started.elapsed().as_secs_f64();
-    let Some(boot_seconds) = output.lines().find_map(|line| {
-        line.strip_prefix("GUEST-UP ")?
-            .split(' ')
-            .nth(1)?
-            .parse::<f64>()
-            .ok()
+    let Some((release, boot_seconds)) = output.lines().find_map(|line| {
+        let mut words = line.strip_prefix("GUEST-UP ")?.split(' ');
+        let release = words.next()?.to_string();
+        Some((release, words.next()?.parse::<f64>().ok()?))
     }) else {
         if console.trim().is_empty() {
             bail!(
@@ -633,7 +784,19 @@ fn boot_and_run(
         "    {}: booted in {boot_seconds:.1} s, whole run {elapsed:.1} s",
         kernel.package
     );
-    Ok(results)
+    let run = GuestRun {
+        release,
+        boot_seconds,
+        whole_seconds: elapsed,
+    };
+    Ok((results, run))
+}
+
+/// A guest's kernel release and times.
+struct GuestRun {
+    release: String,
+    boot_seconds: f64,
+    whole_seconds: f64,
 }
 
 /// Reads the `CASE-START` / `CASE-END step name status start end` lines of the guest's output.

@@ -141,6 +141,37 @@ fn no_path_attached_words(mode: AttachMode, failures: &[(AttachPath, String)]) -
     }
 }
 
+/// Kernels before 5.11 charge the memory of BPF maps to the locked-memory limit (`ulimit -l`), which
+/// is small by default: lift it before loading, as aya-template does. Quietly: newer kernels do not
+/// need it, and where it is not allowed the load says why (see [`explain_load_failure`]).
+pub fn lift_memlock_limit() {
+    let _ = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        nix::sys::resource::RLIM_INFINITY,
+        nix::sys::resource::RLIM_INFINITY,
+    );
+}
+
+/// The error of loading an object, with the locked-memory limit named where creating a map was
+/// refused with EPERM (what kernels before 5.11 answer when the limit is too small).
+pub fn explain_load_failure(error: aya::EbpfError) -> anyhow::Error {
+    let memlock = matches!(
+        &error,
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+            if io_error.kind() == io::ErrorKind::PermissionDenied
+    );
+    let error = anyhow::Error::new(error).context("cannot load the eBPF object");
+    if memlock {
+        error.context(
+            "the kernel refused to create a BPF map: kernels before 5.11 count BPF maps against \
+             the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`), which could not be raised \
+             here; run as root, or raise the limit (`ulimit -l unlimited`)",
+        )
+    } else {
+        error
+    }
+}
+
 /// Fails early, with the fix, where the kernel would answer a bare EPERM: call it before loading.
 pub fn check_privileges() -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {

@@ -12,7 +12,7 @@ mod tracefs;
 
 pub use explain::{
     AttachMode, AttachPath, attached_line, check_privileges, explain_attach_failure,
-    no_path_attached,
+    explain_load_failure, lift_memlock_limit, no_path_attached,
 };
 pub use options::Options;
 pub use report::Report;
