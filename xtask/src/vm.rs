@@ -21,6 +21,37 @@ use cargo_metadata::{Artifact, Message, TargetKind};
 
 use crate::pinned::{Toolchain, run_step, target_dir};
 
+/// The CPU a guest kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// x86-64 (amd64): qemu-system-x86_64, KVM where it works
+    X86_64,
+    /// arm64 (aarch64): qemu-system-aarch64 under TCG, binaries cross-built and linked statically
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name for it, as in `linux-image-…-cloud-arm64`.
+    fn debian(self) -> &'static str {
+        match self {
+            Self::X86_64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target the lessons and their tests are built for; `None`: this machine's own.
+    fn rust_target(self) -> Option<&'static str> {
+        match self {
+            Self::X86_64 => None,
+            Self::Arm64 => Some(ARM64_TARGET),
+        }
+    }
+}
+
+/// The Rust target of the arm64 guests, and the C cross toolchain that links for it.
+const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+const ARM64_LINKER: &str = "aarch64-linux-gnu-gcc";
+
 /// A distribution kernel to test in: a Debian package that `apt-get download` fetches (nothing is
 /// installed on the host), and the attach paths it must accept.
 #[derive(Debug, Clone)]
@@ -33,6 +64,7 @@ pub struct GuestKernel {
     /// The Debian suite that has the package, where the host's own apt sources may not
     /// (`bullseye`); `None`: the host's sources.
     pub suite: Option<&'static str>,
+    pub arch: Arch,
 }
 
 // ANCHOR: guest_kernels
@@ -43,18 +75,28 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
         about: "Debian 11 (bullseye) cloud kernel: before 5.11, BPF maps count against RLIMIT_MEMLOCK; no MPTCP",
         attach_paths: "kprobe,fentry,tracepoint",
         suite: Some("bullseye"),
+        arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.1.0-56-cloud-amd64",
         about: "Debian 12 (bookworm) stock cloud kernel",
         attach_paths: "kprobe,fentry,tracepoint",
         suite: None,
+        arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-amd64",
         about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
         attach_paths: "kprobe,fentry,tracepoint",
         suite: None,
+        arch: Arch::X86_64,
+    },
+    GuestKernel {
+        package: "linux-image-6.12.117+deb12-cloud-arm64",
+        about: "Debian 12's 6.12 cloud kernel for arm64 (another pt_regs layout for kprobe arguments)",
+        attach_paths: "kprobe,fentry,tracepoint",
+        suite: None,
+        arch: Arch::Arm64,
     },
 ];
 // ANCHOR_END: guest_kernels
@@ -95,6 +137,9 @@ pub struct VmTestArgs {
     /// (for example `bullseye`)
     #[arg(long, requires = "kernel")]
     pub suite: Option<String>,
+    /// With --kernel: the CPU of that kernel package
+    #[arg(long, value_enum, requires = "kernel", default_value_t = Arch::X86_64)]
+    pub arch: Arch,
 }
 
 impl Default for VmTestArgs {
@@ -105,6 +150,7 @@ impl Default for VmTestArgs {
             kernel: None,
             expect: String::new(),
             suite: None,
+            arch: Arch::X86_64,
         }
     }
 }
@@ -120,6 +166,7 @@ impl VmTestArgs {
                 about: "given with --kernel",
                 attach_paths: self.expect.clone().leak(),
                 suite: self.suite.clone().map(|suite| &*suite.leak()),
+                arch: self.arch,
             }],
         }
     }
@@ -135,27 +182,52 @@ struct KernelTests {
 
 pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    ensure_host_tools()?;
-    let tests = build_kernel_tests(toolchain, args.filter.as_deref())?;
-    let case_count: usize = tests.iter().map(|tests| tests.cases.len()).sum();
+    let kernels = args.kernels();
+    let arm64 = kernels.iter().any(|kernel| kernel.arch == Arch::Arm64);
+    ensure_host_tools(toolchain, arm64)?;
+    // The cases are listed by running this machine's build; an arm64 build has the same ones.
+    let host_tests = build_kernel_tests(toolchain, args.filter.as_deref(), None)?;
+    let arm64_tests = if arm64 {
+        Some(build_kernel_tests(
+            toolchain,
+            args.filter.as_deref(),
+            Some(Arch::Arm64),
+        )?)
+    } else {
+        None
+    };
+    let case_count: usize = host_tests.iter().map(|tests| tests.cases.len()).sum();
     if case_count == 0 {
         bail!("no kernel test matches the filter {:?}", args.filter);
     }
     let vm_dir = target_dir().join("vm");
     let mut failures = Vec::new();
     let mut matrix = Vec::new();
-    let kernels = args.kernels();
     for kernel in &kernels {
+        let tests = match kernel.arch {
+            Arch::X86_64 => &host_tests,
+            Arch::Arm64 => arm64_tests.as_ref().expect("built above"),
+        };
+        let kernel_started = Instant::now();
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
-        let accel = choose_accel(args.accel, &vmlinuz, &vm_dir)?;
-        let initramfs = build_initramfs(kernel, &tests, &vm_dir.join(kernel.package))?;
+        let accel = match kernel.arch {
+            Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
+            Arch::Arm64 => Accel::Tcg,
+        };
+        let initramfs = build_initramfs(kernel, tests, &vm_dir.join(kernel.package), &vm_dir)?;
         let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
+        eprintln!(
+            "    {}: {} of {case_count} cases passed, {:.1} s with the download and the initramfs",
+            kernel.package,
+            results.iter().filter(|result| result.passed).count(),
+            kernel_started.elapsed().as_secs_f64()
+        );
         matrix.push(MatrixRow::of(kernel, &results, run));
         failures.extend(
             results
                 .into_iter()
                 .filter(|result| !result.passed)
-                .map(|result| result.name),
+                .map(|result| format!("{} ({})", result.name, kernel.package)),
         );
     }
     let total = case_count * kernels.len();
@@ -186,6 +258,7 @@ const MATRIX_PAGE: &str = "docs/src/vm-test-results.md";
 /// What one guest showed: its kernel, which paths attached, MPTCP, the cases and the times.
 struct MatrixRow {
     package: &'static str,
+    arch: Arch,
     release: String,
     paths: Vec<(&'static str, bool)>,
     mptcp: &'static str,
@@ -199,6 +272,7 @@ impl MatrixRow {
         let said = |text: &str| results.iter().any(|result| result.output.contains(text));
         Self {
             package: kernel.package,
+            arch: kernel.arch,
             release: run.release.clone(),
             paths: vec![
                 ("kprobe", said("kprobe inet_listen(): attached")),
@@ -234,14 +308,14 @@ fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
     );
     writeln!(
         text,
-        "The latest `cargo xtask vm-test`, {} (x86-64 guests under qemu):\n",
+        "The latest `cargo xtask vm-test`, {} (guests under qemu):\n",
         date.trim()
     )?;
     writeln!(
         text,
-        "| kernel package | `uname -r` | kprobe | fentry | tracepoint | MPTCP | cases | boot | whole run |"
+        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | MPTCP | cases | boot | whole run |"
     )?;
-    writeln!(text, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(text, "|---|---|---|---|---|---|---|---|---|---|")?;
     for row in rows {
         let mark = |wanted: &str| {
             let attached = row.paths.iter().any(|&(path, seen)| path == wanted && seen);
@@ -249,8 +323,9 @@ fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
         };
         writeln!(
             text,
-            "| `{}` | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
             row.package,
+            row.arch.debian(),
             row.release,
             mark("kprobe"),
             mark("fentry"),
@@ -265,38 +340,79 @@ fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing.
-fn ensure_host_tools() -> anyhow::Result<()> {
-    let missing: Vec<_> = [
+/// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing;
+/// for arm64 guests also qemu-system-aarch64, the C cross toolchain and the pinned toolchain's arm64
+/// target, only when an arm64 guest is asked for.
+fn ensure_host_tools(toolchain: &Toolchain, arm64: bool) -> anyhow::Result<()> {
+    let mut tools = vec![
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
         ("cpio", "cpio"),
-    ]
-    .into_iter()
-    .filter(|(command, _)| which(command).is_none())
-    .map(|(_, package)| package)
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
+    ];
+    if arm64 {
+        tools.extend([
+            ("qemu-system-aarch64", "qemu-system-arm"),
+            (ARM64_LINKER, "gcc-aarch64-linux-gnu"),
+        ]);
     }
-    if which("apt-get").is_none() {
-        bail!(
-            "vm-test needs {}: install them with your package manager (the commands qemu-system-x86_64, \
-             busybox and cpio)",
+    let missing: Vec<_> = tools
+        .iter()
+        .filter(|(command, _)| which(command).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        if which("apt-get").is_none() {
+            bail!(
+                "vm-test needs {}: install them with your package manager (the commands {})",
+                missing.join(", "),
+                tools
+                    .iter()
+                    .map(|(command, _)| *command)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        eprintln!(
+            "    vm-test needs {}: installing with apt-get",
             missing.join(", ")
         );
+        apt_get(
+            &[
+                &["install", "-y", "-q", "--no-install-recommends"],
+                missing.as_slice(),
+            ]
+            .concat(),
+        )?;
     }
-    eprintln!(
-        "    vm-test needs {}: installing with apt-get",
-        missing.join(", ")
-    );
-    apt_get(
-        &[
-            &["install", "-y", "-q", "--no-install-recommends"],
-            missing.as_slice(),
-        ]
-        .concat(),
-    )
+    if arm64 {
+        let installed = Command::new("rustup")
+            .args([
+                "target",
+                "list",
+                "--installed",
+                "--toolchain",
+                toolchain.name,
+            ])
+            .output()
+            .context("cannot run rustup")?;
+        if !String::from_utf8_lossy(&installed.stdout)
+            .lines()
+            .any(|target| target == ARM64_TARGET)
+        {
+            run_step(
+                &format!("rustup target add {ARM64_TARGET} (for the arm64 guests)"),
+                Command::new("rustup").args([
+                    "target",
+                    "add",
+                    ARM64_TARGET,
+                    "--toolchain",
+                    toolchain.name,
+                ]),
+            )
+            .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs apt-get, refreshing the package lists once if the first try fails (a fresh machine has none).
@@ -321,6 +437,7 @@ pub fn which(command: &str) -> Option<PathBuf> {
 fn build_kernel_tests(
     toolchain: &Toolchain,
     filter: Option<&str>,
+    cross: Option<Arch>,
 ) -> anyhow::Result<Vec<KernelTests>> {
     let mut args = vec![
         "test",
@@ -329,13 +446,33 @@ fn build_kernel_tests(
         "--no-run",
         "--message-format=json-render-diagnostics",
     ];
+    let target = cross.and_then(Arch::rust_target);
+    if let Some(target) = target {
+        args.extend(["--target", target]);
+    }
     let ebpf_crates = crate::lessons::ebpf_crates()?;
     for ebpf in &ebpf_crates {
         args.extend(["--exclude", ebpf.as_str()]);
     }
-    eprintln!("==> vm-test: build the kernel tests");
-    let mut cargo = toolchain
-        .cargo(&args)
+    eprintln!(
+        "==> vm-test: build the kernel tests{}",
+        target.map_or(String::new(), |target| format!(" for {target}"))
+    );
+    let mut command = toolchain.cargo(&args);
+    if target.is_some() {
+        // Linked statically, so that the guest needs no arm64 shared libraries; the eBPF side is
+        // built by each step's build.rs for the target's pt_regs (aya-build reads the target).
+        command
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                ARM64_LINKER,
+            )
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static -A linker-messages",
+            );
+    }
+    let mut cargo = command
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start cargo")?;
@@ -364,6 +501,18 @@ fn build_kernel_tests(
     }
     if !cargo.wait()?.success() {
         bail!("building the kernel tests failed");
+    }
+    if cross.is_some() {
+        // Cross-built binaries do not run here: the caller lists the cases with the host's build.
+        let host = build_kernel_tests(toolchain, filter, None)?;
+        for test in &mut tests {
+            test.cases = host
+                .iter()
+                .find(|listed| listed.step == test.step)
+                .map(|listed| listed.cases.clone())
+                .unwrap_or_default();
+        }
+        return Ok(tests);
     }
     for test in &mut tests {
         let list = Command::new(&test.executable)
@@ -394,30 +543,16 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
         );
     }
     fs::create_dir_all(&dir)?;
-    let apt = AptSources::for_suite(kernel.suite, vm_dir)?;
-    let download = |dir: &Path| {
-        Command::new("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-            .args(&apt.options)
-            .arg(kernel.package)
-            .current_dir(dir)
-            .status()
-            .is_ok_and(|status| status.success())
-    };
+    let apt = AptSources::for_guest(kernel.suite, kernel.arch, vm_dir)?;
     eprintln!("==> vm-test: fetch {} ({})", kernel.package, kernel.about);
-    if !download(&dir) {
-        run_step(
-            "apt-get update",
-            Command::new("apt-get").arg("update").args(&apt.options),
-        )?;
-        if !download(&dir) {
-            bail!(
-                "cannot download {} with apt-get (from {}): is the package name right?",
-                kernel.package,
-                kernel.suite.unwrap_or("this machine's apt sources")
-            );
-        }
-    }
+    apt.download(kernel.package, &dir).with_context(|| {
+        format!(
+            "the kernel package {} (from {}, {})",
+            kernel.package,
+            kernel.suite.unwrap_or("this machine's Debian release"),
+            kernel.arch.debian()
+        )
+    })?;
     let deb = fs::read_dir(&dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
@@ -438,13 +573,17 @@ struct AptSources {
 }
 
 impl AptSources {
-    fn for_suite(suite: Option<&str>, vm_dir: &Path) -> anyhow::Result<Self> {
-        let Some(suite) = suite else {
+    /// The host's own sources for a kernel of its own suite and CPU; else lists of their own.
+    fn for_guest(suite: Option<&str>, arch: Arch, vm_dir: &Path) -> anyhow::Result<Self> {
+        if suite.is_none() && arch == Arch::X86_64 {
             return Ok(Self {
                 options: Vec::new(),
             });
-        };
-        let dir = vm_dir.join("apt").join(suite);
+        }
+        let suite = suite.map_or_else(host_suite, |suite| Ok(suite.to_string()))?;
+        let dir = vm_dir
+            .join("apt")
+            .join(format!("{suite}-{}", arch.debian()));
         fs::create_dir_all(dir.join("lists/partial"))?;
         fs::create_dir_all(dir.join("archives/partial"))?;
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -457,15 +596,73 @@ impl AptSources {
                  deb [signed-by={keyring}] http://deb.debian.org/debian-security {suite}-security main\n"
             ),
         )?;
-        let option =
-            |name: &str, value: &Path| ["-o".to_string(), format!("{name}={}", value.display())];
+        let option = |name: &str, value: &str| ["-o".to_string(), format!("{name}={value}")];
+        let path = |path: PathBuf| path.display().to_string();
         let mut options = Vec::new();
-        options.extend(option("Dir::Etc::SourceList", &list));
-        options.extend(option("Dir::Etc::SourceParts", &dir.join("no-parts")));
-        options.extend(option("Dir::State::Lists", &dir.join("lists")));
-        options.extend(option("Dir::Cache::Archives", &dir.join("archives")));
+        options.extend(option("Dir::Etc::SourceList", &path(list)));
+        options.extend(option("Dir::Etc::SourceParts", &path(dir.join("no-parts"))));
+        options.extend(option("Dir::State::Lists", &path(dir.join("lists"))));
+        options.extend(option("Dir::Cache::Archives", &path(dir.join("archives"))));
+        options.extend(option("APT::Architecture", arch.debian()));
+        options.extend(option("APT::Architectures", arch.debian()));
         Ok(Self { options })
     }
+
+    /// Downloads `package` into `dir`, refreshing the lists once if the first try fails.
+    fn download(&self, package: &str, dir: &Path) -> anyhow::Result<()> {
+        let download = || {
+            Command::new("apt-get")
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+                .args(&self.options)
+                .arg(package)
+                .current_dir(dir)
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        if !download() {
+            run_step(
+                "apt-get update",
+                Command::new("apt-get").arg("update").args(&self.options),
+            )?;
+            if !download() {
+                bail!("cannot download {package} with apt-get: is the package name right?");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This machine's Debian release (`bookworm`), whose arm64 packages the arm64 guests use.
+fn host_suite() -> anyhow::Result<String> {
+    fs::read_to_string("/etc/os-release")?
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .map(|name| name.trim_matches('"').to_string())
+        .context("cannot tell this machine's Debian release from /etc/os-release")
+}
+
+/// The arm64 busybox, from Debian's `busybox-static` package, unpacked once into `target/vm/`.
+fn arm64_busybox(vm_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = vm_dir.join("busybox-arm64");
+    let busybox = dir.join("root/bin/busybox");
+    if busybox.exists() {
+        return Ok(busybox);
+    }
+    fs::create_dir_all(&dir)?;
+    AptSources::for_guest(None, Arch::Arm64, vm_dir)?.download("busybox-static", &dir)?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no .deb")?;
+    run_step(
+        "unpack busybox for arm64",
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+    )?;
+    Ok(busybox)
 }
 
 fn find_vmlinuz(root: &Path) -> anyhow::Result<Option<PathBuf>> {
@@ -488,7 +685,7 @@ fn init_script(kernel: &GuestKernel) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin CI=1 RUST_BACKTRACE=0 LISTEN_TRACE_EXPECT_ATTACH={attach_paths}
+export PATH=/bin CI=1 RUST_BACKTRACE=0 LISTEN_TRACE_EXPECT_ATTACH={attach_paths} {storm}
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -497,7 +694,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
-exec >/dev/ttyS1 2>&1
+exec >/dev/{results_tty} 2>&1
 echo "GUEST-UP $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 while read -r step binary name; do
   echo "CASE-START $step $name"
@@ -509,7 +706,17 @@ done < /cases
 echo GUEST-DONE
 poweroff -f
 "#,
-        attach_paths = kernel.attach_paths
+        attach_paths = kernel.attach_paths,
+        // An emulated arm64 CPU is several times slower: smaller storms, counted as exactly.
+        storm = match kernel.arch {
+            Arch::X86_64 => "",
+            Arch::Arm64 => "LISTEN_TRACE_STORM=20000",
+        },
+        // x86-64 guests have a second serial port for the results; arm64's `virt` machine has one.
+        results_tty = match kernel.arch {
+            Arch::X86_64 => "ttyS1",
+            Arch::Arm64 => "ttyAMA0",
+        }
     )
 }
 
@@ -519,21 +726,33 @@ fn build_initramfs(
     kernel: &GuestKernel,
     tests: &[KernelTests],
     dir: &Path,
+    vm_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     let staging = dir.join("initramfs");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
     fs::create_dir_all(&staging)?;
-    let busybox = which("busybox").context("busybox is not installed")?;
-    copy_with_libraries(&busybox, &staging, Some(Path::new("/bin/busybox")))?;
+    // x86-64 binaries take their shared libraries along; arm64 ones are static.
+    let copy = |binary: &Path, inside: Option<&Path>| match kernel.arch {
+        Arch::X86_64 => copy_with_libraries(binary, &staging, inside),
+        Arch::Arm64 => copy_into(binary, &staging, inside.unwrap_or(binary)),
+    };
+    let busybox = match kernel.arch {
+        Arch::X86_64 => which("busybox").context("busybox is not installed")?,
+        Arch::Arm64 => arm64_busybox(vm_dir)?,
+    };
+    copy(&busybox, Some(Path::new("/bin/busybox")))?;
+    let release = match kernel.arch.rust_target() {
+        None => target_dir().join("release"),
+        Some(target) => target_dir().join(target).join("release"),
+    };
     let mut cases = String::new();
     for test in tests {
         let inside = PathBuf::from(format!("/tests/{}-kernel", test.step));
-        copy_with_libraries(&test.executable, &staging, Some(&inside))?;
+        copy(&test.executable, Some(&inside))?;
         // The tests start `env!("CARGO_BIN_EXE_<step>")`: the same absolute path in the guest.
-        let step_binary = target_dir().join("release").join(&test.step);
-        copy_with_libraries(&step_binary, &staging, None)?;
+        copy(&release.join(&test.step), None)?;
         for case in &test.cases {
             writeln!(cases, "{} {} {case}", test.step, inside.display())?;
         }
@@ -649,13 +868,21 @@ fn kvm_boots(vmlinuz: &Path, vm_dir: &Path) -> anyhow::Result<bool> {
         ])
         .current_dir(&staging)
         .status()?;
-    let (output, _) = boot(vmlinuz, &archive, Accel::Kvm, &dir, Duration::from_secs(15))?;
+    let (output, _) = boot(
+        Arch::X86_64,
+        vmlinuz,
+        &archive,
+        Accel::Kvm,
+        &dir,
+        Duration::from_secs(15),
+    )?;
     Ok(output.contains("GUEST-DONE"))
 }
 
 /// Boots the guest and waits for it to power off, or kills it at `limit`. Returns what the guest
 /// wrote to its result port and the kernel's console.
 fn boot(
+    arch: Arch,
     vmlinuz: &Path,
     initramfs: &Path,
     accel: Accel,
@@ -664,33 +891,55 @@ fn boot(
 ) -> anyhow::Result<(String, String)> {
     let console = dir.join("console.log");
     let output = dir.join("output.log");
-    let (accel, cpu) = match accel {
-        Accel::Kvm => ("kvm", "host"),
-        _ => ("tcg", "max"),
+    let (accel, cpu) = match (arch, accel) {
+        (Arch::X86_64, Accel::Kvm) => ("kvm", "host"),
+        (Arch::X86_64, _) => ("tcg", "max"),
+        // cortex-a72: `max` emulates pointer authentication, which makes TCG several times slower.
+        (Arch::Arm64, _) => ("tcg", "cortex-a72"),
     };
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", accel, "-cpu", cpu, "-m", "1024", "-smp", "1"])
+    let (qemu_binary, machine, append) = match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "pc", "console=ttyS0 panic=-1 quiet"),
+        Arch::Arm64 => (
+            "qemu-system-aarch64",
+            "virt",
+            "console=ttyAMA0 panic=-1 quiet loglevel=1",
+        ),
+    };
+    let mut command = Command::new(qemu_binary);
+    command
+        .args([
+            "-M", machine, "-accel", accel, "-cpu", cpu, "-m", "1024", "-smp", "1",
+        ])
         .args([
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
             "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", output.display()))
+        ]);
+    match arch {
+        // The kernel's messages on the first serial port, the results on the second.
+        Arch::X86_64 => command
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", output.display())),
+        // One serial port: the results among the kernel's (few, with loglevel=1) messages.
+        Arch::Arm64 => command
+            .arg("-serial")
+            .arg(format!("file:{}", output.display())),
+    };
+    let mut qemu = command
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", append])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot start qemu-system-x86_64")?;
+        .with_context(|| format!("cannot start {qemu_binary}"))?;
     let started = Instant::now();
     let read = |path: &Path| fs::read_to_string(path).unwrap_or_default();
     while qemu.try_wait()?.is_none() {
@@ -704,7 +953,11 @@ fn boot(
         }
         thread::sleep(Duration::from_millis(100));
     }
-    Ok((read(&output), read(&console)))
+    let console = match arch {
+        Arch::X86_64 => read(&console),
+        Arch::Arm64 => read(&output),
+    };
+    Ok((read(&output), console))
 }
 
 /// One test's result in one guest kernel.
@@ -730,7 +983,7 @@ fn boot_and_run(
         kernel.package, kernel.about
     );
     let started = Instant::now();
-    let (output, console) = boot(vmlinuz, initramfs, accel, dir, limit)?;
+    let (output, console) = boot(kernel.arch, vmlinuz, initramfs, accel, dir, limit)?;
     let elapsed = started.elapsed().as_secs_f64();
     let Some((release, boot_seconds)) = output.lines().find_map(|line| {
         let mut words = line.strip_prefix("GUEST-UP ")?.split(' ');

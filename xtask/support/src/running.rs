@@ -128,8 +128,8 @@ impl RunningStep {
     }
 
     /// The program's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
     }
 
     /// The ids of the attached programs, from the step's
