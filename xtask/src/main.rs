@@ -34,7 +34,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what this machine lacks: the pinned Rust toolchain, bpf-linker (idempotent)
-    Setup,
+    Setup {
+        /// Also what building for arm64 guests needs (qemu-system-arm, the C cross toolchain, the
+        /// Rust target), which `vm-test` otherwise installs the first time an arm64 guest runs
+        #[arg(long)]
+        arm64: bool,
+    },
     /// Build every lesson (set-up first)
     Build,
     /// Build and run a lesson (set-up first), for example `cargo xtask run step 1 -- --attach tracepoint`
@@ -102,7 +107,13 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Setup => setup::run().map(drop),
+        Command::Setup { arm64 } => {
+            let toolchain = setup::run()?;
+            if arm64 {
+                vm::ensure_host_tools(&toolchain, true)?;
+            }
+            Ok(())
+        }
         Command::Build => {
             let toolchain = setup::run()?;
             lessons::build(&toolchain, &lessons::present()?)

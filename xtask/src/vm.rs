@@ -343,7 +343,7 @@ fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
 /// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing;
 /// for arm64 guests also qemu-system-aarch64, the C cross toolchain and the pinned toolchain's arm64
 /// target, only when an arm64 guest is asked for.
-fn ensure_host_tools(toolchain: &Toolchain, arm64: bool) -> anyhow::Result<()> {
+pub fn ensure_host_tools(toolchain: &Toolchain, arm64: bool) -> anyhow::Result<()> {
     let mut tools = vec![
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),

@@ -268,6 +268,34 @@ mod tests {
     }
 
     #[test]
+    fn a_map_refused_with_eperm_names_the_locked_memory_limit() {
+        let refused = |raw| {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                name: "EVENTS".into(),
+                io_error: io::Error::from_raw_os_error(raw),
+            })
+        };
+        let message = format!("{:#}", explain_load_failure(refused(1))); // EPERM
+        assert!(
+            message.starts_with(
+                "the kernel refused to create a BPF map: kernels before 5.11 count BPF maps against \
+                 the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`)"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("failed to create map `EVENTS`"),
+            "{message}"
+        );
+        let other = format!("{:#}", explain_load_failure(refused(22))); // EINVAL
+        assert!(
+            other.starts_with("cannot load the eBPF object: "),
+            "{other}"
+        );
+        assert!(!other.contains("RLIMIT_MEMLOCK"), "{other}");
+    }
+
+    #[test]
     fn a_single_mode_that_fails_suggests_auto() {
         let message = no_path_attached_words(
             AttachMode::Kprobe,
