@@ -6,6 +6,7 @@
 mod bench;
 mod check;
 mod docs;
+mod doctor;
 mod lessons;
 mod listen;
 mod pinned;
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         arm64: bool,
     },
+    /// Check this machine for the lessons in a few seconds: kernel, BTF, attach paths, privileges
+    Doctor(doctor::DoctorArgs),
     /// Build every lesson (set-up first)
     Build,
     /// Build and run a lesson (set-up first), for example `cargo xtask run step 1 -- --attach tracepoint`
@@ -127,6 +130,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             lessons::exec(lesson, &args)
         }
         Command::Test => test::run(),
+        Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
         Command::Docs(args) => docs::run(&setup::run()?, &args),

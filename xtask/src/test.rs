@@ -69,6 +69,11 @@ pub fn run() -> anyhow::Result<()> {
     // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
     vm::run(&toolchain, &vm::VmTestArgs::default())?;
 
+    // The learner's preflight must find this machine ready (CI runs on the kind of machine the
+    // lessons are taught on).
+    eprintln!("==> doctor: this machine is ready for the lessons");
+    crate::doctor::run(&toolchain, &crate::doctor::DoctorArgs { json: false })?;
+
     check_exercises(&toolchain)?;
 
     // The book: includes, anchors and links, transcripts that match the programs, and the build.

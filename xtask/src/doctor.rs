@@ -1,0 +1,295 @@
+//! `cargo xtask doctor`: a learner's preflight. It says, one line per item with its fix, whether
+//! this machine can run the lessons: the kernel and CPU, BTF, which attach paths really load and
+//! attach (by running lesson 1 itself with each `--attach`), privileges, the locked-memory limit
+//! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Exit 0 only when
+//! lesson 1 will run.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::Context as _;
+use common::{KERNEL_BTF, READY_LINE};
+use serde_json::json;
+use support::{BPF_LINKER, PINNED_RUST, running::RunningStep};
+
+use crate::{
+    lessons,
+    pinned::{Toolchain, target_dir},
+    workspace_root,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print the findings as one JSON object (for a teacher who collects a room's results)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One finding: what was checked, whether it is fine, what was seen, and the fix when it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Finding {
+    item: &'static str,
+    ok: bool,
+    seen: String,
+    fix: Option<String>,
+}
+
+impl Finding {
+    fn good(item: &'static str, seen: impl Into<String>) -> Self {
+        Self {
+            item,
+            ok: true,
+            seen: seen.into(),
+            fix: None,
+        }
+    }
+
+    fn bad(item: &'static str, seen: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            item,
+            ok: false,
+            seen: seen.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Free disk the first build needs (the toolchain, bpf-linker and the build folders).
+const DISK_NEEDED_GIB: f64 = 6.0;
+
+pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
+    let mut findings = vec![kernel(), btf()?];
+    let privileged = privileges();
+    let can_load = privileged.ok;
+    findings.push(privileged);
+    if let Some(memlock) = memlock()? {
+        findings.push(memlock);
+    }
+    findings.push(tracefs());
+    findings.push(Finding::good(
+        "toolchain",
+        format!("Rust {PINNED_RUST} and {BPF_LINKER} (set up by this command when missing)"),
+    ));
+    findings.push(disk()?);
+    let lesson = lessons::find(1)?;
+    lessons::build(toolchain, &[lesson])?;
+    let binary = target_dir().join("release").join(lesson.package);
+    let paths: Vec<Finding> = ["kprobe", "fentry", "tracepoint"]
+        .into_iter()
+        .map(|path| attach_path(&binary, path, can_load))
+        .collect();
+    let any_path = paths.iter().any(|path| path.ok);
+    findings.extend(paths);
+
+    let ready = can_load && any_path;
+    let verdict = if ready {
+        "ready: lesson 1 will run here".to_string()
+    } else if !can_load {
+        "not ready: the lessons cannot load their programs as this user (see privileges)"
+            .to_string()
+    } else {
+        "not ready: no attach path works on this kernel (see the lines above)".to_string()
+    };
+    if args.json {
+        let items: Vec<_> = findings
+            .iter()
+            .map(|finding| {
+                json!({"item": finding.item, "ok": finding.ok, "seen": finding.seen, "fix": finding.fix})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"ready": ready, "verdict": verdict, "findings": items})
+        );
+    } else {
+        for finding in &findings {
+            let mark = if finding.ok { "ok " } else { "!! " };
+            println!("{mark} {:<11} {}", finding.item, finding.seen);
+            if let Some(fix) = &finding.fix {
+                println!("    {:<11} fix: {fix}", "");
+            }
+        }
+        println!("verdict: {verdict}");
+    }
+    if ready {
+        Ok(())
+    } else {
+        anyhow::bail!("{verdict}")
+    }
+}
+
+fn kernel() -> Finding {
+    let uname = nix::sys::utsname::uname();
+    let (release, machine) = uname.map_or_else(
+        |_| ("unknown".into(), "unknown".into()),
+        |uname| {
+            (
+                uname.release().to_string_lossy().into_owned(),
+                uname.machine().to_string_lossy().into_owned(),
+            )
+        },
+    );
+    match machine.as_str() {
+        "x86_64" | "aarch64" => Finding::good("kernel", format!("Linux {release} on {machine}")),
+        _ => Finding::bad(
+            "kernel",
+            format!("Linux {release} on {machine}"),
+            "the lessons are tested on x86-64 and arm64 (aarch64) only",
+        ),
+    }
+}
+
+fn btf() -> anyhow::Result<Finding> {
+    Ok(if Path::new(KERNEL_BTF).exists() {
+        Finding::good("BTF", format!("{KERNEL_BTF} is there"))
+    } else {
+        Finding::bad(
+            "BTF",
+            format!("{KERNEL_BTF} is missing"),
+            "lessons 2 to 4 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
+             distribution's is); lesson 1 runs without it",
+        )
+    })
+}
+
+fn privileges() -> Finding {
+    if nix::unistd::geteuid().is_root() {
+        Finding::good("privileges", "root")
+    } else if lessons::has_sudo() {
+        Finding::good(
+            "privileges",
+            "not root, sudo is installed: `cargo xtask run` goes through sudo",
+        )
+    } else {
+        Finding::bad(
+            "privileges",
+            "not root, and no sudo",
+            "run as root, or install sudo and give this user sudo rights",
+        )
+    }
+}
+
+/// The locked-memory limit, where the kernel counts BPF maps against it (before 5.11).
+fn memlock() -> anyhow::Result<Option<Finding>> {
+    let release = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= (5, 11) {
+        return Ok(None);
+    }
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)?;
+    let root = nix::unistd::geteuid().is_root();
+    Ok(Some(
+        if soft == nix::sys::resource::RLIM_INFINITY || root || soft >= 64 << 20 {
+            Finding::good(
+                "memlock",
+                "kernel before 5.11: the lessons lift the locked-memory limit themselves",
+            )
+        } else {
+            Finding::bad(
+                "memlock",
+                format!(
+                    "kernel before 5.11 counts BPF maps against a locked-memory limit of {} KiB",
+                    soft / 1024
+                ),
+                "run the lessons as root (they lift the limit), or `ulimit -l unlimited`",
+            )
+        },
+    ))
+}
+
+fn tracefs() -> Finding {
+    let mounted = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| Path::new(root).join("events").is_dir());
+    Finding::good(
+        "tracefs",
+        if mounted {
+            "mounted"
+        } else {
+            "not mounted: lesson 4's tracepoint path mounts it itself"
+        },
+    )
+}
+
+fn disk() -> anyhow::Result<Finding> {
+    let stat = nix::sys::statvfs::statvfs(&workspace_root()).context("cannot read free disk")?;
+    let free_gib =
+        stat.blocks_available() as f64 * stat.fragment_size() as f64 / (1u64 << 30) as f64;
+    Ok(if free_gib >= DISK_NEEDED_GIB {
+        Finding::good("disk", format!("{free_gib:.1} GiB free"))
+    } else {
+        Finding::bad(
+            "disk",
+            format!("{free_gib:.1} GiB free"),
+            format!("the first build needs about {DISK_NEEDED_GIB:.0} GiB: free some space"),
+        )
+    })
+}
+
+/// Runs lesson 1 with `--attach PATH` until it is ready (the path loaded and attached) or fails
+/// (its last line says why, with the kernel's reason).
+fn attach_path(binary: &Path, path: &'static str, can_load: bool) -> Finding {
+    let item = match path {
+        "kprobe" => "kprobe",
+        "fentry" => "fentry",
+        _ => "tracepoint",
+    };
+    if !can_load {
+        return Finding::bad(item, "not tried (no privileges)", "see privileges");
+    }
+    let mut command = if nix::unistd::geteuid().is_root() {
+        Command::new(binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(binary);
+        sudo
+    };
+    command.args(["--attach", path, "--duration", "0.2"]);
+    let outcome = match RunningStep::try_spawn(&mut command) {
+        Ok(step) => step.try_wait(Duration::from_secs(20)),
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(finished) if finished.stderr().lines().any(|line| line == READY_LINE) => {
+            Finding::good(item, "loads and attaches here")
+        }
+        Ok(finished) => {
+            let reason = finished
+                .stderr()
+                .lines()
+                .find_map(|line| {
+                    line.split_once(": not available: ")
+                        .map(|(_, why)| why.to_string())
+                })
+                .unwrap_or_else(|| finished.stderr().trim().to_string());
+            Finding::bad(
+                item,
+                format!("unavailable: {reason}"),
+                "nothing to do if another path works: `--attach auto` (the default) picks it",
+            )
+        }
+        Err(error) => Finding::bad(
+            item,
+            format!("could not be tried: {error}"),
+            "see the error",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_carry_their_fix_only_when_something_is_wrong() {
+        assert_eq!(Finding::good("BTF", "there").fix, None);
+        let bad = Finding::bad("BTF", "missing", "use a kernel with BTF");
+        assert!(!bad.ok);
+        assert_eq!(bad.fix.as_deref(), Some("use a kernel with BTF"));
+    }
+}
