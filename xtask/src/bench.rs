@@ -383,12 +383,7 @@ fn report(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = thread::available_parallelism().map_or(0, usize::from);
-    let date = String::from_utf8(
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()?
-            .stdout,
-    )?;
+    let date = crate::utc_now()?;
     let medians: Vec<f64> = runs
         .iter()
         .map(|runs| {
@@ -419,7 +414,7 @@ fn report(
         "- machine: {cores} cores ({cpu}), kernel {}",
         uname.trim()
     )?;
-    writeln!(text, "- date: {}", date.trim())?;
+    writeln!(text, "- date: {date}")?;
     writeln!(
         text,
         "- {} listens per run, {} runs of each configuration, alternating\n",

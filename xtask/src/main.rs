@@ -153,6 +153,15 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The date and time now, as the generated pages show it (`2026-11-25 18:37 UTC`).
+fn utc_now() -> anyhow::Result<String> {
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()?
+        .stdout;
+    Ok(String::from_utf8(date)?.trim().to_string())
+}
+
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -297,19 +297,13 @@ impl MatrixRow {
 }
 
 fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
-    let date = String::from_utf8(
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()?
-            .stdout,
-    )?;
+    let date = crate::utc_now()?;
     let mut text = String::from(
         "<!-- Written by `cargo xtask vm-test` (the built-in kernels, every case): do not edit. -->\n\n",
     );
     writeln!(
         text,
-        "The latest `cargo xtask vm-test`, {} (guests under qemu):\n",
-        date.trim()
+        "The latest `cargo xtask vm-test`, {date} (guests under qemu):\n"
     )?;
     writeln!(
         text,
@@ -545,24 +539,15 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
     fs::create_dir_all(&dir)?;
     let apt = AptSources::for_guest(kernel.suite, kernel.arch, vm_dir)?;
     eprintln!("==> vm-test: fetch {} ({})", kernel.package, kernel.about);
-    apt.download(kernel.package, &dir).with_context(|| {
-        format!(
-            "the kernel package {} (from {}, {})",
-            kernel.package,
-            kernel.suite.unwrap_or("this machine's Debian release"),
-            kernel.arch.debian()
-        )
-    })?;
-    let deb = fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .context("apt-get download left no .deb")?;
-    run_step(
-        "unpack the kernel package",
-        Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked),
-    )?;
-    fs::remove_file(&deb)?;
+    apt.download_and_unpack(kernel.package, &dir, &unpacked)
+        .with_context(|| {
+            format!(
+                "the kernel package {} (from {}, {})",
+                kernel.package,
+                kernel.suite.unwrap_or("this machine's Debian release"),
+                kernel.arch.debian()
+            )
+        })?;
     find_vmlinuz(&unpacked)?.with_context(|| format!("no boot/vmlinuz-* in {}", kernel.package))
 }
 
@@ -608,8 +593,9 @@ impl AptSources {
         Ok(Self { options })
     }
 
-    /// Downloads `package` into `dir`, refreshing the lists once if the first try fails.
-    fn download(&self, package: &str, dir: &Path) -> anyhow::Result<()> {
+    /// Downloads `package` into `dir` (refreshing the lists once if the first try fails), unpacks
+    /// it into `into` and removes the `.deb`.
+    fn download_and_unpack(&self, package: &str, dir: &Path, into: &Path) -> anyhow::Result<()> {
         let download = || {
             Command::new("apt-get")
                 .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
@@ -628,6 +614,16 @@ impl AptSources {
                 bail!("cannot download {package} with apt-get: is the package name right?");
             }
         }
+        let deb = fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+            .context("apt-get download left no .deb")?;
+        run_step(
+            &format!("unpack {package}"),
+            Command::new("dpkg").arg("-x").arg(&deb).arg(into),
+        )?;
+        fs::remove_file(&deb)?;
         Ok(())
     }
 }
@@ -649,18 +645,10 @@ fn arm64_busybox(vm_dir: &Path) -> anyhow::Result<PathBuf> {
         return Ok(busybox);
     }
     fs::create_dir_all(&dir)?;
-    AptSources::for_guest(None, Arch::Arm64, vm_dir)?.download("busybox-static", &dir)?;
-    let deb = fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .context("apt-get download left no .deb")?;
-    run_step(
-        "unpack busybox for arm64",
-        Command::new("dpkg")
-            .arg("-x")
-            .arg(&deb)
-            .arg(dir.join("root")),
+    AptSources::for_guest(None, Arch::Arm64, vm_dir)?.download_and_unpack(
+        "busybox-static",
+        &dir,
+        &dir.join("root"),
     )?;
     Ok(busybox)
 }
