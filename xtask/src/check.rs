@@ -79,9 +79,9 @@ pub enum Attempt {
     Starter,
 }
 
-/// Checks exercise `number`; `Ok` when it passes, an error saying what is missing otherwise.
-pub fn run(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<()> {
-    let exercise = EXERCISES
+/// The exercise with this number, or an error that says which exist.
+fn find(number: u8) -> anyhow::Result<&'static Exercise> {
+    EXERCISES
         .iter()
         .find(|exercise| exercise.number == number)
         .with_context(|| {
@@ -89,37 +89,159 @@ pub fn run(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Resul
                 "there is no exercise {number}; they are 1 to {}",
                 EXERCISES.len()
             )
-        })?;
+        })
+}
+
+/// Builds what `attempt` checks and returns its binary.
+pub fn build(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
+    let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
-    let binary = match attempt {
+    match attempt {
         Attempt::Yours => {
             lessons::build(toolchain, &[lesson])?;
-            target_dir().join("release").join(lesson.package)
+            built_binary(number, attempt)
         }
-        Attempt::Solution => build_in_clean_checkout(toolchain, lesson, Some(exercise.patch))?,
-        Attempt::Starter => build_in_clean_checkout(toolchain, lesson, None)?,
-    };
+        Attempt::Solution => {
+            let solution = workspace_root().join("docs/exercises").join(exercise.patch);
+            build_in_clean_checkout(toolchain, lesson, Some(&solution))
+        }
+        Attempt::Starter => build_in_clean_checkout(toolchain, lesson, None),
+    }
+}
+
+/// Where `build` put the binary of `attempt`.
+pub fn built_binary(number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
+    let lesson = lessons::find(find(number)?.lesson)?;
+    Ok(match attempt {
+        Attempt::Yours => target_dir().join("release"),
+        Attempt::Solution | Attempt::Starter => clean_checkout_target().join("release"),
+    }
+    .join(lesson.package))
+}
+
+/// Checks exercise `number` with the `binary` that `build` made; `Ok` when it passes, an error
+/// saying what is missing otherwise.
+pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
+    let exercise = find(number)?;
+    let lesson = lessons::find(exercise.lesson)?;
     eprintln!(
         "==> exercise {number} ({}): running lesson {} against real listen() calls",
         exercise.title, lesson.number
     );
     let verdict = match number {
-        1 => check_process_name(&binary),
-        2 => check_pid(&binary),
-        3 => check_skc_num(&binary),
-        _ => check_port_filter(&binary),
+        1 => check_process_name(binary),
+        2 => check_pid(binary),
+        3 => check_skc_num(binary),
+        _ => check_port_filter(binary),
     };
     match verdict {
         Ok(()) => {
             eprintln!("exercise {number} ({}): passed", exercise.title);
             Ok(())
         }
-        Err(missing) => bail!(
-            "exercise {number} ({}) is not done yet: {missing}\n(the exercise and its hint are at the end of docs/src/lesson-{}-*.md)",
-            exercise.title,
-            lesson.number
-        ),
+        Err(missing) => match attempt {
+            Attempt::Yours => bail!(
+                "exercise {number} ({}) is not done yet: {missing}\n(a hint: `cargo xtask check exercise {number} --hint`; the exercise is at the end of docs/src/lesson-{}-*.md)",
+                exercise.title,
+                lesson.number
+            ),
+            Attempt::Solution | Attempt::Starter => {
+                bail!("exercise {number} ({}): {missing}", exercise.title)
+            }
+        },
     }
+}
+
+/// `--hint`: prints the exercise's hint (in Chinese when the locale says so), the text the lesson's
+/// page folds away.
+pub fn print_hint(number: u8) -> anyhow::Result<()> {
+    let exercise = find(number)?;
+    let chinese = ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .is_some_and(|locale| locale.starts_with("zh"));
+    let file = hint_file(exercise, chinese);
+    let hint = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    println!(
+        "Exercise {number} ({}), a hint:\n\n{}",
+        exercise.title,
+        hint.trim_end()
+    );
+    Ok(())
+}
+
+/// The hint of `exercise`, in `docs/exercises/`.
+fn hint_file(exercise: &Exercise, chinese: bool) -> PathBuf {
+    let language = if chinese { ".zh" } else { "" };
+    workspace_root()
+        .join("docs/exercises")
+        .join(format!("{}-hint{language}.md", exercise.number))
+}
+
+/// `--reset`: saves the learner's changes to the files the exercise's solution touches as a patch
+/// under `target/`, then puts those files back as in the last commit.
+pub fn reset(number: u8) -> anyhow::Result<()> {
+    let exercise = find(number)?;
+    let root = workspace_root();
+    let solution = root.join("docs/exercises").join(exercise.patch);
+    let touched = git_output(&root, &["apply", "--numstat", path_arg(&solution)?])?;
+    let files: Vec<&str> = touched
+        .lines()
+        .filter_map(|line| line.split('\t').nth(2))
+        .collect();
+    if files.is_empty() {
+        bail!("{} names no file", solution.display());
+    }
+    let mut diff_args = vec!["diff", "HEAD", "--"];
+    diff_args.extend(&files);
+    let yours = git_output(&root, &diff_args)?;
+    if yours.is_empty() {
+        eprintln!(
+            "exercise {number}: nothing to reset, {} are as in the last commit",
+            files.join(", ")
+        );
+        return Ok(());
+    }
+    let saved = target_dir().join(format!(
+        "exercise-{number}-yours-{}.patch",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(target_dir())?;
+    std::fs::write(&saved, &yours).with_context(|| format!("cannot write {}", saved.display()))?;
+    let mut checkout = vec!["checkout", "HEAD", "--"];
+    checkout.extend(&files);
+    git_output(&root, &checkout)?;
+    eprintln!(
+        "exercise {number}: {} are back as in the last commit; your changes are saved in {}\n(`git apply {}` brings them back)",
+        files.join(", "),
+        saved.display(),
+        saved.display()
+    );
+    Ok(())
+}
+
+fn path_arg(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("a path that is not UTF-8: {}", path.display()))
+}
+
+/// Runs git in `root` and returns its standard output; an error with git's own words otherwise.
+fn git_output(root: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .context("cannot run git")?;
+    if !output.status.success() {
+        bail!(
+            "`git {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// Exercise 1: `Hello World from NAME!`, where NAME is the thread that called listen().
@@ -266,10 +388,10 @@ fn saw(step: &RunningStep, wanted: impl Fn(&str) -> bool) -> bool {
 
 /// Builds `lesson` in a clean checkout of the last commit (a git worktree under `target/`), with
 /// `patch` applied, and returns its binary. Its own target folder keeps the learner's build intact.
-fn build_in_clean_checkout(
+pub fn build_in_clean_checkout(
     toolchain: &Toolchain,
     lesson: &Lesson,
-    patch: Option<&str>,
+    patch: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let base = target_dir().join("exercises");
@@ -300,14 +422,13 @@ fn build_in_clean_checkout(
         "worktree", "add", "--quiet", "--detach", "--force", tree_arg, "HEAD",
     ])?;
     if let Some(patch) = patch {
-        let patch = root.join("docs/exercises").join(patch);
         run_step(
             &format!("apply {}", patch.display()),
             Command::new("git")
                 .arg("-C")
                 .arg(&tree)
                 .arg("apply")
-                .arg(&patch),
+                .arg(patch),
         )?;
     }
     // The checkout links with this workspace's bpf-linker (`.cargo/config.toml` names `.tools/`).
@@ -316,12 +437,17 @@ fn build_in_clean_checkout(
     let mut build = toolchain.cargo(&["build", "--release", "--package", lesson.package]);
     build
         .current_dir(&tree)
-        .env("CARGO_TARGET_DIR", base.join("target"));
+        .env("CARGO_TARGET_DIR", clean_checkout_target());
     run_step(
         &format!("build {} in {}", lesson.package, tree.display()),
         &mut build,
     )?;
-    Ok(base.join("target/release").join(lesson.package))
+    Ok(clean_checkout_target().join("release").join(lesson.package))
+}
+
+/// The target folder of the clean checkout's builds (its own, so the learner's build stays intact).
+pub fn clean_checkout_target() -> PathBuf {
+    target_dir().join("exercises/target")
 }
 
 #[cfg(test)]
@@ -339,6 +465,10 @@ mod tests {
             );
             let patch = workspace_root().join("docs/exercises").join(exercise.patch);
             assert!(patch.exists(), "{} is missing", patch.display());
+            for chinese in [false, true] {
+                let hint = hint_file(exercise, chinese);
+                assert!(hint.exists(), "{} is missing", hint.display());
+            }
         }
     }
 }

@@ -23,9 +23,9 @@ use support::{
 };
 
 use crate::{
-    lessons,
+    check, lessons,
     pinned::{Toolchain, run_step, target_dir},
-    workspace_root,
+    sudo, workspace_root,
 };
 
 /// The mdBook release that builds the book.
@@ -47,11 +47,13 @@ fn editions() -> [PathBuf; 2] {
 pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
     if args.refresh_transcripts {
         lessons::build(toolchain, &lessons::present()?)?;
-        let folder = transcripts_folder();
-        for transcript in TRANSCRIPTS {
-            let text = transcript.record()?;
-            fs::write(folder.join(format!("{}.txt", transcript.name)), text)?;
-            eprintln!("    wrote docs/src/transcripts/{}.txt", transcript.name);
+        check::build_in_clean_checkout(
+            toolchain,
+            lessons::find(VERIFIER_LESSON)?,
+            Some(&transcripts_folder().join(VERIFIER_PATCH)),
+        )?;
+        if !sudo::rest_through_sudo("recording the transcripts")? {
+            record_transcripts(args)?;
         }
     }
     check_pages()?;
@@ -69,6 +71,80 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
         docs.join("book/zh/index.html").display()
     );
     Ok(())
+}
+
+/// Runs each lesson and writes what it prints into `docs/src/transcripts/` (as root: the lessons
+/// load eBPF programs), with the verifier's answer to lesson 2 reading a field without the helper.
+pub fn record_transcripts(_args: &DocsArgs) -> anyhow::Result<()> {
+    let folder = transcripts_folder();
+    let write = |name: &str, text: String| -> anyhow::Result<()> {
+        let path = folder.join(name);
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        sudo::give_back(&path)?;
+        eprintln!("    wrote docs/src/transcripts/{name}");
+        Ok(())
+    };
+    for transcript in TRANSCRIPTS {
+        write(&format!("{}.txt", transcript.name), transcript.record()?)?;
+    }
+    write("verifier-rejection.txt", record_verifier_rejection()?)
+}
+
+/// Lesson 2 with `VERIFIER_PATCH` applied: it reads `sk->sk_max_ack_backlog` by dereferencing the
+/// pointer, and the verifier refuses the program.
+const VERIFIER_LESSON: u8 = 2;
+const VERIFIER_PATCH: &str = "verifier-direct-read.patch";
+
+/// Runs the patched lesson 2 (built by `run` in the clean checkout) on the tracepoint path and
+/// returns what it printed when the kernel refused it: the verifier's log ends with its reason.
+fn record_verifier_rejection() -> anyhow::Result<String> {
+    let lesson = lessons::find(VERIFIER_LESSON)?;
+    let binary = check::clean_checkout_target()
+        .join("release")
+        .join(lesson.package);
+    let output = Command::new(&binary)
+        .args(["--attach", "tracepoint"])
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if output.status.success() {
+        bail!("lesson 2 with {VERIFIER_PATCH} was not refused by the verifier");
+    }
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    shorten_verifier_log(&text).with_context(|| {
+        format!(
+            "lesson 2 with {VERIFIER_PATCH} failed, but not with the verifier's refusal:\n{text}"
+        )
+    })
+}
+
+/// The page shows the attach line up to the log's first line, then the log's last lines: the
+/// instruction refused, the verifier's reason and its statistics. The walk in between (a line per
+/// instruction, mostly the offsets read from `.rodata`) is counted, not shown.
+fn shorten_verifier_log(text: &str) -> Option<String> {
+    const LAST_LINES_BEFORE_REASON: usize = 4;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("struct offsets"))
+        .collect();
+    let first = lines
+        .iter()
+        .position(|line| line.contains("Verifier output:"))?;
+    let reason = lines
+        .iter()
+        .position(|line| line.contains("invalid mem access"))?;
+    let tail = reason.checked_sub(LAST_LINES_BEFORE_REASON)?.max(first + 1);
+    let mut shown: Vec<String> = lines[..=first]
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+    if tail > first + 1 {
+        shown.push(format!(
+            "[... {} more lines: the verifier's walk through the instructions ...]",
+            tail - first - 1
+        ));
+    }
+    shown.extend(lines[tail..].iter().map(|line| line.to_string()));
+    Some(shown.join("\n") + "\n")
 }
 
 /// The checks on the pages that need no program to run (includes, anchors, links).
@@ -101,6 +177,19 @@ pub fn check_pages() -> anyhow::Result<()> {
             ));
         }
     }
+    let (english_pages, chinese_pages) = (listed_pages(&english)?, listed_pages(&chinese)?);
+    for (page, only_in) in english_pages
+        .symmetric_difference(&chinese_pages)
+        .map(|page| match english_pages.contains(page) {
+            true => (page, "English"),
+            false => (page, "Chinese"),
+        })
+    {
+        problems.push(format!("{page}: a page of the {only_in} edition only"));
+    }
+    for page in pages(&chinese)? {
+        problems.extend(spacing_problems(&page, &fs::read_to_string(&page)?));
+    }
     if !problems.is_empty() {
         bail!(
             "the book has {} problem(s):\n  {}",
@@ -113,6 +202,44 @@ pub fn check_pages() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The pages an edition's `SUMMARY.md` lists (the table of contents).
+fn listed_pages(edition: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let summary = fs::read_to_string(edition.join("SUMMARY.md"))
+        .with_context(|| format!("no SUMMARY.md in {}", edition.display()))?;
+    Ok(summary
+        .match_indices("](")
+        .filter_map(|(at, _)| {
+            let rest = &summary[at + 2..];
+            Some(rest[..rest.find(')')?].to_string())
+        })
+        .collect())
+}
+
+/// Full-width punctuation ends with its own space: a half-width space after it (left where wrapped
+/// lines were joined) is a stray. Code blocks are left alone.
+fn spacing_problems(page: &Path, text: &str) -> Vec<String> {
+    const FULL_WIDTH: &str = "，。：；！？、（）《》「」『』【】";
+    let mut in_code = false;
+    let mut problems = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let mut characters = line.chars().peekable();
+        while let Some(character) = characters.next() {
+            if !in_code && FULL_WIDTH.contains(character) && characters.peek() == Some(&' ') {
+                problems.push(format!(
+                    "{}:{}: a half-width space after `{character}`",
+                    page.display(),
+                    number + 1
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn pages(edition: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -152,6 +279,11 @@ fn included_code(page: &Path) -> anyhow::Result<BTreeSet<(PathBuf, String)>> {
                 .join(path)
                 .canonicalize()
                 .unwrap_or_else(|_| folder.join(path));
+            // Text in two languages (an exercise's hint) is the same include in each edition.
+            let file = match file.to_str().and_then(|name| name.strip_suffix(".zh.md")) {
+                Some(english) => PathBuf::from(format!("{english}.md")),
+                None => file,
+            };
             (file, anchor.unwrap_or_default().to_string())
         })
         .collect())
@@ -455,6 +587,32 @@ mod tests {
         let source = "x\n// ANCHOR: main\nfn main() {}\n// ANCHOR_END: main\ny\n";
         assert_eq!(anchored(source, "main").as_deref(), Some("fn main() {}\n"));
         assert_eq!(anchored(source, "other"), None);
+    }
+
+    #[test]
+    fn a_space_after_full_width_punctuation_is_a_stray() {
+        let page = Path::new("x.md");
+        assert_eq!(
+            spacing_problems(page, "好，这样。下一句 `code`。\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            spacing_problems(page, "第一句。 第二句\n```\n代码。 不算\n```\n"),
+            ["x.md:1: a half-width space after `。`"]
+        );
+    }
+
+    #[test]
+    fn a_verifier_log_keeps_its_start_and_its_reason() {
+        let log = "struct offsets x\nkprobe: ... Verifier output: 0: R1=ctx()\n1: a\n2: b\n3: c\n\
+                   4: d\n5: e\n6: f\nR6 invalid mem access 'scalar'\nverification time 1 usec\n";
+        assert_eq!(
+            shorten_verifier_log(log).unwrap(),
+            "kprobe: ... Verifier output: 0: R1=ctx()\n\
+             [... 2 more lines: the verifier's walk through the instructions ...]\n\
+             3: c\n4: d\n5: e\n6: f\nR6 invalid mem access 'scalar'\nverification time 1 usec\n"
+        );
+        assert_eq!(shorten_verifier_log("error: no BTF\n"), None);
     }
 
     #[test]

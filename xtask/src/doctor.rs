@@ -154,7 +154,7 @@ fn btf() -> anyhow::Result<Finding> {
 fn privileges() -> Finding {
     if nix::unistd::geteuid().is_root() {
         Finding::good("privileges", "root")
-    } else if lessons::has_sudo() {
+    } else if crate::sudo::has_sudo() {
         Finding::good(
             "privileges",
             "not root, sudo is installed: `cargo xtask run` goes through sudo",

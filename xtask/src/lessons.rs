@@ -112,7 +112,7 @@ pub fn build(toolchain: &Toolchain, lessons: &[&Lesson]) -> anyhow::Result<()> {
 /// SIGTERM reach the step itself.
 pub fn exec(lesson: &Lesson, args: &[String]) -> anyhow::Result<()> {
     let binary = target_dir().join("release").join(lesson.package);
-    let mut command = if nix::unistd::geteuid().is_root() || !has_sudo() {
+    let mut command = if crate::sudo::is_root() || !crate::sudo::has_sudo() {
         Command::new(&binary)
     } else {
         eprintln!(
@@ -131,14 +131,6 @@ pub fn exec(lesson: &Lesson, args: &[String]) -> anyhow::Result<()> {
     );
     let error = command.exec();
     Err(error).with_context(|| format!("cannot run {}", binary.display()))
-}
-
-/// Whether `sudo` is installed.
-pub fn has_sudo() -> bool {
-    Command::new("sudo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
 }
 
 #[cfg(test)]

@@ -8,22 +8,16 @@ use support::trigger;
 pub struct ListenArgs {
     /// The TCP port (0 lets the kernel pick a free one)
     port: u16,
-    /// The backlog passed to listen(); `nc -l` uses 1
-    #[arg(long, default_value_t = 1, value_parser = parse_backlog)]
+    /// The backlog passed to listen(); `nc -l` uses 1. Any int: the kernel reads it as unsigned
+    /// and caps it at net.core.somaxconn, so -5 asks for the maximum
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     backlog: i32,
     /// The address to bind: IPv4 or IPv6 (0.0.0.0 and :: mean every address)
     #[arg(long, default_value = "0.0.0.0", value_parser = trigger::parse_ip)]
     addr: IpAddr,
     /// Listen inside a new network namespace (needs root), as a container would
     #[arg(long)]
-    netns: bool,
-}
-
-fn parse_backlog(text: &str) -> Result<i32, String> {
-    let backlog = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number"))?;
-    trigger::check_backlog(backlog).map_err(|error| error.to_string())
+    pub netns: bool,
 }
 
 pub fn run(args: &ListenArgs) -> anyhow::Result<()> {

@@ -7,10 +7,13 @@ mod bench;
 mod check;
 mod docs;
 mod doctor;
+mod learner;
 mod lessons;
+mod lima;
 mod listen;
 mod pinned;
 mod setup;
+mod sudo;
 mod test;
 mod vm;
 
@@ -28,6 +31,10 @@ use clap::{Parser, Subcommand};
     about = "Set up, build, run and test the listen-trace lessons"
 )]
 struct Cli {
+    /// How a command that needs root goes on through sudo: its builds are done, in this target
+    /// folder (see `sudo.rs`)
+    #[arg(long, global = true, hide = true, value_name = "TARGET")]
+    built: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +58,7 @@ enum Command {
         what: RunWhat,
     },
     /// Run the checks and tests: formatting, clippy, unit tests, kernel tests here and in VMs
-    Test,
+    Test(test::TestArgs),
     /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm.rs` for the list)
     VmTest(vm::VmTestArgs),
     /// Build the book (English and Chinese) with mdBook, after checking its includes and links
@@ -80,6 +87,12 @@ enum CheckWhat {
         /// Check the lesson as it is before the exercise (it must fail)
         #[arg(long)]
         starter: bool,
+        /// Print a hint for the exercise, and nothing else
+        #[arg(long, conflicts_with_all = ["solution", "starter", "reset"])]
+        hint: bool,
+        /// Put the lesson back as in the last commit, first saving your changes as a patch
+        #[arg(long, conflicts_with_all = ["solution", "starter"])]
+        reset: bool,
     },
 }
 
@@ -97,7 +110,11 @@ enum RunWhat {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::parse();
+    if let Some(target) = &cli.built {
+        sudo::continue_built(target);
+    }
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line with every cause, and no backtrace even under RUST_BACKTRACE: these are
@@ -129,10 +146,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             lessons::build(&toolchain, &[lesson])?;
             lessons::exec(lesson, &args)
         }
-        Command::Test => test::run(),
+        Command::Test(args) => test::run(&args),
         Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
+        Command::Docs(args) if sudo::built_in().is_some() => docs::record_transcripts(&args),
         Command::Docs(args) => docs::run(&setup::run()?, &args),
         Command::Check {
             what:
@@ -140,16 +158,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                     number,
                     solution,
                     starter,
+                    hint,
+                    reset,
                 },
         } => {
+            if hint {
+                return check::print_hint(number);
+            }
+            if reset {
+                return check::reset(number);
+            }
             let attempt = match (solution, starter) {
                 (true, _) => check::Attempt::Solution,
                 (_, true) => check::Attempt::Starter,
                 _ => check::Attempt::Yours,
             };
-            check::run(&setup::run()?, number, attempt)
+            let binary = match sudo::built_in() {
+                Some(_) => check::built_binary(number, attempt)?,
+                None => check::build(&setup::run()?, number, attempt)?,
+            };
+            if sudo::rest_through_sudo(&format!("checking exercise {number}"))? {
+                return Ok(());
+            }
+            check::run(number, attempt, &binary)
         }
-        Command::Listen(args) => listen::run(&args),
+        Command::Listen(args) => {
+            if args.netns && sudo::rest_through_sudo("listening in a new network namespace")? {
+                return Ok(());
+            }
+            listen::run(&args)
+        }
     }
 }
 
@@ -179,6 +217,129 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A `cargo xtask` command found in the book or the README, and whether it stands in a code
+    /// block (to be typed as it is) or in a sentence (where it may name a command without its
+    /// arguments, as in "`cargo xtask listen --netns`").
+    fn commands_in(text: &str) -> Vec<(String, bool)> {
+        let mut found = Vec::new();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if in_code {
+                let command = line.trim_start().trim_start_matches("$ ");
+                if command.starts_with("cargo xtask") {
+                    found.push((command.to_string(), true));
+                }
+            } else {
+                for (at, _) in line.match_indices("`cargo xtask") {
+                    let rest = &line[at + 1..];
+                    if let Some(end) = rest.find('`') {
+                        found.push((rest[..end].to_string(), false));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The words clap sees: up to the first shell operator or comment, with the book's
+    /// placeholders filled in.
+    fn words(command: &str) -> Vec<String> {
+        let mut words = vec!["xtask".to_string()];
+        for word in command.split_whitespace().skip(2) {
+            if ["|", "#", ">", "&&", ";", "&", "2>&1"].contains(&word) {
+                break;
+            }
+            let word = word.trim_matches(|c| c == '[' || c == ']');
+            words.push(
+                match word {
+                    "N" => "1",
+                    "PACKAGE" | "<package>" => "linux-image-6.1.0-42-cloud-amd64",
+                    "SUITE" => "bookworm",
+                    "PATHS" => "kprobe,fentry,tracepoint",
+                    word => word,
+                }
+                .to_string(),
+            );
+        }
+        words
+    }
+
+    #[test]
+    fn every_command_in_the_book_and_the_readme_parses() {
+        use clap::error::ErrorKind;
+        let root = workspace_root();
+        let mut files = vec![root.join("README.md")];
+        for edition in ["docs/src", "docs/zh/src"] {
+            for entry in std::fs::read_dir(root.join(edition)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|ext| ext == "md") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut checked = 0;
+        let mut problems = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (command, in_code) in commands_in(&text) {
+                checked += 1;
+                let words = words(&command);
+                match Cli::try_parse_from(&words) {
+                    Ok(cli) => {
+                        // Quick ones must also work: a hint prints.
+                        if let Command::Check {
+                            what:
+                                CheckWhat::Exercise {
+                                    number, hint: true, ..
+                                },
+                        } = cli.command
+                            && let Err(error) = check::print_hint(number)
+                        {
+                            problems.push(format!("{}: `{command}`: {error:#}", file.display()));
+                        }
+                    }
+                    Err(error) if error.kind() == ErrorKind::DisplayHelp => {}
+                    Err(error)
+                        if !in_code
+                            && matches!(
+                                error.kind(),
+                                ErrorKind::MissingRequiredArgument
+                                    | ErrorKind::MissingSubcommand
+                                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                            ) => {}
+                    Err(error) => {
+                        problems.push(format!("{}: `{command}`: {}", file.display(), error.kind()))
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 50,
+            "only {checked} commands found: is the search broken?"
+        );
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn commands_are_found_in_code_and_in_sentences() {
+        let text = "Run `cargo xtask listen 4242` now.\n```sh\n$ cargo xtask run step 4 -- --json | jq .\n```\n";
+        assert_eq!(
+            commands_in(text),
+            [
+                ("cargo xtask listen 4242".to_string(), false),
+                ("cargo xtask run step 4 -- --json | jq .".to_string(), true)
+            ]
+        );
+        assert_eq!(
+            words("cargo xtask run step N -- --json | jq ."),
+            ["xtask", "run", "step", "1", "--", "--json"]
+        );
     }
 
     #[test]

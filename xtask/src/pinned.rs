@@ -10,8 +10,12 @@ use support::PINNED_RUST;
 
 use crate::workspace_root;
 
-/// Where cargo puts what it builds (`CARGO_TARGET_DIR` is honoured, as cargo does).
+/// Where cargo puts what it builds (`CARGO_TARGET_DIR` is honoured, as cargo does; a run through
+/// sudo uses the folder of the builds it continues).
 pub fn target_dir() -> std::path::PathBuf {
+    if let Some(built) = crate::sudo::built_in() {
+        return built.to_path_buf();
+    }
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), Into::into)
 }
 

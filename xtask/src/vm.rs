@@ -410,7 +410,7 @@ pub fn ensure_host_tools(toolchain: &Toolchain, arm64: bool) -> anyhow::Result<(
 }
 
 /// Runs apt-get, refreshing the package lists once if the first try fails (a fresh machine has none).
-fn apt_get(args: &[&str]) -> anyhow::Result<()> {
+pub fn apt_get(args: &[&str]) -> anyhow::Result<()> {
     let what = format!("apt-get {}", args.join(" "));
     if run_step(&what, Command::new("apt-get").args(args)).is_ok() {
         return Ok(());
