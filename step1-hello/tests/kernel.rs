@@ -233,3 +233,13 @@ fn a_bad_flag_is_a_usage_error() {
         finished.stderr()
     );
 }
+
+/// What the book shows lesson 1 printing, recorded for real: in a `vm-test` guest with kprobes
+/// this becomes the page's stock-kernel transcript.
+#[test]
+fn the_books_transcript_is_recorded() {
+    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
+        return;
+    }
+    support::transcripts::record_and_print(1, STEP);
+}

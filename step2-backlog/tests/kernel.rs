@@ -57,3 +57,13 @@ fn the_backlog_is_exact_on_every_attach_path() {
         step.stop_cleanly(Signal::SIGINT);
     }
 }
+
+/// What the book shows lesson 2 printing, recorded for real: in a `vm-test` guest with kprobes
+/// this becomes the page's stock-kernel transcript.
+#[test]
+fn the_books_transcript_is_recorded() {
+    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
+        return;
+    }
+    support::transcripts::record_and_print(2, STEP);
+}

@@ -135,3 +135,13 @@ fn an_mptcp_listen_is_reported_at_most_once() {
         }
     }
 }
+
+/// What the book shows lesson 3 printing, recorded for real: in a `vm-test` guest with kprobes
+/// this becomes the page's stock-kernel transcript.
+#[test]
+fn the_books_transcript_is_recorded() {
+    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
+        return;
+    }
+    support::transcripts::record_and_print(3, STEP);
+}

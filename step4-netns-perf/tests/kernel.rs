@@ -683,3 +683,13 @@ mod hardening {
         }
     }
 }
+
+/// What the book shows lesson 4 printing, recorded for real: in a `vm-test` guest with kprobes
+/// this becomes the page's stock-kernel transcript.
+#[test]
+fn the_books_transcript_is_recorded() {
+    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
+        return;
+    }
+    support::transcripts::record_and_print(4, STEP);
+}

@@ -7,25 +7,18 @@
 use std::{
     collections::BTreeSet,
     fs,
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use anyhow::{Context as _, anyhow, bail};
-use common::READY_LINE;
-use nix::sys::signal::Signal;
-use support::{
-    running::{RunningStep, Stream},
-    trigger,
-};
+use anyhow::{Context as _, bail};
+use support::transcripts::{TRANSCRIPTS, Transcript, shape};
 
 use crate::{
     check, lessons,
     pinned::{Toolchain, run_step, target_dir},
-    sudo, workspace_root,
+    sudo, vm, workspace_root,
 };
 
 /// The mdBook release that builds the book.
@@ -55,6 +48,16 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
         if !sudo::rest_through_sudo("recording the transcripts")? {
             record_transcripts(args)?;
         }
+        // The stock kernel's transcripts: the lessons' transcript tests in a guest with kprobes.
+        vm::run(
+            toolchain,
+            &vm::VmTestArgs {
+                filter: Some(vm::TRANSCRIPT_TESTS.to_string()),
+                kernel: Some(vm::STOCK_KERNEL.to_string()),
+                expect: "kprobe,fentry,tracepoint".to_string(),
+                ..vm::VmTestArgs::default()
+            },
+        )?;
     }
     check_pages()?;
     let mdbook = ensure_mdbook(toolchain)?;
@@ -84,8 +87,11 @@ pub fn record_transcripts(_args: &DocsArgs) -> anyhow::Result<()> {
         eprintln!("    wrote docs/src/transcripts/{name}");
         Ok(())
     };
-    for transcript in TRANSCRIPTS {
-        write(&format!("{}.txt", transcript.name), transcript.record()?)?;
+    for transcript in &TRANSCRIPTS {
+        write(
+            &format!("{}.txt", transcript.name),
+            transcript.record(&binary_of(transcript)?)?,
+        )?;
     }
     write("verifier-rejection.txt", record_verifier_rejection()?)
 }
@@ -383,180 +389,38 @@ fn ensure_mdbook(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
     Ok(mdbook)
 }
 
-fn transcripts_folder() -> PathBuf {
+pub fn transcripts_folder() -> PathBuf {
     workspace_root().join("docs/src/transcripts")
 }
 
-/// A transcript on a page: which lesson, with which options, making which listens, keeping which
-/// of its lines (other programs on the machine listen too).
-struct Transcript {
-    name: &'static str,
-    lesson: u8,
-    args: &'static [&'static str],
-    listens: fn() -> anyhow::Result<Vec<trigger::Listener>>,
-    keep: fn(&str) -> bool,
+/// The step binary that `cargo xtask build` made for a transcript's lesson.
+fn binary_of(transcript: &Transcript) -> anyhow::Result<PathBuf> {
+    let lesson = lessons::find(transcript.lesson)?;
+    Ok(target_dir().join("release").join(lesson.package))
 }
 
-const TRANSCRIPTS: [Transcript; 5] = [
-    Transcript {
-        name: "step1",
-        lesson: 1,
-        args: &[],
-        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 1)?]),
-        keep: |line| line.ends_with(" Hello World!"),
-    },
-    Transcript {
-        name: "step2",
-        lesson: 2,
-        args: &[],
-        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 7)?]),
-        keep: |line| line.ends_with(" Listening with up to 7 pending connections!"),
-    },
-    Transcript {
-        name: "step3",
-        lesson: 3,
-        args: &[],
-        listens: || {
-            Ok(vec![
-                listen_on("127.0.0.1", 4242, 7)?,
-                listen_on("::1", 4243, 7)?,
-                trigger::listen_without_bind(trigger::Domain::IPV4, 5)?,
-            ])
-        },
-        keep: |line| {
-            line.contains(":4242 with up to 7")
-                || line.contains(":4243 with up to 7")
-                || line.contains(" 0.0.0.0:0 with up to 5 ")
-        },
-    },
-    Transcript {
-        name: "step4",
-        lesson: 4,
-        args: &[],
-        listens: || {
-            // The first in a network namespace of its own, as `cargo xtask listen --netns` does.
-            let in_netns = thread::spawn(|| -> anyhow::Result<trigger::Listener> {
-                trigger::enter_new_netns()?;
-                listen_on("0.0.0.0", 4242, 7)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the listening thread failed"))??;
-            Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
-        },
-        keep: |line| {
-            line.starts_with("PID ")
-                || line.split_whitespace().next() == Some(&std::process::id().to_string())
-        },
-    },
-    Transcript {
-        name: "step4-json",
-        lesson: 4,
-        args: &["--json"],
-        listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
-        keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
-    },
-];
-
-/// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
-fn listen_on(ip: &str, port: u16, backlog: i32) -> anyhow::Result<trigger::Listener> {
-    let ip: IpAddr = ip.parse()?;
-    trigger::listen(SocketAddr::new(ip, port), backlog)
-        .or_else(|_| trigger::listen((ip, 0).into(), backlog))
-}
-
-impl Transcript {
-    /// Runs the lesson, makes the listens, stops it with SIGINT, and returns its status lines and
-    /// the kept events, in order.
-    fn record(&self) -> anyhow::Result<String> {
-        let lesson = lessons::find(self.lesson)?;
-        let binary = target_dir().join("release").join(lesson.package);
-        let step = RunningStep::try_start(Command::new(&binary).args(self.args), false)
-            .map_err(|error| anyhow!("{} {error}", lesson.package))?;
-        let listeners = (self.listens)()?;
-        thread::sleep(Duration::from_millis(1500));
-        let finished = step
-            .try_stop(Signal::SIGINT)
-            .map_err(|error| anyhow!(error))?;
-        drop(listeners);
-        // Up to the ready line: status lines, and a table's header.
-        let ready = finished
-            .output
-            .iter()
-            .position(|(stream, line)| *stream == Stream::Stderr && line == READY_LINE)
-            .context("no ready line")?;
-        let (until_ready, since_ready) = finished.output.split_at(ready + 1);
-        let kept =
-            |(stream, line): &&(Stream, String)| *stream == Stream::Stderr || (self.keep)(line);
-        let before = until_ready
-            .iter()
-            .filter(kept)
-            .map(|(_, line)| line.clone());
-        let mut events = Vec::new();
-        let mut after = Vec::new();
-        for (stream, line) in since_ready {
-            match stream {
-                Stream::Stdout if (self.keep)(line) => events.push(line.clone()),
-                Stream::Stdout => {}
-                Stream::Stderr => after.push(line.clone()),
-            }
-        }
-        // The header of a table comes first among the events.
-        let (header, status): (Vec<_>, Vec<_>) = before
-            .into_iter()
-            .partition(|line| line.starts_with("PID "));
-        let mut text = status;
-        text.extend(header);
-        text.extend(events);
-        text.extend(after);
-        Ok(text.join("\n") + "\n")
-    }
-}
-
-/// The shape of a transcript's output: what the program prints, with every number, address and
-/// name that changes from run to run masked, and without the attach lines (which depend on the
-/// machine's kernel).
-fn shape(transcript: &str) -> Vec<String> {
-    transcript
-        .lines()
-        .filter(|line| !line.contains("inet_listen(): ") && !line.starts_with("tracepoint sock:"))
-        .filter(|line| !line.starts_with("struct offsets") && !line.starts_with("mounted tracefs"))
-        .map(|line| {
-            let mut masked = String::new();
-            let mut previous = ' ';
-            for character in line.chars() {
-                let class = if character.is_ascii_hexdigit() || character == ':' || character == '.'
-                {
-                    '#'
-                } else if character.is_whitespace() {
-                    ' '
-                } else {
-                    character
-                };
-                if !(class == previous && (class == '#' || class == ' ')) {
-                    masked.push(class);
-                }
-                previous = class;
-            }
-            masked
-        })
-        .collect()
-}
-
-/// The test: each transcript on the pages still has the format of what the lesson prints now.
+/// The test: each transcript on the pages still has the format of what the lesson prints now, the
+/// one recorded here and the one from the stock kernel (attach lines aside, which depend on the
+/// kernel).
 pub fn check_transcripts() -> anyhow::Result<()> {
     let started = Instant::now();
-    for transcript in TRANSCRIPTS {
-        let path = transcripts_folder().join(format!("{}.txt", transcript.name));
-        let on_page =
-            fs::read_to_string(&path).with_context(|| format!("{} is missing", path.display()))?;
-        let now = transcript.record()?;
-        if shape(&on_page) != shape(&now) {
-            bail!(
-                "the transcript {} no longer matches what lesson {} prints: run `cargo xtask docs \
-                 --refresh-transcripts`.\non the page:\n{on_page}\nnow:\n{now}",
-                path.display(),
-                transcript.lesson
-            );
+    for transcript in &TRANSCRIPTS {
+        let now = transcript.record(&binary_of(transcript)?)?;
+        for name in [
+            transcript.name.to_string(),
+            format!("{}-stock", transcript.name),
+        ] {
+            let path = transcripts_folder().join(format!("{name}.txt"));
+            let on_page = fs::read_to_string(&path)
+                .with_context(|| format!("{} is missing", path.display()))?;
+            if shape(&on_page) != shape(&now) {
+                bail!(
+                    "the transcript {} no longer matches what lesson {} prints: run `cargo xtask \
+                     docs --refresh-transcripts`.\non the page:\n{on_page}\nnow:\n{now}",
+                    path.display(),
+                    transcript.lesson
+                );
+            }
         }
     }
     eprintln!(

@@ -101,6 +101,11 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
 ];
 // ANCHOR_END: guest_kernels
 
+/// The stock distribution kernel whose guest records the book's first transcripts (kprobes work).
+pub const STOCK_KERNEL: &str = "linux-image-6.1.0-56-cloud-amd64";
+/// The lessons' tests that record the book's transcripts (`support::transcripts`).
+pub const TRANSCRIPT_TESTS: &str = "the_books_transcript_is_recorded";
+
 /// How long one test may run inside the guest (TCG emulation is slow).
 const CASE_LIMIT_SECS: u64 = 120;
 /// How long the guest may take to boot (it needs about 2 s under TCG) and to power off, on top of
@@ -222,6 +227,9 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             results.iter().filter(|result| result.passed).count(),
             kernel_started.elapsed().as_secs_f64()
         );
+        if kernel.package == STOCK_KERNEL {
+            write_stock_transcripts(&results)?;
+        }
         matrix.push(MatrixRow::of(kernel, &results, run));
         failures.extend(
             results
@@ -248,6 +256,22 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             "    vm-test: the table of kernels and attach paths is in {}",
             page.display()
         );
+    }
+    Ok(())
+}
+
+/// Writes the transcripts that the stock kernel's guest printed as the pages' first ones,
+/// `docs/src/transcripts/NAME-stock.txt`.
+fn write_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<()> {
+    for result in results.iter().filter(|result| result.passed) {
+        for (name, text) in support::transcripts::printed(&result.output) {
+            let path = crate::docs::transcripts_folder().join(format!("{name}-stock.txt"));
+            fs::write(&path, text)?;
+            eprintln!(
+                "    vm-test: wrote {} (the stock kernel's transcript)",
+                path.display()
+            );
+        }
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! - `ebpf_build` (feature `build`): the `build.rs` helper that compiles a step's eBPF crate;
 //! - [`running`]: start a step binary, wait until it is attached, read its lines with time limits;
 //! - [`trigger`]: listening sockets on demand, in a network namespace or a process of their own;
-//! - [`kernel`]: what the kernel tests need to know of the kernel, and whether programs are loaded.
+//! - [`kernel`]: what the kernel tests need to know of the kernel, and whether programs are loaded;
+//! - [`transcripts`]: what the book shows each lesson printing, recorded from real runs.
 //!
 //! No aya here: xtask builds on whatever toolchain `cargo` starts with, and installs the pinned one.
 
@@ -13,6 +14,7 @@
 pub mod ebpf_build;
 pub mod kernel;
 pub mod running;
+pub mod transcripts;
 pub mod trigger;
 
 /// The Rust toolchain that builds the eBPF programs (and, through `cargo xtask`, everything else).

@@ -1,0 +1,272 @@
+//! The transcripts on the book's pages: what each lesson prints for a few listens of ours, recorded
+//! by `cargo xtask docs --refresh-transcripts` on this machine and, on a stock kernel with kprobes,
+//! by the lessons' kernel tests inside a `vm-test` guest (they print them between markers that
+//! `vm-test` reads).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use common::READY_LINE;
+use nix::sys::signal::Signal;
+
+use crate::{
+    running::{RunningStep, Stream},
+    trigger,
+};
+
+/// The marker lines around a transcript printed for `vm-test` (followed by the transcript's name).
+pub const BEGIN: &str = "BOOK-TRANSCRIPT-BEGIN ";
+pub const END: &str = "BOOK-TRANSCRIPT-END";
+
+/// The transcripts of lesson `number`.
+pub fn of_lesson(number: u8) -> impl Iterator<Item = &'static Transcript> {
+    TRANSCRIPTS
+        .iter()
+        .filter(move |transcript| transcript.lesson == number)
+}
+
+/// Records each transcript of lesson `number` with `binary` and prints it between the markers.
+pub fn record_and_print(number: u8, binary: &str) {
+    for transcript in of_lesson(number) {
+        let text = transcript
+            .record(Path::new(binary))
+            .unwrap_or_else(|error| panic!("transcript {}: {error:#}", transcript.name));
+        println!("{BEGIN}{}\n{text}{END}", transcript.name);
+    }
+}
+
+/// The transcripts printed between the markers in `output`: (name, text).
+pub fn printed(output: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in output.lines() {
+        // The test harness may print "test name ... " just before.
+        if let Some(at) = line.find(BEGIN) {
+            current = Some((line[at + BEGIN.len()..].trim().to_string(), String::new()));
+        } else if line.trim_end() == END {
+            found.extend(current.take());
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line.trim_end_matches('\r'));
+            text.push('\n');
+        }
+    }
+    found
+}
+
+/// A transcript on a page: which lesson, with which options, making which listens, keeping which
+/// of its lines (other programs on the machine listen too).
+pub struct Transcript {
+    /// The file's name in `docs/src/transcripts/`, without `.txt`.
+    pub name: &'static str,
+    pub lesson: u8,
+    pub args: &'static [&'static str],
+    pub listens: fn() -> anyhow::Result<Vec<trigger::Listener>>,
+    pub keep: fn(&str) -> bool,
+}
+
+pub const TRANSCRIPTS: [Transcript; 5] = [
+    Transcript {
+        name: "step1",
+        lesson: 1,
+        args: &[],
+        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 1)?]),
+        keep: |line| line.ends_with(" Hello World!"),
+    },
+    Transcript {
+        name: "step2",
+        lesson: 2,
+        args: &[],
+        listens: || Ok(vec![listen_on("0.0.0.0", 4242, 7)?]),
+        keep: |line| line.ends_with(" Listening with up to 7 pending connections!"),
+    },
+    Transcript {
+        name: "step3",
+        lesson: 3,
+        args: &[],
+        listens: || {
+            Ok(vec![
+                listen_on("127.0.0.1", 4242, 7)?,
+                listen_on("::1", 4243, 7)?,
+                trigger::listen_without_bind(trigger::Domain::IPV4, 5)?,
+            ])
+        },
+        keep: |line| {
+            line.contains(":4242 with up to 7")
+                || line.contains(":4243 with up to 7")
+                || line.contains(" 0.0.0.0:0 with up to 5 ")
+        },
+    },
+    Transcript {
+        name: "step4",
+        lesson: 4,
+        args: &[],
+        listens: || {
+            // The first in a network namespace of its own, as `cargo xtask listen --netns` does.
+            let in_netns = thread::spawn(|| -> anyhow::Result<trigger::Listener> {
+                trigger::enter_new_netns()?;
+                listen_on("0.0.0.0", 4242, 7)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the listening thread failed"))??;
+            Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
+        },
+        keep: |line| {
+            line.starts_with("PID ")
+                || line.split_whitespace().next() == Some(&std::process::id().to_string())
+        },
+    },
+    Transcript {
+        name: "step4-json",
+        lesson: 4,
+        args: &["--json"],
+        listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
+        keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
+    },
+];
+
+/// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
+fn listen_on(ip: &str, port: u16, backlog: i32) -> anyhow::Result<trigger::Listener> {
+    let ip: IpAddr = ip.parse()?;
+    trigger::listen(SocketAddr::new(ip, port), backlog)
+        .or_else(|_| trigger::listen((ip, 0).into(), backlog))
+}
+
+impl Transcript {
+    /// Runs the lesson, makes the listens, stops it with SIGINT, and returns its status lines and
+    /// the kept events, in order.
+    pub fn record(&self, binary: &Path) -> anyhow::Result<String> {
+        let step = RunningStep::try_start(Command::new(binary).args(self.args), false)
+            .map_err(|error| anyhow!("{} {error}", binary.display()))?;
+        // From a thread named as the command a learner runs in another terminal (`cargo xtask
+        // listen`), whatever process records the transcript.
+        let listens = self.listens;
+        let listeners = thread::Builder::new()
+            .name("xtask".to_string())
+            .spawn(listens)?
+            .join()
+            .map_err(|_| anyhow!("the listening thread failed"))??;
+        // Every listen's event, or 10 s (an emulated CPU is slow); then a moment for the rest.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut step = step;
+        while Instant::now() < deadline && self.events_in(&step.output) < listeners.len() {
+            step.next_line(Duration::from_millis(100));
+        }
+        thread::sleep(Duration::from_millis(500));
+        let finished = step
+            .try_stop(Signal::SIGINT)
+            .map_err(|error| anyhow!(error))?;
+        drop(listeners);
+        // Up to the ready line: status lines, and a table's header.
+        let ready = finished
+            .output
+            .iter()
+            .position(|(stream, line)| *stream == Stream::Stderr && line == READY_LINE)
+            .context("no ready line")?;
+        let (until_ready, since_ready) = finished.output.split_at(ready + 1);
+        let kept =
+            |(stream, line): &&(Stream, String)| *stream == Stream::Stderr || (self.keep)(line);
+        let before = until_ready
+            .iter()
+            .filter(kept)
+            .map(|(_, line)| line.clone());
+        let mut events = Vec::new();
+        let mut after = Vec::new();
+        for (stream, line) in since_ready {
+            match stream {
+                Stream::Stdout if (self.keep)(line) => events.push(line.clone()),
+                Stream::Stdout => {}
+                Stream::Stderr => after.push(line.clone()),
+            }
+        }
+        // The header of a table comes first among the events.
+        let (header, status): (Vec<_>, Vec<_>) = before
+            .into_iter()
+            .partition(|line| line.starts_with("PID "));
+        if events.is_empty() {
+            bail!("{} printed no event of our listens", binary.display());
+        }
+        let mut text = status;
+        text.extend(header);
+        text.extend(events);
+        text.extend(after);
+        Ok(text.join("\n") + "\n")
+    }
+}
+
+impl Transcript {
+    /// How many stdout lines of `output` this transcript keeps as events (a table's header aside).
+    fn events_in(&self, output: &[(Stream, String)]) -> usize {
+        output
+            .iter()
+            .filter(|(stream, line)| {
+                *stream == Stream::Stdout && (self.keep)(line) && !line.starts_with("PID ")
+            })
+            .count()
+    }
+}
+
+/// The shape of a transcript's output: what the program prints, with every number, address and
+/// name that changes from run to run masked, and without the attach lines (which depend on the
+/// machine's kernel).
+pub fn shape(transcript: &str) -> Vec<String> {
+    transcript
+        .lines()
+        .filter(|line| {
+            !["kprobe ", "kretprobe ", "fentry ", "fexit ", "tracepoint "]
+                .iter()
+                .any(|path| line.starts_with(path))
+        })
+        .filter(|line| !line.starts_with("struct offsets") && !line.starts_with("mounted tracefs"))
+        .map(|line| {
+            let mut masked = String::new();
+            let mut previous = ' ';
+            for character in line.chars() {
+                let class = if character.is_ascii_hexdigit() || character == ':' || character == '.'
+                {
+                    '#'
+                } else if character.is_whitespace() {
+                    ' '
+                } else {
+                    character
+                };
+                if !(class == previous && (class == '#' || class == ' ')) {
+                    masked.push(class);
+                }
+                previous = class;
+            }
+            masked
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_transcripts_are_found_between_their_markers() {
+        let output = format!(
+            "noise\ntest x ... {BEGIN}step1\r\na\r\nb\n{END}\r\nmore\n{BEGIN}step2\nc\n{END}\n"
+        );
+        assert_eq!(
+            printed(&output),
+            [
+                ("step1".to_string(), "a\nb\n".to_string()),
+                ("step2".to_string(), "c\n".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_lesson_has_a_transcript() {
+        for number in 1..=4 {
+            assert!(of_lesson(number).next().is_some());
+        }
+    }
+}
