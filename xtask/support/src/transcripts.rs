@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use common::READY_LINE;
+use common::{LISTEN_FUNCTION, READY_LINE, STATE_TRACEPOINT};
 use nix::sys::signal::Signal;
 
 use crate::{
@@ -224,6 +224,18 @@ pub fn shape(transcript: &str) -> Vec<String> {
         })
         .filter(|line| !line.starts_with("struct offsets") && !line.starts_with("mounted tracefs"))
         .map(|line| {
+            // The path a line names ("detached from the kprobe inet_listen()") depends on the
+            // kernel too.
+            let line = [
+                format!("kprobe {LISTEN_FUNCTION}()"),
+                format!("fentry {LISTEN_FUNCTION}()"),
+                format!("tracepoint sock:{STATE_TRACEPOINT}"),
+                r#""attach":"kprobe""#.to_string(),
+                r#""attach":"fentry""#.to_string(),
+                r#""attach":"tracepoint""#.to_string(),
+            ]
+            .iter()
+            .fold(line.to_string(), |line, path| line.replace(path, "PATH"));
             let mut masked = String::new();
             let mut previous = ' ';
             for character in line.chars() {
@@ -261,6 +273,24 @@ mod tests {
                 ("step2".to_string(), "c\n".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_stock_kernels_transcript_has_the_shape_of_the_fallbacks() {
+        let stock = "kprobe inet_listen(): attached (program listen_kprobe, id 17)\n\
+                     Ready: waiting for listen() calls. Press Ctrl-C to stop.\n\
+                     2026-11-25T20:40:34.116Z Hello World!\n\
+                     stopped by Ctrl-C (SIGINT): detached from the kprobe inet_listen() and \
+                     unloaded the programs\n";
+        let fallback = "kprobe inet_listen(): not available: kprobes are not available\n\
+                        fentry inet_listen(): not available: EPERM\n\
+                        tracepoint sock:inet_sock_set_state: attached (program x, id 2656)\n\
+                        Ready: waiting for listen() calls. Press Ctrl-C to stop.\n\
+                        2026-11-25T20:51:26.542Z Hello World!\n\
+                        stopped by Ctrl-C (SIGINT): detached from the tracepoint \
+                        sock:inet_sock_set_state and unloaded the programs\n";
+        assert_eq!(shape(stock), shape(fallback));
+        assert_ne!(shape(stock), shape(&fallback.replace("Hello World!", "Hello!")));
     }
 
     #[test]
