@@ -67,7 +67,7 @@ async fn main() -> Result<(), Report> {
         .map_err(explain_load_failure)?;
 
     // 2. New (part 1): one perf buffer per CPU, instead of aya-log's ring of log records.
-    let mut events = PerfBuffers::open(&mut ebpf, cli.buffer_pages)?;
+    let mut events = PerfBuffers::open(&mut ebpf, cli.buffer_pages, cli.batch_pause)?;
 
     // 3. Attach: the first path in `--attach` that this kernel accepts, now with return probes.
     let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
@@ -94,10 +94,6 @@ async fn main() -> Result<(), Report> {
 // Part 1: events through a perf buffer.
 
 // ANCHOR: perf_open
-/// How long the reader lets events gather after a wake-up before it drains the rings. A ring of the
-/// default 256 pages holds about 14,000 events: far more than a CPU can produce in this time.
-const BATCH_PAUSE: Duration = Duration::from_millis(10);
-
 /// The perf buffer: one ring per online CPU, each shared with the kernel through mmap and watched
 /// with tokio's `AsyncFd`. A program writes to the ring of the CPU it runs on; when a ring is full,
 /// the sample is dropped.
@@ -106,15 +102,17 @@ struct PerfBuffers {
     _events: PerfEventArray<MapData>,
     /// The kernel side's counters of what did not become an event (`common::COUNTER_*`).
     counters: PerCpuArray<MapData, u64>,
-    buffers: Vec<(u32, AsyncFd<PerfEventArrayBuffer>)>,
+    buffers: Vec<(u32, PerfEventArrayBuffer)>,
     pages: usize,
+    /// `--batch-pause`: how long events gather after a wake-up before the rings are drained.
+    batch_pause: Duration,
     received: u64,
 }
 
 impl PerfBuffers {
     /// Takes the `EVENTS` map of the object and opens a buffer of `pages` pages (a power of two)
     /// for each online CPU, registered in the map at that CPU's index.
-    fn open(ebpf: &mut Ebpf, pages: usize) -> anyhow::Result<Self> {
+    fn open(ebpf: &mut Ebpf, pages: usize, batch_pause: Duration) -> anyhow::Result<Self> {
         let mut events = PerfEventArray::try_from(
             ebpf.take_map("EVENTS")
                 .context("the eBPF object has no map EVENTS")?,
@@ -130,9 +128,6 @@ impl PerfBuffers {
                 format!("cannot open a perf buffer of {pages} pages on CPU {cpu}")
             })?;
             events.set(cpu, &buffer)?;
-            // SAFETY: the buffer owns its perf fd and keeps it open for as long as the AsyncFd lives.
-            let buffer = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }
-                .context("cannot watch a perf buffer")?;
             buffers.push((cpu, buffer));
         }
         Ok(Self {
@@ -140,6 +135,7 @@ impl PerfBuffers {
             counters,
             buffers,
             pages,
+            batch_pause,
             received: 0,
         })
     }
@@ -154,27 +150,59 @@ impl PerfBuffers {
         stop: &mut StopSignals,
     ) -> anyhow::Result<StopReason> {
         let reason = loop {
-            let any_readable = select_all(
-                self.buffers
-                    .iter()
-                    .map(|(_, buffer)| Box::pin(buffer.readable())),
-            );
-            tokio::select! {
-                reason = stop.wait() => break reason,
-                (ready, _, _) = any_readable => {
-                    // Clear first: a sample that arrives while we drain wakes us again.
-                    ready.context("cannot wait for the perf buffers")?.clear_ready();
+            // Wait, in the runtime's epoll, until a ring has something (or a stop).
+            let watched = self
+                .buffers
+                .drain(..)
+                .map(|(cpu, buffer)| {
+                    // SAFETY: the buffer owns its perf fd and keeps it open until `into_inner`.
+                    let watched =
+                        unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) };
+                    Ok((cpu, watched?))
+                })
+                .collect::<io::Result<Vec<_>>>()
+                .context("cannot watch the perf buffers")?;
+            // A perf buffer reports a wake-up only once: one that came while it was out of the
+            // epoll set may be used up by registering it again. So look into the rings first.
+            let arrived_meanwhile = watched
+                .iter()
+                .any(|(_, buffer)| buffer.get_ref().readable());
+            let stopped = if arrived_meanwhile {
+                None
+            } else {
+                let any_readable = select_all(
+                    watched
+                        .iter()
+                        .map(|(_, buffer)| Box::pin(buffer.readable())),
+                );
+                tokio::select! {
+                    reason = stop.wait() => Some(reason),
+                    (ready, _, _) = any_readable => {
+                        ready.context("cannot wait for the perf buffers")?.clear_ready();
+                        None
+                    }
                 }
+            };
+            // Out of the epoll set again: while events gather, a new one wakes nobody, which
+            // spares the program that called listen() a wake-up of this thread on another CPU for
+            // every event. Each buffer is watched afresh on the next turn, ready or not.
+            self.buffers = watched
+                .into_iter()
+                .map(|(cpu, buffer)| (cpu, buffer.into_inner()))
+                .collect();
+            if let Some(reason) = stopped {
+                break reason;
             }
-            // Let events gather before draining. While this thread sleeps outside `epoll_wait`, a
-            // new event has nobody to wake, which spares the program that called listen() a
-            // wake-up of this thread on another CPU for every event (on the 2-core VM the lessons
-            // are measured on: 4.5x the cost of an untraced listen() without the pause, 3.2x with).
-            // A blocking sleep on purpose: tokio's would wait in `epoll_wait`, where every event
-            // wakes it again. Signals wait at most this long.
-            std::thread::sleep(BATCH_PAUSE);
+            // `--batch-pause`: let events gather before draining; a stop ends the pause at once.
+            let paused_until_stop = tokio::select! {
+                reason = stop.wait() => Some(reason),
+                () = tokio::time::sleep(self.batch_pause) => None,
+            };
             if let Err(error) = self.drain(sink) {
                 break closed_or_fail(error)?;
+            }
+            if let Some(reason) = paused_until_stop {
+                break reason;
             }
         };
         // What arrived before the stop.
@@ -189,7 +217,7 @@ impl PerfBuffers {
         let mut result = Ok(());
         for (cpu, buffer) in &mut self.buffers {
             let mut lost_now = 0;
-            buffer.get_mut().for_each(|sample| match sample {
+            buffer.for_each(|sample| match sample {
                 PerfEvent::Sample { head, tail } => {
                     if result.is_ok() {
                         self.received += 1;
@@ -511,8 +539,21 @@ struct Cli {
     /// The size of each CPU's perf buffer, in pages (a power of two)
     #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = power_of_two)]
     buffer_pages: usize,
+    /// After a wake-up, how long events gather before they are read: fewer wake-ups for the
+    /// programs that call listen(), at the price of this much delay (0: read each at once)
+    #[arg(long, value_name = "MS", default_value = "10", value_parser = milliseconds)]
+    batch_pause: Duration,
 }
 // ANCHOR_END: cli
+
+fn milliseconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms <= 1000 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "`{text}` is not a number of milliseconds from 0 to 1000"
+        )),
+    }
+}
 
 fn power_of_two(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -540,6 +581,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("`3` is not a power of two"), "{error}");
+        assert_eq!(cli.batch_pause, Duration::from_millis(10));
+        let cli = Cli::try_parse_from(["step4", "--batch-pause", "0"]).unwrap();
+        assert_eq!(cli.batch_pause, Duration::ZERO);
+        let error = Cli::try_parse_from(["step4", "--batch-pause", "5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a number of milliseconds"), "{error}");
         assert!(Cli::try_parse_from(["step4", "--pid", "0"]).is_err());
         assert!(Cli::try_parse_from(["step4", "--pid", "x"]).is_err());
     }

@@ -684,6 +684,36 @@ mod hardening {
     }
 }
 
+/// A stop ends the reader's pause at once: with `--batch-pause 1000`, a Ctrl-C that comes while the
+/// reader waits for events to gather ends the run long before the second is over, and the event
+/// that started the pause is still printed.
+#[test]
+fn ctrl_c_ends_the_batch_pause_at_once() {
+    if !kernel_tests_can_run("ctrl_c_ends_the_batch_pause_at_once") {
+        return;
+    }
+    let step = start_json("auto", &["--batch-pause", "1000"]);
+    let listener = trigger::listen((LOCALHOST, 0).into(), 5).unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the reader woke, and now pauses
+    let stopped = std::time::Instant::now();
+    let finished = step.stop(Signal::SIGINT);
+    let took = stopped.elapsed();
+    assert!(finished.status.success(), "{}", finished.stderr());
+    assert!(
+        took < Duration::from_millis(700),
+        "Ctrl-C took {took:?} to end a run paused for 1000 ms"
+    );
+    let port = listener.local_addr.port();
+    assert!(
+        finished
+            .stdout()
+            .lines()
+            .any(|line| line.contains(&format!("\"port\":{port},"))),
+        "the event that started the pause was not printed before the exit:\n{}",
+        finished.stdout()
+    );
+}
+
 /// What the book shows lesson 4 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]

@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: what lesson 4 costs per `listen()`, next to no tracer and (when installed)
-//! bpftrace on the same tracepoint, measured side by side in one run; and how fast each step is
-//! ready. It writes its figures to `docs/src/benchmarks.md`.
+//! `cargo xtask bench`: what lesson 4 costs per `listen()`, next to no tracer, exercise 5's ring
+//! buffer and bpftrace on the same tracepoint, measured side by side in one run; how long a lone
+//! listen takes to show in each; what the others pay; and how fast each step is ready. It writes its
+//! figures to `docs/src/benchmark-results.md`, which both editions' benchmarks page include.
 //!
 //! A run is a loop of socket + bind(127.0.0.1:0) + listen + close in this process, timed as a
 //! whole; the configurations alternate within each round, so that a machine that gets busier or
@@ -29,7 +30,7 @@ use support::{
 };
 
 use crate::{
-    lessons,
+    check, lessons,
     pinned::{Toolchain, target_dir},
     vm::which,
     workspace_root,
@@ -43,18 +44,20 @@ pub struct BenchArgs {
     /// Runs of each configuration (they alternate)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Where to write the results (markdown)
-    #[arg(long, default_value = "docs/src/benchmarks.md")]
+    /// Where to write the results (markdown, included by the benchmarks pages)
+    #[arg(long, default_value = "docs/src/benchmark-results.md")]
     output: PathBuf,
 }
 
 /// What traces the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tracer {
+pub enum Tracer {
     None,
     Step4FilteredOut,
     Step4Table,
     Step4Json,
+    /// Exercise 5's reference solution: lesson 4 through a BPF ring buffer, `--json`.
+    Exercise5,
     Bpftrace,
 }
 
@@ -65,7 +68,47 @@ impl Tracer {
             Self::Step4FilteredOut => "step 4, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
             Self::Step4Json => "step 4 --json, to a file",
+            Self::Exercise5 => "exercise 5 (ring buffer) --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
+        }
+    }
+
+    /// Whether the tracer prints JSON lines (else whitespace-separated words, the pid first).
+    fn prints_json(self) -> bool {
+        matches!(self, Self::Step4Json | Self::Exercise5)
+    }
+
+    /// The tracer's command: `binary` is the lesson's (or the exercise's) program.
+    fn command(self, binary: &Path) -> Option<Command> {
+        let lesson = |args: &[&str]| {
+            let mut command = Command::new(binary);
+            command.arg("--attach=tracepoint").args(args);
+            Some(command)
+        };
+        match self {
+            Self::None => None,
+            // PID 1 (init) does not listen here: the probe runs, and sends nothing.
+            Self::Step4FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table => lesson(&[]),
+            Self::Step4Json | Self::Exercise5 => lesson(&["--json"]),
+            Self::Bpftrace => {
+                let mut command = Command::new("bpftrace");
+                command.args(["-e", BPFTRACE_PROGRAM]);
+                Some(command)
+            }
+        }
+    }
+
+    /// Whether `line` is the event of a listen() of this process, on `port` if given.
+    fn is_own_event(self, line: &str, port: Option<u16>) -> bool {
+        let own_pid = std::process::id();
+        if self.prints_json() {
+            line.starts_with(&format!("{{\"pid\":{own_pid},"))
+                && port.is_none_or(|port| line.contains(&format!("\"port\":{port},")))
+        } else {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.first() == Some(&own_pid.to_string().as_str())
+                && port.is_none_or(|port| words.contains(&port.to_string().as_str()))
         }
     }
 }
@@ -76,18 +119,19 @@ const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newst
 
 /// One timed run.
 #[derive(Debug, Clone, Copy)]
-struct Run {
+pub struct Run {
     /// Nanoseconds per listen() of the loop.
-    nanos_per_listen: f64,
+    pub nanos_per_listen: f64,
     /// Our own listens that the tracer printed.
-    received: u64,
+    pub received: u64,
     /// What the tracer says it lost.
-    lost: u64,
+    pub lost: u64,
 }
 
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let step4 = lessons::find(4)?;
     lessons::build(toolchain, &lessons::present()?)?;
+    let exercise5 = check::build(toolchain, 5, check::Attempt::Solution)?;
     let work = target_dir().join("bench");
     fs::create_dir_all(&work)?;
 
@@ -96,7 +140,12 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         Tracer::Step4FilteredOut,
         Tracer::Step4Table,
         Tracer::Step4Json,
+        Tracer::Exercise5,
     ];
+    if which("bpftrace").is_none() {
+        // Measured next to bpftrace when it can be installed; without it otherwise, said below.
+        let _ = crate::vm::apt_get(&["install", "-y", "--no-install-recommends", "bpftrace"]);
+    }
     let bpftrace = which("bpftrace");
     if bpftrace.is_some() {
         ensure_tracefs()?;
@@ -107,6 +156,10 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let step4_binary = target_dir().join("release").join(step4.package);
+    let binary_of = |tracer| match tracer {
+        Tracer::Exercise5 => exercise5.as_path(),
+        _ => step4_binary.as_path(),
+    };
 
     eprintln!(
         "==> bench: {} rounds of {} listens with each of: {}",
@@ -121,7 +174,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); tracers.len()];
     for round in 1..=args.rounds {
         for (index, &tracer) in tracers.iter().enumerate() {
-            let run = run_once(tracer, &step4_binary, args.listens, &work)?;
+            let run = run_once(tracer, binary_of(tracer), args.listens, &work)?;
             eprintln!(
                 "    round {round}: {:<28} {:>7.2} us per listen, {} of {} received, {} lost",
                 tracer.name(),
@@ -134,9 +187,23 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let mut latencies = Vec::new();
+    for &tracer in tracers
+        .iter()
+        .filter(|tracer| !matches!(tracer, Tracer::None | Tracer::Step4FilteredOut))
+    {
+        let (p50, p99) = measure_latency(tracer, binary_of(tracer))?;
+        eprintln!(
+            "    latency: {:<42} p50 {:.1} ms, p99 {:.1} ms",
+            tracer.name(),
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
+        latencies.push((tracer, p50, p99));
+    }
     let unrelated = measure_unrelated_syscall(&step4_binary, args.rounds, &work)?;
     let startup = measure_startup(&step4_binary, bpftrace.is_some())?;
-    let report = report(args, &tracers, &runs, &unrelated, &startup)?;
+    let report = report(args, &tracers, &runs, &latencies, &unrelated, &startup)?;
     let output = workspace_root().join(&args.output);
     fs::write(&output, &report)?;
     eprintln!("{report}");
@@ -144,33 +211,14 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `tracer`, waits until it is ready, runs the loop, stops it and reads its counts.
-fn run_once(tracer: Tracer, step4: &Path, listens: usize, work: &Path) -> anyhow::Result<Run> {
+/// Starts `tracer` (with `binary`, the lesson's or the exercise's program), waits until it is
+/// ready, runs the loop, stops it and reads its counts.
+pub fn run_once(tracer: Tracer, binary: &Path, listens: usize, work: &Path) -> anyhow::Result<Run> {
     let out_path = work.join("tracer.out");
     let err_path = work.join("tracer.err");
-    let child = match tracer {
-        Tracer::None => None,
-        // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-        Tracer::Step4FilteredOut => Some(spawn_to_files(
-            Command::new(step4).args(["--attach=tracepoint", "--pid=1"]),
-            &out_path,
-            &err_path,
-        )?),
-        Tracer::Step4Table => Some(spawn_to_files(
-            Command::new(step4).arg("--attach=tracepoint"),
-            &out_path,
-            &err_path,
-        )?),
-        Tracer::Step4Json => Some(spawn_to_files(
-            Command::new(step4).args(["--attach=tracepoint", "--json"]),
-            &out_path,
-            &err_path,
-        )?),
-        Tracer::Bpftrace => Some(spawn_to_files(
-            Command::new("bpftrace").args(["-e", BPFTRACE_PROGRAM]),
-            &out_path,
-            &err_path,
-        )?),
+    let child = match tracer.command(binary) {
+        Some(mut command) => Some(spawn_to_files(&mut command, &out_path, &err_path)?),
+        None => None,
     };
     if child.is_some() {
         wait_until_ready(tracer, &out_path, &err_path)?;
@@ -188,16 +236,11 @@ fn run_once(tracer: Tracer, step4: &Path, listens: usize, work: &Path) -> anyhow
         thread::sleep(Duration::from_millis(500));
         kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
         child.wait()?;
-        let own_pid = std::process::id().to_string();
         let out = BufReader::new(File::open(&out_path)?);
         received = 0;
         for line in out.lines() {
             let line = line?;
-            let own = match tracer {
-                Tracer::Step4Json => line.starts_with(&format!("{{\"pid\":{own_pid},")),
-                _ => line.split_whitespace().next() == Some(&own_pid),
-            };
-            received += u64::from(own);
+            received += u64::from(tracer.is_own_event(&line, None));
             if let Some(count) = line
                 .strip_prefix("Lost ")
                 .and_then(|rest| rest.split(' ').next())
@@ -210,7 +253,7 @@ fn run_once(tracer: Tracer, step4: &Path, listens: usize, work: &Path) -> anyhow
             .lines()
             .find_map(|line| line.split_once(" events received, ")?.1.split(' ').next())
         {
-            lost += count.parse::<u64>().unwrap_or(0); // step 4's summary
+            lost += count.parse::<u64>().unwrap_or(0); // the lesson's summary
         }
     }
     Ok(Run {
@@ -218,6 +261,51 @@ fn run_once(tracer: Tracer, step4: &Path, listens: usize, work: &Path) -> anyhow
         received,
         lost,
     })
+}
+
+/// Lone listens, one every 20 ms, for each tracer: from `listen()` to its line in the tracer's
+/// output, as a person watching it would wait.
+const LATENCY_LISTENS: usize = 200;
+
+/// The median and the 99th percentile, in seconds, of the delay from a lone `listen()` to its line.
+fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> {
+    let mut command = tracer.command(binary).context("no tracer")?;
+    let mut running = RunningStep::try_spawn(&mut command).map_err(|error| anyhow!(error))?;
+    let ready = running.find_line(
+        if tracer == Tracer::Bpftrace {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        },
+        |line| line.starts_with("Attaching") || line.starts_with("Ready:"),
+        Duration::from_secs(30),
+    );
+    if ready.is_none() {
+        bail!("{} did not get ready within 30 s", tracer.name());
+    }
+    // bpftrace prints before it attaches: give it the time to finish.
+    thread::sleep(Duration::from_millis(1500));
+    let mut delays = Vec::with_capacity(LATENCY_LISTENS);
+    for _ in 0..LATENCY_LISTENS {
+        thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
+        let port = listener.local_addr.port();
+        running
+            .find_line(
+                Stream::Stdout,
+                |line| tracer.is_own_event(line, Some(port)),
+                Duration::from_secs(5),
+            )
+            .with_context(|| {
+                format!("{}: the listen on port {port} did not show", tracer.name())
+            })?;
+        delays.push(started.elapsed().as_secs_f64());
+    }
+    let _ = running.try_stop(Signal::SIGINT);
+    delays.sort_by(f64::total_cmp);
+    let percentile = |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    Ok((percentile(0.5), percentile(0.99)))
 }
 
 /// How many calls of the unrelated system call a run makes.
@@ -356,7 +444,7 @@ fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
     }
 }
 
-fn median(samples: &mut [f64]) -> f64 {
+pub fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let middle = samples.len() / 2;
     if samples.len() % 2 == 1 {
@@ -366,10 +454,12 @@ fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// The generated part of the benchmarks pages: the machine, and each table of the run.
 fn report(
     args: &BenchArgs,
     tracers: &[Tracer],
     runs: &[Vec<Run>],
+    latencies: &[(Tracer, f64, f64)],
     (untraced, traced): &(f64, f64),
     startup: &Startup,
 ) -> anyhow::Result<String> {
@@ -398,17 +488,10 @@ fn report(
     let baseline = medians[0];
 
     let mut text = String::new();
-    writeln!(text, "# Benchmarks\n")?;
     writeln!(
         text,
-        "`cargo xtask bench` measures what tracing costs a program that calls `listen()`: a loop of\n\
-         socket + bind(127.0.0.1:0) + listen + close, timed with no tracer, with lesson 4 writing its\n\
-         table or its JSON to a file, and with bpftrace printing a line per event from the same\n\
-         tracepoint (when bpftrace is installed). The configurations alternate within each round, and\n\
-         the ratios compare medians from the same run, so a machine that is busier at one moment\n\
-         than another shifts them all alike. Run it on a quiet machine, as root; it rewrites this page.\n"
+        "<!-- Written by `cargo xtask bench`; do not edit by hand. -->\n"
     )?;
-    writeln!(text, "## Latest run\n")?;
     writeln!(
         text,
         "- machine: {cores} cores ({cpu}), kernel {}",
@@ -417,9 +500,16 @@ fn report(
     writeln!(text, "- date: {date}")?;
     writeln!(
         text,
-        "- {} listens per run, {} runs of each configuration, alternating\n",
-        args.listens, args.rounds
+        "- {} listens per run, {} runs of each configuration, alternating{}\n",
+        args.listens,
+        args.rounds,
+        if tracers.contains(&Tracer::Bpftrace) {
+            ""
+        } else {
+            " (bpftrace was not installed)"
+        }
     )?;
+    writeln!(text, "### The cost per listen()\n")?;
     writeln!(
         text,
         "| configuration | median per listen | ratio to no tracer | own events received (median) | lost (median) |"
@@ -453,20 +543,25 @@ fn report(
     }
     writeln!(
         text,
-        "\nHow to read it: the row where the kernel filters every event out is the probe alone (it runs\n\
-         and reads the socket, and sends nothing). The difference to the table and JSON rows is the\n\
-         cost of sending events through the perf buffer: each event makes the kernel schedule a\n\
-         wake-up of the reader (an inter-processor interrupt, which is expensive in a VM), which aya's\n\
-         perf buffers always ask for. The reader drains in batches, so it is not woken again for every\n\
-         event; bpftrace is. A BPF ring buffer, which can skip the wake-up per event, would be cheaper\n\
-         still (see lesson 4)."
+        "\n### From listen() to the printed line ({LATENCY_LISTENS} lone listens, one every 20 ms)\n"
     )?;
-    writeln!(text, "\n## What the others pay\n")?;
+    writeln!(text, "| tracer | p50 | p99 |")?;
+    writeln!(text, "|---|---|---|")?;
+    for (tracer, p50, p99) in latencies {
+        writeln!(
+            text,
+            "| {} | {:.1} ms | {:.1} ms |",
+            tracer
+                .name()
+                .trim_end_matches(", to a file")
+                .trim_end_matches(" to a file"),
+            p50 * 1000.0,
+            p99 * 1000.0
+        )?;
+    }
     writeln!(
         text,
-        "A tracer of `listen()` must not slow down the rest of the machine. Lesson 4's tracepoint\n\
-         path hooks the `listen()` system call's entry and exit; this loop calls another system call,\n\
-         `getppid()`, {UNRELATED_CALLS} times, with no tracer and with lesson 4 attached, alternating.\n"
+        "\n### What the others pay ({UNRELATED_CALLS} calls of getppid())\n"
     )?;
     writeln!(text, "| configuration | median per getppid() | ratio |")?;
     writeln!(text, "|---|---|---|")?;
@@ -476,7 +571,7 @@ fn report(
         "| lesson 4 attached (tracepoint path) | {traced:.1} ns | {:.2}x |",
         traced / untraced
     )?;
-    writeln!(text, "\n## Start-up (median of 5)\n")?;
+    writeln!(text, "\n### Start-up (median of 5)\n")?;
     writeln!(text, "| what | median |")?;
     writeln!(text, "|---|---|")?;
     for (what, seconds) in startup {

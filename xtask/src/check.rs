@@ -18,11 +18,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 use support::{
+    kernel,
     running::{RunningStep, Stream},
     trigger,
 };
 
 use crate::{
+    bench,
     lessons::{self, Lesson},
     pinned::{Toolchain, run_step, target_dir},
     workspace_root,
@@ -39,34 +41,55 @@ pub struct Exercise {
     pub title: &'static str,
     /// The reference solution, in `docs/exercises/`.
     pub patch: &'static str,
+    /// The book's page that asks for it, in `docs/src/`.
+    pub page: &'static str,
 }
 
-pub const EXERCISES: [Exercise; 4] = [
+pub const EXERCISES: [Exercise; 5] = [
     Exercise {
         number: 1,
         lesson: 1,
         title: "say who listens",
         patch: "1-process-name.patch",
+        page: "lesson-1-hello.md",
     },
     Exercise {
         number: 2,
         lesson: 2,
         title: "add the process ID",
         patch: "2-pid.patch",
+        page: "lesson-2-backlog.md",
     },
     Exercise {
         number: 3,
         lesson: 3,
         title: "the port in host byte order",
         patch: "3-skc-num.patch",
+        page: "lesson-3-addr-port.md",
     },
     Exercise {
         number: 4,
         lesson: 4,
         title: "a --port filter in the kernel",
         patch: "4-port-filter.patch",
+        page: "lesson-4-netns-perf.md",
+    },
+    Exercise {
+        number: 5,
+        lesson: 4,
+        title: "a ring buffer with batched wake-ups",
+        patch: "5-ring-buffer.patch",
+        page: "exercise-5-ring-buffer.md",
     },
 ];
+
+/// Whether exercise 5's timings decide: they do for a learner; inside `cargo xtask test` (a shared
+/// machine) they are printed, never a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timings {
+    Decide,
+    PrintOnly,
+}
 
 /// Whose code is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +144,7 @@ pub fn built_binary(number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
 
 /// Checks exercise `number` with the `binary` that `build` made; `Ok` when it passes, an error
 /// saying what is missing otherwise.
-pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
+pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> anyhow::Result<()> {
     let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
     eprintln!(
@@ -132,7 +155,8 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         1 => check_process_name(binary),
         2 => check_pid(binary),
         3 => check_skc_num(binary),
-        _ => check_port_filter(binary),
+        4 => check_port_filter(binary),
+        _ => check_ring_buffer(binary, timings),
     };
     match verdict {
         Ok(()) => {
@@ -141,9 +165,9 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         }
         Err(missing) => match attempt {
             Attempt::Yours => bail!(
-                "exercise {number} ({}) is not done yet: {missing}\n(a hint: `cargo xtask check exercise {number} --hint`; the exercise is at the end of docs/src/lesson-{}-*.md)",
+                "exercise {number} ({}) is not done yet: {missing}\n(a hint: `cargo xtask check exercise {number} --hint`; the exercise is in docs/src/{})",
                 exercise.title,
-                lesson.number
+                exercise.page
             ),
             Attempt::Solution | Attempt::Starter => {
                 bail!("exercise {number} ({}): {missing}", exercise.title)
@@ -364,6 +388,109 @@ fn check_port_filter(binary: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Exercise 5's burst: as many listens as lesson 4's storm test makes.
+const BURST: usize = 200_000;
+/// Exercise 5's targets: the traced loop's cost next to the untraced one, and a lone listen's delay.
+const MAX_RATIO: f64 = 1.3;
+const MAX_LONE_DELAY: Duration = Duration::from_millis(100);
+
+/// Exercise 5: lesson 4's events through one BPF ring buffer, woken only now and then. Correct:
+/// every listen of a burst arrives, or the loss is reported. Cheap: the same loop of listens costs
+/// at most `MAX_RATIO` untraced, measured side by side, and a lone listen shows within
+/// `MAX_LONE_DELAY`.
+fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), String> {
+    let own_pid = std::process::id().to_string();
+    let mut step = start(binary, &["--json", "--pid", &own_pid])?;
+    let maps = kernel::map_types_held(step.pid().as_raw() as u32)
+        .map_err(|error| format!("cannot read the program's maps in /proc: {error}"))?;
+    if maps.contains(&kernel::MAP_TYPE_PERF_EVENT_ARRAY)
+        || !maps.contains(&kernel::MAP_TYPE_RINGBUF)
+    {
+        let _ = step.try_stop(Signal::SIGINT);
+        return Err(format!(
+            "EVENTS is still a perf event array (the program holds maps of types {maps:?}; a ring \
+             buffer is type {})",
+            kernel::MAP_TYPE_RINGBUF
+        ));
+    }
+
+    // A lone listen, twenty times: how long until its line shows.
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)
+            .map_err(|error| format!("{error:#}"))?;
+        let port = listener.local_addr.port();
+        if step
+            .find_line(
+                Stream::Stdout,
+                |line| line.contains(&format!("\"port\":{port},")),
+                Duration::from_secs(2),
+            )
+            .is_none()
+        {
+            let _ = step.try_stop(Signal::SIGINT);
+            return Err(format!(
+                "a lone listen on port {port} did not show within 2 s"
+            ));
+        }
+        delays.push(started.elapsed());
+    }
+    step.try_stop(Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    delays.sort();
+    let (lone_median, lone_worst) = (delays[delays.len() / 2], delays[delays.len() - 1]);
+
+    // The burst, untraced and traced, alternating; every traced one must arrive whole.
+    let work = target_dir().join("exercise-5");
+    std::fs::create_dir_all(&work).map_err(|error| error.to_string())?;
+    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let run = |tracer| {
+            bench::run_once(tracer, binary, BURST, &work).map_err(|error| format!("{error:#}"))
+        };
+        untraced.push(run(bench::Tracer::None)?.nanos_per_listen);
+        let burst = run(bench::Tracer::Exercise5)?;
+        let missing = BURST as u64 - burst.received.min(BURST as u64);
+        if missing > 0 && burst.lost < missing {
+            return Err(format!(
+                "{} of a burst of {BURST} listens arrived, and only {} were reported lost",
+                burst.received, burst.lost
+            ));
+        }
+        traced.push(burst.nanos_per_listen);
+    }
+    let (untraced, traced) = (bench::median(&mut untraced), bench::median(&mut traced));
+    let ratio = traced / untraced;
+    eprintln!(
+        "    exercise 5: a burst of {BURST} listens costs {ratio:.2}x untraced ({:.2} us against {:.2} \
+         us per listen; target {MAX_RATIO}x); a lone listen shows after {} ms (median of 20; worst \
+         {} ms; target {} ms)",
+        traced / 1000.0,
+        untraced / 1000.0,
+        lone_median.as_millis(),
+        lone_worst.as_millis(),
+        MAX_LONE_DELAY.as_millis()
+    );
+    if timings == Timings::Decide {
+        if ratio > MAX_RATIO {
+            return Err(format!(
+                "the burst costs {ratio:.2}x an untraced one: more than {MAX_RATIO}x (are wake-ups \
+                 still sent for every event?)"
+            ));
+        }
+        if lone_median > MAX_LONE_DELAY {
+            return Err(format!(
+                "a lone listen shows after {} ms: more than {} ms (how often is the ring drained?)",
+                lone_median.as_millis(),
+                MAX_LONE_DELAY.as_millis()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn listen_once(backlog: i32) -> Result<(), String> {
     trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), backlog)
         .map(drop)
@@ -465,6 +592,15 @@ mod tests {
             );
             let patch = workspace_root().join("docs/exercises").join(exercise.patch);
             assert!(patch.exists(), "{} is missing", patch.display());
+            let page = workspace_root().join("docs/src").join(exercise.page);
+            assert!(
+                std::fs::read_to_string(&page)
+                    .unwrap()
+                    .contains(&format!("cargo xtask check exercise {}", exercise.number)),
+                "{} does not say how to check exercise {}",
+                page.display(),
+                exercise.number
+            );
             for chinese in [false, true] {
                 let hint = hint_file(exercise, chinese);
                 assert!(hint.exists(), "{} is missing", hint.display());

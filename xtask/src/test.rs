@@ -200,20 +200,28 @@ fn check_exercises(toolchain: &Toolchain) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     eprintln!("==> exercises: the reference solutions pass, the starter fails");
+    // Timings are printed, never a verdict, on a shared machine.
     let check = |number, attempt| {
         let binary = check::build(toolchain, number, attempt)?;
-        check::run(number, attempt, &binary)
+        check::run(number, attempt, &binary, check::Timings::PrintOnly)
     };
     for exercise in &check::EXERCISES {
         check(exercise.number, check::Attempt::Solution)?;
     }
-    match check(1, check::Attempt::Starter) {
-        Ok(()) => anyhow::bail!("exercise 1 passes before anything was changed"),
-        Err(error) if format!("{error:#}").contains("but not who called listen()") => {
-            eprintln!("    the starter of exercise 1 fails, as it must: {error:#}");
-        }
-        Err(error) => {
-            return Err(error.context("exercise 1's starter failed for an unexpected reason"));
+    for (number, why) in [
+        (1, "but not who called listen()"),
+        (5, "still a perf event array"),
+    ] {
+        match check(number, check::Attempt::Starter) {
+            Ok(()) => anyhow::bail!("exercise {number} passes before anything was changed"),
+            Err(error) if format!("{error:#}").contains(why) => {
+                eprintln!("    the starter of exercise {number} fails, as it must: {error:#}");
+            }
+            Err(error) => {
+                return Err(error.context(format!(
+                    "exercise {number}'s starter failed for an unexpected reason"
+                )));
+            }
         }
     }
     eprintln!(

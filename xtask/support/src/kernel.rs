@@ -117,3 +117,33 @@ pub fn assert_programs_loaded(program_ids: &[u32]) {
         );
     }
 }
+
+/// `BPF_MAP_TYPE_PERF_EVENT_ARRAY` and `BPF_MAP_TYPE_RINGBUF`, from `include/uapi/linux/bpf.h`.
+pub const MAP_TYPE_PERF_EVENT_ARRAY: u32 = 4;
+pub const MAP_TYPE_RINGBUF: u32 = 27;
+
+/// The types of the BPF maps that process `pid` holds open, from `/proc/PID/fdinfo` (as
+/// `bpftool map show` would name them: 4 a perf event array, 27 a ring buffer, ...).
+pub fn map_types_held(pid: u32) -> io::Result<Vec<u32>> {
+    let mut types = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile
+        };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        types.extend(
+            info.lines()
+                .filter_map(|line| line.strip_prefix("map_type:"))
+                .filter_map(|value| value.trim().parse::<u32>().ok()),
+        );
+    }
+    Ok(types)
+}

@@ -290,7 +290,10 @@ mod tests {
                         stopped by Ctrl-C (SIGINT): detached from the tracepoint \
                         sock:inet_sock_set_state and unloaded the programs\n";
         assert_eq!(shape(stock), shape(fallback));
-        assert_ne!(shape(stock), shape(&fallback.replace("Hello World!", "Hello!")));
+        assert_ne!(
+            shape(stock),
+            shape(&fallback.replace("Hello World!", "Hello!"))
+        );
     }
 
     #[test]
