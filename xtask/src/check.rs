@@ -523,24 +523,9 @@ pub fn build_in_clean_checkout(
     let root = workspace_root();
     let base = target_dir().join("exercises");
     let tree = base.join("checkout");
-    let git = |args: &[&str]| -> anyhow::Result<()> {
-        let status = Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .status()
-            .context("cannot run git")?;
-        if !status.success() {
-            bail!(
-                "`git {}` failed (the solutions are checked in a git checkout)",
-                args.join(" ")
-            );
-        }
-        Ok(())
-    };
-    let tree_arg = tree
-        .to_str()
-        .context("a target folder whose path is not UTF-8")?;
+    // The solutions are checked in a git checkout of the last commit.
+    let git = |args: &[&str]| git_output(&root, args).map(drop);
+    let tree_arg = path_arg(&tree)?;
     if tree.exists() {
         git(&["worktree", "remove", "--force", tree_arg])?;
     }

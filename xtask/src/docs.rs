@@ -46,7 +46,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
             Some(&transcripts_folder().join(VERIFIER_PATCH)),
         )?;
         if !sudo::rest_through_sudo("recording the transcripts")? {
-            record_transcripts(args)?;
+            record_transcripts()?;
         }
         // The stock kernel's transcripts: the lessons' transcript tests in a guest with kprobes.
         vm::run(
@@ -78,7 +78,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
 
 /// Runs each lesson and writes what it prints into `docs/src/transcripts/` (as root: the lessons
 /// load eBPF programs), with the verifier's answer to lesson 2 reading a field without the helper.
-pub fn record_transcripts(_args: &DocsArgs) -> anyhow::Result<()> {
+pub fn record_transcripts() -> anyhow::Result<()> {
     let folder = transcripts_folder();
     let write = |name: &str, text: String| -> anyhow::Result<()> {
         let path = folder.join(name);

@@ -150,7 +150,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
-        Command::Docs(args) if sudo::built_in().is_some() => docs::record_transcripts(&args),
+        Command::Docs(_) if sudo::built_in().is_some() => docs::record_transcripts(),
         Command::Docs(args) => docs::run(&setup::run()?, &args),
         Command::Check {
             what:
