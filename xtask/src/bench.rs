@@ -30,9 +30,8 @@ use support::{
 };
 
 use crate::{
-    check, lessons,
+    check, host_packages, lessons,
     pinned::{Toolchain, target_dir},
-    vm::which,
     workspace_root,
 };
 
@@ -142,11 +141,9 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         Tracer::Step4Json,
         Tracer::Exercise5,
     ];
-    if which("bpftrace").is_none() {
-        // Measured next to bpftrace when it can be installed; without it otherwise, said below.
-        let _ = crate::vm::apt_get(&["install", "-y", "--no-install-recommends", "bpftrace"]);
-    }
-    let bpftrace = which("bpftrace");
+    // Measured next to bpftrace when it can be installed; without it otherwise, said below.
+    let _ = host_packages::ensure("bench", &[host_packages::BPFTRACE]);
+    let bpftrace = which::which("bpftrace").ok();
     if bpftrace.is_some() {
         ensure_tracefs()?;
         tracers.push(Tracer::Bpftrace);

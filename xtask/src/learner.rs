@@ -123,9 +123,7 @@ pub fn run() -> anyhow::Result<()> {
 /// Installs sudo if needed, creates the learner with sudo rights, and gives it a fresh copy of this
 /// working tree in a git clone (with the built bpf-linker and the downloaded crates, so it builds offline-fast).
 fn prepare() -> anyhow::Result<PathBuf> {
-    if !sudo::has_sudo() {
-        crate::vm::apt_get(&["install", "-y", "--no-install-recommends", "sudo"])?;
-    }
+    crate::host_packages::ensure("the learner flows", &[crate::host_packages::SUDO])?;
     let exists = Command::new("id")
         .args(["-u", LEARNER])
         .output()

@@ -7,6 +7,7 @@ mod bench;
 mod check;
 mod docs;
 mod doctor;
+mod host_packages;
 mod learner;
 mod lessons;
 mod lima;
@@ -130,7 +131,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Setup { arm64 } => {
             let toolchain = setup::run()?;
             if arm64 {
-                vm::ensure_host_tools(&toolchain, true)?;
+                vm::prepare_arm64_guests(&toolchain)?;
             }
             Ok(())
         }

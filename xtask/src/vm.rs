@@ -19,7 +19,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use cargo_metadata::{Artifact, Message, TargetKind};
 
-use crate::pinned::{Toolchain, run_step, target_dir};
+use crate::{
+    host_packages,
+    pinned::{Toolchain, run_step, target_dir},
+};
 
 /// The CPU a guest kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,11 +42,35 @@ impl Arch {
         }
     }
 
-    /// The Rust target the lessons and their tests are built for; `None`: this machine's own.
-    fn rust_target(self) -> Option<&'static str> {
-        match self {
-            Self::X86_64 => None,
-            Self::Arm64 => Some(ARM64_TARGET),
+    /// The CPU this machine (and so xtask) runs on, if it is one the guests can be built on.
+    fn of_host(rust_arch: &str) -> Option<Self> {
+        match rust_arch {
+            "x86_64" => Some(Self::X86_64),
+            "aarch64" => Some(Self::Arm64),
+            _ => None,
+        }
+    }
+}
+
+/// How this machine gets a guest's test binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestBuild {
+    /// Built for this machine's own CPU, as `cargo test` builds them; their shared libraries go along.
+    Native,
+    /// Cross-built for arm64 on an x86-64 machine, linked statically.
+    CrossArm64,
+    /// Not built here: x86-64 guests on an arm64 machine (no cross toolchain set up for that, and
+    /// an emulated x86-64 CPU is too slow to be worth it).
+    NotHere,
+}
+
+impl GuestBuild {
+    fn for_guest(host: Arch, guest: Arch) -> Self {
+        match (host, guest) {
+            (host, guest) if host == guest => Self::Native,
+            (Arch::X86_64, Arch::Arm64) => Self::CrossArm64,
+            (Arch::Arm64, Arch::X86_64) => Self::NotHere,
+            _ => unreachable!("two CPUs, all pairs above"),
         }
     }
 }
@@ -61,9 +88,10 @@ pub struct GuestKernel {
     /// Every path listed here must attach in this kernel; the tests read the list from
     /// `LISTEN_TRACE_EXPECT_ATTACH` and fail if one does not.
     pub attach_paths: &'static str,
-    /// The Debian suite that has the package, where the host's own apt sources may not
-    /// (`bullseye`); `None`: the host's sources.
-    pub suite: Option<&'static str>,
+    /// The Debian suite that has the package (`bullseye`, `bookworm`): its lists are read apart
+    /// from this machine's own apt sources, so the guests are the same on Debian, Ubuntu or
+    /// another release.
+    pub suite: &'static str,
     pub arch: Arch,
 }
 
@@ -74,32 +102,35 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
         package: "linux-image-5.10.0-32-cloud-amd64",
         about: "Debian 11 (bullseye) cloud kernel: before 5.11, BPF maps count against RLIMIT_MEMLOCK; no MPTCP",
         attach_paths: "kprobe,fentry,tracepoint",
-        suite: Some("bullseye"),
+        suite: "bullseye",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.1.0-56-cloud-amd64",
         about: "Debian 12 (bookworm) stock cloud kernel",
         attach_paths: "kprobe,fentry,tracepoint",
-        suite: None,
+        suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-amd64",
         about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
         attach_paths: "kprobe,fentry,tracepoint",
-        suite: None,
+        suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-arm64",
         about: "Debian 12's 6.12 cloud kernel for arm64 (another pt_regs layout for kprobe arguments)",
         attach_paths: "kprobe,fentry,tracepoint",
-        suite: None,
+        suite: "bookworm",
         arch: Arch::Arm64,
     },
 ];
 // ANCHOR_END: guest_kernels
+
+/// The Debian suite of `--kernel` packages, and of the guests' busybox.
+const DEFAULT_SUITE: &str = "bookworm";
 
 /// The stock distribution kernel whose guest records the book's first transcripts (kprobes work).
 pub const STOCK_KERNEL: &str = "linux-image-6.1.0-56-cloud-amd64";
@@ -138,10 +169,9 @@ pub struct VmTestArgs {
     /// is required, and the output shows which attached
     #[arg(long, value_name = "PATHS", requires = "kernel", default_value = "")]
     pub expect: String,
-    /// With --kernel: the Debian suite that has the package, when the host's apt sources do not
-    /// (for example `bullseye`)
-    #[arg(long, requires = "kernel")]
-    pub suite: Option<String>,
+    /// With --kernel: the Debian suite that has the package (for example `bullseye`)
+    #[arg(long, requires = "kernel", default_value = DEFAULT_SUITE)]
+    pub suite: String,
     /// With --kernel: the CPU of that kernel package
     #[arg(long, value_enum, requires = "kernel", default_value_t = Arch::X86_64)]
     pub arch: Arch,
@@ -154,7 +184,7 @@ impl Default for VmTestArgs {
             filter: None,
             kernel: None,
             expect: String::new(),
-            suite: None,
+            suite: DEFAULT_SUITE.to_string(),
             arch: Arch::X86_64,
         }
     }
@@ -170,7 +200,7 @@ impl VmTestArgs {
                 package: package.clone().leak(),
                 about: "given with --kernel",
                 attach_paths: self.expect.clone().leak(),
-                suite: self.suite.clone().map(|suite| &*suite.leak()),
+                suite: self.suite.clone().leak(),
                 arch: self.arch,
             }],
         }
@@ -187,17 +217,32 @@ struct KernelTests {
 
 pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let kernels = args.kernels();
-    let arm64 = kernels.iter().any(|kernel| kernel.arch == Arch::Arm64);
-    ensure_host_tools(toolchain, arm64)?;
-    // The cases are listed by running this machine's build; an arm64 build has the same ones.
-    let host_tests = build_kernel_tests(toolchain, args.filter.as_deref(), None)?;
-    let arm64_tests = if arm64 {
-        Some(build_kernel_tests(
-            toolchain,
-            args.filter.as_deref(),
-            Some(Arch::Arm64),
-        )?)
+    let host = Arch::of_host(std::env::consts::ARCH).with_context(|| {
+        format!(
+            "vm-test runs on x86-64 or arm64 machines, not on {}",
+            std::env::consts::ARCH
+        )
+    })?;
+    let (kernels, skipped) = kernels_for_host(host, args.kernels());
+    for kernel in &skipped {
+        eprintln!(
+            "    vm-test: skipping {} ({}): x86-64 guests run on an x86-64 machine only; this arm64 \
+             machine runs the arm64 guests",
+            kernel.package,
+            kernel.arch.debian()
+        );
+    }
+    if kernels.is_empty() {
+        bail!("none of the kernels asked for can run on this {host:?} machine");
+    }
+    let cross = kernels
+        .iter()
+        .any(|kernel| GuestBuild::for_guest(host, kernel.arch) == GuestBuild::CrossArm64);
+    ensure_host_tools(toolchain, &kernels, cross)?;
+    // The cases are listed by running this machine's build; a cross build has the same ones.
+    let host_tests = build_kernel_tests(toolchain, args.filter.as_deref(), false)?;
+    let cross_tests = if cross {
+        Some(build_kernel_tests(toolchain, args.filter.as_deref(), true)?)
     } else {
         None
     };
@@ -209,9 +254,10 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut matrix = Vec::new();
     for kernel in &kernels {
-        let tests = match kernel.arch {
-            Arch::X86_64 => &host_tests,
-            Arch::Arm64 => arm64_tests.as_ref().expect("built above"),
+        let build = GuestBuild::for_guest(host, kernel.arch);
+        let tests = match build {
+            GuestBuild::CrossArm64 => cross_tests.as_ref().expect("built above"),
+            _ => &host_tests,
         };
         let kernel_started = Instant::now();
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
@@ -219,7 +265,8 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
             Arch::Arm64 => Accel::Tcg,
         };
-        let initramfs = build_initramfs(kernel, tests, &vm_dir.join(kernel.package), &vm_dir)?;
+        let initramfs =
+            build_initramfs(kernel, build, tests, &vm_dir.join(kernel.package), &vm_dir)?;
         let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
         eprintln!(
             "    {}: {} of {case_count} cases passed, {:.1} s with the download and the initramfs",
@@ -249,7 +296,7 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("vm-test failed: {}", failures.join(", "));
     }
-    if args.kernel.is_none() && args.filter.is_none() {
+    if args.kernel.is_none() && args.filter.is_none() && skipped.is_empty() {
         let page = crate::workspace_root().join(MATRIX_PAGE);
         fs::write(&page, matrix_page(&matrix)?)?;
         eprintln!(
@@ -358,104 +405,116 @@ fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// qemu, busybox (to be the guest's userland) and cpio (to pack it), installed with apt if missing;
-/// for arm64 guests also qemu-system-aarch64, the C cross toolchain and the pinned toolchain's arm64
-/// target, only when an arm64 guest is asked for.
-pub fn ensure_host_tools(toolchain: &Toolchain, arm64: bool) -> anyhow::Result<()> {
-    let mut tools = vec![
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("busybox", "busybox-static"),
-        ("cpio", "cpio"),
-    ];
-    if arm64 {
-        tools.extend([
-            ("qemu-system-aarch64", "qemu-system-arm"),
-            (ARM64_LINKER, "gcc-aarch64-linux-gnu"),
+/// `setup --arm64`: what the arm64 guests need on this machine, ahead of their first `vm-test`.
+pub fn prepare_arm64_guests(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let host = Arch::of_host(std::env::consts::ARCH).context("vm-test runs on x86-64 or arm64")?;
+    let arm64: Vec<GuestKernel> = GUEST_KERNELS
+        .iter()
+        .filter(|kernel| kernel.arch == Arch::Arm64)
+        .cloned()
+        .collect();
+    ensure_host_tools(
+        toolchain,
+        &arm64,
+        GuestBuild::for_guest(host, Arch::Arm64) == GuestBuild::CrossArm64,
+    )
+}
+
+/// The kernels this machine can run (`.0`) and the ones it skips (`.1`), in the order given.
+fn kernels_for_host(host: Arch, kernels: Vec<GuestKernel>) -> (Vec<GuestKernel>, Vec<GuestKernel>) {
+    kernels
+        .into_iter()
+        .partition(|kernel| GuestBuild::for_guest(host, kernel.arch) != GuestBuild::NotHere)
+}
+
+/// What booting `kernels` needs on this machine, installed with apt when missing; with `cross`,
+/// also the C cross toolchain and the pinned toolchain's arm64 target, checked by linking a
+/// program before the long build starts.
+fn ensure_host_tools(
+    toolchain: &Toolchain,
+    kernels: &[GuestKernel],
+    cross: bool,
+) -> anyhow::Result<()> {
+    let mut packages = vec![host_packages::CPIO, host_packages::DEBIAN_KEYRING];
+    if kernels.iter().any(|kernel| kernel.arch == Arch::X86_64) {
+        packages.extend([host_packages::QEMU_X86, host_packages::QEMU_X86_FIRMWARE]);
+    }
+    if kernels.iter().any(|kernel| kernel.arch == Arch::Arm64) {
+        packages.push(host_packages::QEMU_ARM);
+    }
+    if cross {
+        packages.extend([
+            host_packages::ARM64_CROSS_GCC,
+            host_packages::ARM64_CROSS_LIBC,
         ]);
     }
-    let missing: Vec<_> = tools
-        .iter()
-        .filter(|(command, _)| which(command).is_none())
-        .map(|(_, package)| *package)
-        .collect();
-    if !missing.is_empty() {
-        if which("apt-get").is_none() {
-            bail!(
-                "vm-test needs {}: install them with your package manager (the commands {})",
-                missing.join(", "),
-                tools
-                    .iter()
-                    .map(|(command, _)| *command)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        eprintln!(
-            "    vm-test needs {}: installing with apt-get",
-            missing.join(", ")
-        );
-        apt_get(
-            &[
-                &["install", "-y", "-q", "--no-install-recommends"],
-                missing.as_slice(),
-            ]
-            .concat(),
-        )?;
-    }
-    if arm64 {
-        let installed = Command::new("rustup")
-            .args([
-                "target",
-                "list",
-                "--installed",
-                "--toolchain",
-                toolchain.name,
-            ])
-            .output()
-            .context("cannot run rustup")?;
-        if !String::from_utf8_lossy(&installed.stdout)
-            .lines()
-            .any(|target| target == ARM64_TARGET)
-        {
-            run_step(
-                &format!("rustup target add {ARM64_TARGET} (for the arm64 guests)"),
-                Command::new("rustup").args([
-                    "target",
-                    "add",
-                    ARM64_TARGET,
-                    "--toolchain",
-                    toolchain.name,
-                ]),
-            )
-            .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))?;
-        }
+    host_packages::ensure("vm-test", &packages)?;
+    if cross {
+        ensure_arm64_target(toolchain)?;
+        check_cross_linking(&target_dir().join("vm"))?;
     }
     Ok(())
 }
 
-/// Runs apt-get, refreshing the package lists once if the first try fails (a fresh machine has none).
-pub fn apt_get(args: &[&str]) -> anyhow::Result<()> {
-    let what = format!("apt-get {}", args.join(" "));
-    if run_step(&what, Command::new("apt-get").args(args)).is_ok() {
+/// The pinned toolchain's arm64 standard library, added with rustup when missing.
+fn ensure_arm64_target(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args([
+            "target",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain.name,
+        ])
+        .output()
+        .context("cannot run rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|target| target == ARM64_TARGET)
+    {
         return Ok(());
     }
-    run_step("apt-get update", Command::new("apt-get").arg("update"))?;
-    run_step(&what, Command::new("apt-get").args(args))
+    run_step(
+        &format!("rustup target add {ARM64_TARGET} (for the arm64 guests)"),
+        Command::new("rustup").args(["target", "add", ARM64_TARGET, "--toolchain", toolchain.name]),
+    )
+    .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))
 }
 
-/// The path of `command` on PATH, if it is installed.
-pub fn which(command: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(command))
-        .find(|path| path.is_file())
+/// Links a static arm64 C program the way the test binaries will be linked, so that a missing
+/// C library or start file is named now, not after minutes of building.
+fn check_cross_linking(vm_dir: &Path) -> anyhow::Result<()> {
+    let dir = vm_dir.join("cross-check");
+    fs::create_dir_all(&dir)?;
+    let source = dir.join("check.c");
+    fs::write(&source, "int main(void) { return 0; }\n")?;
+    let output = Command::new(ARM64_LINKER)
+        .arg("-static")
+        .arg("-o")
+        .arg(dir.join("check"))
+        .arg(&source)
+        .output()
+        .with_context(|| format!("cannot run {ARM64_LINKER}"))?;
+    if !output.status.success() {
+        bail!(
+            "{ARM64_LINKER} cannot link a static arm64 program, so the arm64 test binaries would \
+             not link either: the arm64 C library and start files (crt1.o, libc.a) are missing. \
+             Install them: `apt-get install {}` on Debian or Ubuntu (the package is only a \
+             Recommends of {}), or your distribution's aarch64 glibc for cross-compiling.\n{}",
+            host_packages::ARM64_CROSS_LIBC.name,
+            host_packages::ARM64_CROSS_GCC.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
-/// Builds the kernel tests of every step (`tests/kernel.rs`) as `cargo test` does, and lists their
-/// cases.
+/// Builds the kernel tests of every step (`tests/kernel.rs`) as `cargo test` does (with `cross`,
+/// for arm64), and lists their cases.
 fn build_kernel_tests(
     toolchain: &Toolchain,
     filter: Option<&str>,
-    cross: Option<Arch>,
+    cross: bool,
 ) -> anyhow::Result<Vec<KernelTests>> {
     let mut args = vec![
         "test",
@@ -464,7 +523,7 @@ fn build_kernel_tests(
         "--no-run",
         "--message-format=json-render-diagnostics",
     ];
-    let target = cross.and_then(Arch::rust_target);
+    let target = cross.then_some(ARM64_TARGET);
     if let Some(target) = target {
         args.extend(["--target", target]);
     }
@@ -520,9 +579,9 @@ fn build_kernel_tests(
     if !cargo.wait()?.success() {
         bail!("building the kernel tests failed");
     }
-    if cross.is_some() {
-        // Cross-built binaries do not run here: the caller lists the cases with the host's build.
-        let host = build_kernel_tests(toolchain, filter, None)?;
+    if cross {
+        // Cross-built binaries do not run here: the cases come from this machine's own build.
+        let host = build_kernel_tests(toolchain, filter, false)?;
         for test in &mut tests {
             test.cases = host
                 .iter()
@@ -555,7 +614,7 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
     if let Some(vmlinuz) = find_vmlinuz(&unpacked)? {
         return Ok(vmlinuz);
     }
-    if which("apt-get").is_none() || which("dpkg").is_none() {
+    if which::which("apt-get").is_err() || which::which("dpkg").is_err() {
         bail!(
             "vm-test fetches Debian kernel packages with apt-get and dpkg, which this machine lacks"
         );
@@ -568,34 +627,28 @@ fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Result<PathBuf> 
             format!(
                 "the kernel package {} (from {}, {})",
                 kernel.package,
-                kernel.suite.unwrap_or("this machine's Debian release"),
+                kernel.suite,
                 kernel.arch.debian()
             )
         })?;
     find_vmlinuz(&unpacked)?.with_context(|| format!("no boot/vmlinuz-* in {}", kernel.package))
 }
 
-/// apt options that read another Debian suite's package lists, kept apart from the host's (in
-/// `target/vm/apt/SUITE`), or none for the host's own sources.
+/// apt options that read a Debian suite's package lists for one CPU, kept apart from this
+/// machine's own sources (in `target/vm/apt/SUITE-ARCH`), so that nothing is installed and the
+/// same packages come on any host.
 struct AptSources {
     options: Vec<String>,
 }
 
 impl AptSources {
-    /// The host's own sources for a kernel of its own suite and CPU; else lists of their own.
-    fn for_guest(suite: Option<&str>, arch: Arch, vm_dir: &Path) -> anyhow::Result<Self> {
-        if suite.is_none() && arch == Arch::X86_64 {
-            return Ok(Self {
-                options: Vec::new(),
-            });
-        }
-        let suite = suite.map_or_else(host_suite, |suite| Ok(suite.to_string()))?;
+    fn for_guest(suite: &str, arch: Arch, vm_dir: &Path) -> anyhow::Result<Self> {
         let dir = vm_dir
             .join("apt")
             .join(format!("{suite}-{}", arch.debian()));
         fs::create_dir_all(dir.join("lists/partial"))?;
         fs::create_dir_all(dir.join("archives/partial"))?;
-        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let keyring = host_packages::DEBIAN_KEYRING_FILE;
         let list = dir.join("sources.list");
         fs::write(
             &list,
@@ -652,24 +705,16 @@ impl AptSources {
     }
 }
 
-/// This machine's Debian release (`bookworm`), whose arm64 packages the arm64 guests use.
-fn host_suite() -> anyhow::Result<String> {
-    fs::read_to_string("/etc/os-release")?
-        .lines()
-        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
-        .map(|name| name.trim_matches('"').to_string())
-        .context("cannot tell this machine's Debian release from /etc/os-release")
-}
-
-/// The arm64 busybox, from Debian's `busybox-static` package, unpacked once into `target/vm/`.
-fn arm64_busybox(vm_dir: &Path) -> anyhow::Result<PathBuf> {
-    let dir = vm_dir.join("busybox-arm64");
+/// The guest's userland: busybox from Debian's `busybox-static` package for the guest's CPU
+/// (statically linked), unpacked once into `target/vm/`.
+fn guest_busybox(arch: Arch, vm_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = vm_dir.join(format!("busybox-{}", arch.debian()));
     let busybox = dir.join("root/bin/busybox");
     if busybox.exists() {
         return Ok(busybox);
     }
     fs::create_dir_all(&dir)?;
-    AptSources::for_guest(None, Arch::Arm64, vm_dir)?.download_and_unpack(
+    AptSources::for_guest(DEFAULT_SUITE, arch, vm_dir)?.download_and_unpack(
         "busybox-static",
         &dir,
         &dir.join("root"),
@@ -736,6 +781,7 @@ poweroff -f
 /// them) and the shared libraries all of them need into an uncompressed cpio archive.
 fn build_initramfs(
     kernel: &GuestKernel,
+    build: GuestBuild,
     tests: &[KernelTests],
     dir: &Path,
     vm_dir: &Path,
@@ -745,19 +791,16 @@ fn build_initramfs(
         fs::remove_dir_all(&staging)?;
     }
     fs::create_dir_all(&staging)?;
-    // x86-64 binaries take their shared libraries along; arm64 ones are static.
-    let copy = |binary: &Path, inside: Option<&Path>| match kernel.arch {
-        Arch::X86_64 => copy_with_libraries(binary, &staging, inside),
-        Arch::Arm64 => copy_into(binary, &staging, inside.unwrap_or(binary)),
+    // Native binaries take their shared libraries along; cross-built ones are static.
+    let copy = |binary: &Path, inside: Option<&Path>| match build {
+        GuestBuild::CrossArm64 => copy_into(binary, &staging, inside.unwrap_or(binary)),
+        _ => copy_with_libraries(binary, &staging, inside),
     };
-    let busybox = match kernel.arch {
-        Arch::X86_64 => which("busybox").context("busybox is not installed")?,
-        Arch::Arm64 => arm64_busybox(vm_dir)?,
-    };
-    copy(&busybox, Some(Path::new("/bin/busybox")))?;
-    let release = match kernel.arch.rust_target() {
-        None => target_dir().join("release"),
-        Some(target) => target_dir().join(target).join("release"),
+    let busybox = guest_busybox(kernel.arch, vm_dir)?;
+    copy_into(&busybox, &staging, Path::new("/bin/busybox"))?;
+    let release = match build {
+        GuestBuild::CrossArm64 => target_dir().join(ARM64_TARGET).join("release"),
+        _ => target_dir().join("release"),
     };
     let mut cases = String::new();
     for test in tests {
@@ -861,10 +904,10 @@ fn kvm_boots(vmlinuz: &Path, vm_dir: &Path) -> anyhow::Result<bool> {
     let staging = dir.join("initramfs");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&staging)?;
-    copy_with_libraries(
-        &which("busybox").context("busybox is not installed")?,
+    copy_into(
+        &guest_busybox(Arch::X86_64, vm_dir)?,
         &staging,
-        Some(Path::new("/bin/busybox")),
+        Path::new("/bin/busybox"),
     )?;
     let init = staging.join("init");
     fs::write(
@@ -1120,6 +1163,28 @@ mod tests {
         assert_eq!(results[0].output, "running 1 test\ntest a ... ok\n");
         assert!(!results[1].passed);
         assert_eq!(results[1].output, "boom\n");
+    }
+
+    #[test]
+    fn each_host_builds_its_own_guests_natively_and_cross_builds_arm64_only_from_x86_64() {
+        use GuestBuild::*;
+        assert_eq!(GuestBuild::for_guest(Arch::X86_64, Arch::X86_64), Native);
+        assert_eq!(GuestBuild::for_guest(Arch::X86_64, Arch::Arm64), CrossArm64);
+        assert_eq!(GuestBuild::for_guest(Arch::Arm64, Arch::Arm64), Native);
+        assert_eq!(GuestBuild::for_guest(Arch::Arm64, Arch::X86_64), NotHere);
+        assert_eq!(Arch::of_host("x86_64"), Some(Arch::X86_64));
+        assert_eq!(Arch::of_host("aarch64"), Some(Arch::Arm64));
+        assert_eq!(Arch::of_host("riscv64"), None);
+    }
+
+    #[test]
+    fn an_arm64_host_runs_the_arm64_guests_and_skips_the_others() {
+        let (run, skipped) = kernels_for_host(Arch::Arm64, GUEST_KERNELS.to_vec());
+        assert!(!run.is_empty() && run.iter().all(|kernel| kernel.arch == Arch::Arm64));
+        assert!(!skipped.is_empty() && skipped.iter().all(|kernel| kernel.arch == Arch::X86_64));
+        let (run, skipped) = kernels_for_host(Arch::X86_64, GUEST_KERNELS.to_vec());
+        assert_eq!(run.len(), GUEST_KERNELS.len());
+        assert!(skipped.is_empty());
     }
 
     #[test]
