@@ -51,7 +51,7 @@ pub const IPPROTO_MPTCP: u16 = 262;
 /// kernels (and calls it for its subflow on older ones).
 pub const MPTCP_LISTEN_FUNCTION: &str = "mptcp_listen";
 
-/// The system call's tracepoints, in the `syscalls` group, which lesson 4 pairs with
+/// The system call's tracepoints, in the `syscalls` group, which lesson 5 pairs with
 /// `inet_sock_set_state` to see the end of each call.
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter_listen";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit_listen";
@@ -93,7 +93,7 @@ pub struct SockOffsets {
     pub net_ns_inum: u32,
     /// `struct net`: `core.sysctl_somaxconn`, the cap `listen()` puts on a backlog.
     pub net_somaxconn: u32,
-    /// From a file descriptor to its socket, for the end of a `listen()` system call (lesson 4):
+    /// From a file descriptor to its socket, for the end of a `listen()` system call (lesson 5):
     /// `struct task_struct`: `files`.
     pub task_files: u32,
     /// `struct files_struct`: `fdt`, the table of open files.
@@ -136,7 +136,7 @@ impl SockOffsets {
 pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
 
 // ANCHOR: listen_event
-/// One `listen()`, as lesson 4's kernel side sends it through the perf buffer and its userspace side
+/// One `listen()`, as lesson 5's kernel side sends it through the perf buffer and its userspace side
 /// reads it back: the one definition both sides compile, so they cannot disagree on the layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,18 +175,46 @@ pub const ATTACH_KPROBE: u8 = 1;
 pub const ATTACH_FENTRY: u8 = 2;
 pub const ATTACH_TRACEPOINT: u8 = 3;
 
-/// Lesson 4's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
+/// Lesson 5's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
 /// Events a perf buffer had no room for.
 pub const COUNTER_DROPPED: u32 = 0;
 /// Calls whose socket could not be read (a failed `bpf_probe_read_kernel`).
 pub const COUNTER_UNREADABLE: u32 = 1;
-/// Calls whose end was never seen: a kretprobe that did not fire (its `maxactive` was exceeded), or
-/// an entry that the next call of the same thread replaced.
+/// Calls whose end was never seen: a kretprobe that did not fire (its `maxactive` was exceeded),
+/// an entry that the next call of the same thread replaced, or one the full map of calls refused.
 pub const COUNTER_END_MISSED: u32 = 2;
+/// `listen()` system calls whose file descriptor named another file at the exit than at the entry
+/// (another thread closed it or `dup2`ed over it meanwhile): not reported, since the socket at the
+/// exit is not the one that listened.
+pub const COUNTER_FD_CHANGED: u32 = 3;
 /// How many counters there are.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 4;
 
-/// Lesson 4's filters, applied in the kernel; 0 keeps every value.
+/// A `listen()` on its way, kept by lesson 5's entry program for its return program, per thread:
+/// the arguments of `inet_listen()` or `mptcp_listen()` (`sock` is the `struct socket *`), or of
+/// the system call (`sock` is the file descriptor, `file` the `struct file *` it named at the
+/// entry). The padding is explicit, so that no byte of a map value is left uninitialised.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenCall {
+    pub sock: u64,
+    pub file: u64,
+    pub backlog: u32,
+    pub padding: u32,
+}
+
+impl ListenCall {
+    pub const fn new(sock: u64, backlog: u32) -> Self {
+        Self {
+            sock,
+            file: 0,
+            backlog,
+            padding: 0,
+        }
+    }
+}
+
+/// Lesson 5's filters, applied in the kernel; 0 keeps every value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenFilter {
@@ -194,10 +222,16 @@ pub struct ListenFilter {
     pub pid: u32,
     /// Only this network namespace (`--netns`).
     pub netns: u32,
+    /// Only this local port (`--port`).
+    pub port: u32,
 }
 
 impl ListenFilter {
-    pub const ANY: Self = Self { pid: 0, netns: 0 };
+    pub const ANY: Self = Self {
+        pid: 0,
+        netns: 0,
+        port: 0,
+    };
 }
 
 /// The name of the eBPF program's global that holds the [`ListenFilter`].
@@ -226,6 +260,8 @@ unsafe impl aya::Pod for SockOffsets {}
 unsafe impl aya::Pod for ListenFilter {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenCall {}
 
 // A panic cannot unwind in the kernel: the verifier rejects any path that could reach this, so it
 // only has to exist for the eBPF programs to link.

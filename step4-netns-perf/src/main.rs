@@ -1,41 +1,41 @@
 //! Lesson 4, userspace side: lesson 3's life cycle, with structured events read from a perf buffer
-//! instead of log lines. It is taught in two parts, and this file follows them:
-//!
-//! 1. events through a perf buffer: take the `EVENTS` map, open one buffer per CPU, watch each
-//!    with tokio, copy each sample out as a `ListenEvent` (which now carries the network
-//!    namespace), and count what was lost;
-//! 2. what makes it a tool: filters the kernel applies (`--pid`, `--netns`), return probes that
-//!    see `listen()`'s result, and JSON output (in `output.rs`).
+//! instead of log lines: take the `EVENTS` map, open one buffer per CPU, watch each with tokio,
+//! copy each sample out as a `ListenEvent` (which now carries the network namespace), print it as
+//! a table row, and count what the kernel could not fit in a buffer.
 
-mod output;
+// The event struct, from the file the kernel side compiles too.
+#[path = "../ebpf/src/event.rs"]
+mod event;
 
-use std::{fmt, io, mem::size_of, ptr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ptr,
+};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        MapData, PerCpuArray, PerfEventArray,
+        MapData, PerfEventArray,
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
-    programs::Program,
+    programs::{FEntry, KProbe, Program, RawTracePoint},
     util::online_cpus,
 };
-use clap::Parser;
+use clap::Parser as _;
 use common::{
-    COUNTER_DROPPED, COUNTER_END_MISSED, COUNTER_UNREADABLE, LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION,
-    ListenEvent, ListenFilter, MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL,
-    STATE_TRACEPOINT, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
-    SYSCALL_ENTER_TRACEPOINT, SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SockOffsets,
+    AF_INET6, LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
     user::{
-        AttachMode, AttachPath, Options, Report, StopReason, StopSignals, attached_line,
-        check_privileges, check_tracepoint_field, explain_attach_failure, explain_load_failure,
-        lift_memlock_limit, mount_tracefs, no_path_attached,
+        AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
+        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
     },
 };
+use event::ListenEvent;
 use futures_util::future::select_all;
-use output::EventSink;
 use tokio::io::{Interest, unix::AsyncFd};
+
+// SAFETY: `repr(C)`, integers and byte arrays, no padding: any bytes are a valid value.
+unsafe impl aya::Pod for ListenEvent {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -46,43 +46,62 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     "-ebpf"
 ));
 
+/// How many pages each CPU's ring of the perf buffer has (a power of two).
+const PAGES_PER_CPU: usize = 64;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
-    let cli = Cli::parse();
+    let options = Options::parse(); // --attach auto|kprobe|fentry|tracepoint, --duration SECS
 
-    // 1. Load the object, with this kernel's struct offsets written into it (lesson 2) and, new
-    //    (part 2), the filters the kernel side applies before it sends anything.
+    // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3).
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = SockOffsets::of_running_kernel()?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
-    let filter = ListenFilter {
-        pid: cli.pid.unwrap_or(0),
-        netns: cli.netns.unwrap_or(0),
-    };
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
-        .override_global(LISTEN_FILTER_SYMBOL, &filter, true)
         .load(EBPF_OBJECT)
         .map_err(explain_load_failure)?;
 
-    // 2. New (part 1): one perf buffer per CPU, instead of aya-log's ring of log records.
-    let mut events = PerfBuffers::open(&mut ebpf, cli.buffer_pages, cli.batch_pause)?;
+    // 2. New: one perf buffer per CPU, instead of aya-log's ring of log records. Opened before
+    //    attaching, so that no event is missed.
+    let (_events, mut buffers) = open_perf_buffers(&mut ebpf)?;
 
-    // 3. Attach: the first path in `--attach` that this kernel accepts, now with return probes.
-    let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
+    // 3. Attach: the first path in `--attach` that this kernel accepts (see below).
+    let path = attach_first_path_that_works(&mut ebpf, options.attach)?;
 
-    // 4. Print each event as a table row or a JSON line (part 2) until Ctrl-C, SIGTERM, the end
-    //    of `--duration`, or a closed output.
-    let mut sink: Box<dyn EventSink> = if cli.json {
-        Box::new(output::JsonLines::new(io::stdout()))
-    } else {
-        Box::new(output::Table::new(io::stdout())?)
-    };
-    let mut stop = StopSignals::install(cli.options.duration)?;
+    // 4. Print each event as a table row, until Ctrl-C, SIGTERM or the end of `--duration`.
+    let mut stop = StopSignals::install(options.duration)?;
+    println!(
+        "{:<7} {:<16} {:<11} {:<8} {:<40} PORT",
+        "PID", "COMM", "NETNS", "BACKLOG", "ADDR"
+    );
     eprintln!("{READY_LINE}");
-    let reason = events.read_until_stopped(&mut sink, &mut stop).await?;
-    eprintln!("{}", events.counts(calls_left(&ebpf)?)?);
+    let mut counts = Counts::default();
+    let reason = loop {
+        // Wait, in the runtime's epoll, until one CPU's ring has something (or a stop).
+        let any_ready = select_all(
+            buffers
+                .iter_mut()
+                .map(|buffer| Box::pin(buffer.readable_mut())),
+        );
+        tokio::select! {
+            reason = stop.wait() => break reason,
+            (ready, _, _) = any_ready => {
+                let mut ready = ready.context("cannot wait for the perf buffers")?;
+                // Cleared before reading: an event that arrives while we read wakes us again.
+                ready.clear_ready();
+                print_events(ready.get_inner_mut(), &mut counts);
+            }
+        }
+    };
+    for buffer in &mut buffers {
+        print_events(buffer.get_mut(), &mut counts); // what arrived before the stop
+    }
+    eprintln!(
+        "{} events received, {} lost (the kernel had no room for them in a CPU's buffer)",
+        counts.received, counts.lost
+    );
 
     // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
     drop(ebpf);
@@ -91,186 +110,55 @@ async fn main() -> Result<(), Report> {
 }
 // ANCHOR_END: main
 
-// Part 1: events through a perf buffer.
-
 // ANCHOR: perf_open
-/// The perf buffer: one ring per online CPU, each shared with the kernel through mmap and watched
-/// with tokio's `AsyncFd`. A program writes to the ring of the CPU it runs on; when a ring is full,
-/// the sample is dropped.
-struct PerfBuffers {
-    // Keeps the map's fd; the buffers are registered in it.
-    _events: PerfEventArray<MapData>,
-    /// The kernel side's counters of what did not become an event (`common::COUNTER_*`).
-    counters: PerCpuArray<MapData, u64>,
-    buffers: Vec<(u32, PerfEventArrayBuffer)>,
-    pages: usize,
-    /// `--batch-pause`: how long events gather after a wake-up before the rings are drained.
-    batch_pause: Duration,
+/// Takes the `EVENTS` map out of the object and opens a buffer for each online CPU: a ring of
+/// `PAGES_PER_CPU` pages that the kernel and we share through mmap, registered in the map at that
+/// CPU's index. A program writes to the ring of the CPU it runs on. Each buffer is watched with
+/// tokio's `AsyncFd`: the kernel wakes its fd when an event arrives.
+fn open_perf_buffers(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<(PerfEventArray<MapData>, Vec<AsyncFd<PerfEventArrayBuffer>>)> {
+    let mut events = PerfEventArray::try_from(
+        ebpf.take_map("EVENTS")
+            .context("the eBPF object has no map EVENTS")?,
+    )?;
+    let cpus = online_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
+    let mut buffers = Vec::with_capacity(cpus.len());
+    for cpu in cpus {
+        let buffer = PerfEventArrayBuffer::open(cpu, PAGES_PER_CPU)
+            .with_context(|| format!("cannot open a perf buffer on CPU {cpu}"))?;
+        events.set(cpu, &buffer)?;
+        // SAFETY: the buffer owns its perf fd and keeps it open for as long as the `AsyncFd` lives.
+        let watched = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }
+            .context("cannot watch a perf buffer")?;
+        buffers.push(watched);
+    }
+    // The map must stay open too: the kernel side writes through it.
+    Ok((events, buffers))
+}
+// ANCHOR_END: perf_open
+
+// ANCHOR: perf_read
+/// How many events arrived, and how many the kernel dropped because a ring was full.
+#[derive(Default)]
+struct Counts {
     received: u64,
+    lost: u64,
 }
 
-impl PerfBuffers {
-    /// Takes the `EVENTS` map of the object and opens a buffer of `pages` pages (a power of two)
-    /// for each online CPU, registered in the map at that CPU's index.
-    fn open(ebpf: &mut Ebpf, pages: usize, batch_pause: Duration) -> anyhow::Result<Self> {
-        let mut events = PerfEventArray::try_from(
-            ebpf.take_map("EVENTS")
-                .context("the eBPF object has no map EVENTS")?,
-        )?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .context("the eBPF object has no map COUNTERS")?,
-        )?;
-        let cpus = online_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
-        let mut buffers = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
-            let buffer = PerfEventArrayBuffer::open(cpu, pages).with_context(|| {
-                format!("cannot open a perf buffer of {pages} pages on CPU {cpu}")
-            })?;
-            events.set(cpu, &buffer)?;
-            buffers.push((cpu, buffer));
+/// Prints every event waiting in `buffer` as a row. The kernel reports the events it had to drop as
+/// a count, in the ring itself, once there is room again.
+fn print_events(buffer: &mut PerfEventArrayBuffer, counts: &mut Counts) {
+    buffer.for_each(|sample| match sample {
+        PerfEvent::Sample { head, tail } => {
+            counts.received += 1;
+            print_row(&event_from(head, tail));
         }
-        Ok(Self {
-            _events: events,
-            counters,
-            buffers,
-            pages,
-            batch_pause,
-            received: 0,
-        })
-    }
-    // ANCHOR_END: perf_open
-
-    // ANCHOR: perf_read
-    /// Hands every event to `sink` until `stop` fires or the sink fails (a closed pipe ends the
-    /// run quietly). Returns why it stopped.
-    async fn read_until_stopped(
-        &mut self,
-        sink: &mut impl EventSink,
-        stop: &mut StopSignals,
-    ) -> anyhow::Result<StopReason> {
-        let reason = loop {
-            // Wait, in the runtime's epoll, until a ring has something (or a stop).
-            let watched = self
-                .buffers
-                .drain(..)
-                .map(|(cpu, buffer)| {
-                    // SAFETY: the buffer owns its perf fd and keeps it open until `into_inner`.
-                    let watched =
-                        unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) };
-                    Ok((cpu, watched?))
-                })
-                .collect::<io::Result<Vec<_>>>()
-                .context("cannot watch the perf buffers")?;
-            // A perf buffer reports a wake-up only once: one that came while it was out of the
-            // epoll set may be used up by registering it again. So look into the rings first.
-            let arrived_meanwhile = watched
-                .iter()
-                .any(|(_, buffer)| buffer.get_ref().readable());
-            let stopped = if arrived_meanwhile {
-                None
-            } else {
-                let any_readable = select_all(
-                    watched
-                        .iter()
-                        .map(|(_, buffer)| Box::pin(buffer.readable())),
-                );
-                tokio::select! {
-                    reason = stop.wait() => Some(reason),
-                    (ready, _, _) = any_readable => {
-                        ready.context("cannot wait for the perf buffers")?.clear_ready();
-                        None
-                    }
-                }
-            };
-            // Out of the epoll set again: while events gather, a new one wakes nobody, which
-            // spares the program that called listen() a wake-up of this thread on another CPU for
-            // every event. Each buffer is watched afresh on the next turn, ready or not.
-            self.buffers = watched
-                .into_iter()
-                .map(|(cpu, buffer)| (cpu, buffer.into_inner()))
-                .collect();
-            if let Some(reason) = stopped {
-                break reason;
-            }
-            // `--batch-pause`: let events gather before draining; a stop ends the pause at once.
-            let paused_until_stop = tokio::select! {
-                reason = stop.wait() => Some(reason),
-                () = tokio::time::sleep(self.batch_pause) => None,
-            };
-            if let Err(error) = self.drain(sink) {
-                break closed_or_fail(error)?;
-            }
-            if let Some(reason) = paused_until_stop {
-                break reason;
-            }
-        };
-        // What arrived before the stop.
-        if let Err(error) = self.drain(sink) {
-            closed_or_fail(error)?;
+        PerfEvent::Lost { count } => {
+            counts.lost += count;
+            eprintln!("lost {count} events: a CPU's perf buffer was full");
         }
-        Ok(reason)
-    }
-
-    /// Hands every sample waiting in every buffer to `sink`, copying each out of the ring once.
-    fn drain(&mut self, sink: &mut impl EventSink) -> io::Result<()> {
-        let mut result = Ok(());
-        for (cpu, buffer) in &mut self.buffers {
-            let mut lost_now = 0;
-            buffer.for_each(|sample| match sample {
-                PerfEvent::Sample { head, tail } => {
-                    if result.is_ok() {
-                        self.received += 1;
-                        result = sink.write(&event_from(head, tail));
-                    }
-                }
-                PerfEvent::Lost { count } => lost_now += count,
-            });
-            if lost_now > 0 {
-                eprintln!(
-                    "lost {lost_now} events on CPU {cpu}: its perf buffer ({} pages) was full",
-                    self.pages
-                );
-            }
-        }
-        result.and_then(|()| sink.flush())
-    }
-    // ANCHOR_END: perf_read
-
-    /// How many events arrived, and what the kernel side counted as not sent: dropped per CPU,
-    /// unreadable, and calls whose end was missed (`calls_left`: those still waiting for theirs).
-    fn counts(&self, calls_left: u64) -> anyhow::Result<EventCounts> {
-        let counter = |index| {
-            self.counters
-                .get(&index, 0)
-                .context("cannot read the kernel side's counters")
-        };
-        let dropped = counter(COUNTER_DROPPED)?;
-        Ok(EventCounts {
-            received: self.received,
-            lost: dropped
-                .iter()
-                .enumerate()
-                .filter(|(_, lost)| **lost > 0)
-                .map(|(cpu, lost)| (cpu as u32, *lost))
-                .collect(),
-            unreadable: counter(COUNTER_UNREADABLE)?.iter().sum(),
-            end_missed: counter(COUNTER_END_MISSED)?.iter().sum::<u64>() + calls_left,
-        })
-    }
-}
-
-/// The calls still waiting for their end in the kernel side's maps: a return that never came.
-fn calls_left(ebpf: &Ebpf) -> anyhow::Result<u64> {
-    let mut left = 0;
-    for name in ["CALLS", "MPTCP_CALLS"] {
-        let map = ebpf
-            .map(name)
-            .with_context(|| format!("the eBPF object has no map {name}"))?;
-        let calls = aya::maps::HashMap::<_, u64, [u8; 16]>::try_from(map)?;
-        left += calls.keys().count() as u64;
-    }
-    Ok(left)
+    });
 }
 
 /// A sample's bytes, `head` then `tail` (non-empty when the sample wraps around the end of the
@@ -285,55 +173,33 @@ fn event_from(head: &[u8], tail: &[u8]) -> ListenEvent {
     unsafe { ptr::read_unaligned(bytes.as_ptr().cast()) }
 }
 
-fn closed_or_fail(error: io::Error) -> anyhow::Result<StopReason> {
-    if error.kind() == io::ErrorKind::BrokenPipe {
-        Ok(StopReason::OutputClosed)
+/// One row of the table: the fields of the event, the address and name as people read them.
+fn print_row(event: &ListenEvent) {
+    let addr: IpAddr = if event.family == AF_INET6 {
+        Ipv6Addr::from(event.addr).into()
     } else {
-        Err(anyhow::Error::new(error).context("cannot write the events"))
-    }
+        let [a, b, c, d, ..] = event.addr;
+        Ipv4Addr::new(a, b, c, d).into()
+    };
+    // The thread's name, up to its first NUL. Any bytes can be a name (`prctl(PR_SET_NAME)`), so
+    // they are read as UTF-8 lossily, never assumed to be text.
+    let name = event
+        .comm
+        .split(|&byte| byte == 0)
+        .next()
+        .unwrap_or_default();
+    let comm = String::from_utf8_lossy(name);
+    println!(
+        "{:<7} {:<16} {:<11} {:<8} {:<40} {}",
+        event.pid,
+        comm,
+        event.netns,
+        event.backlog,
+        addr.to_string(),
+        event.port
+    );
 }
-
-/// How many events arrived and how many the kernel dropped, per CPU.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct EventCounts {
-    received: u64,
-    /// `(cpu, lost)` for each CPU that lost events.
-    lost: Vec<(u32, u64)>,
-    /// Calls whose socket could not be read.
-    unreadable: u64,
-    /// Calls whose end was never seen.
-    end_missed: u64,
-}
-
-impl fmt::Display for EventCounts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total_lost: u64 = self.lost.iter().map(|(_, lost)| lost).sum();
-        write!(f, "{} events received, {total_lost} lost", self.received)?;
-        if !self.lost.is_empty() {
-            let per_cpu: Vec<_> = self
-                .lost
-                .iter()
-                .map(|(cpu, lost)| format!("CPU {cpu}: {lost}"))
-                .collect();
-            write!(
-                f,
-                " ({}; a larger --buffer-pages keeps more)",
-                per_cpu.join(", ")
-            )?;
-        }
-        if self.unreadable > 0 {
-            write!(
-                f,
-                "; {} calls whose socket could not be read",
-                self.unreadable
-            )?;
-        }
-        if self.end_missed > 0 {
-            write!(f, "; {} calls whose end was not seen", self.end_missed)?;
-        }
-        Ok(())
-    }
-}
+// ANCHOR_END: perf_read
 
 // ANCHOR: attach
 /// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the
@@ -342,14 +208,12 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Re
     let mut failures = Vec::new();
     for &path in mode.candidates() {
         match load_and_attach(ebpf, path) {
-            Ok(attached) => {
-                eprintln!("{}", attached_line(path, &attached));
+            Ok(program) => {
+                eprintln!("{}", attached_line(path, &[program]));
                 return Ok(path);
             }
             Err(error) => {
-                // Only the programs in use stay in the kernel.
-                unload(ebpf, programs(path));
-                unload(ebpf, mptcp_programs(path));
+                unload(ebpf, path); // only the program in use stays in the kernel
                 let reason = explain_attach_failure(path, &error);
                 eprintln!("{path}: not available: {reason}");
                 failures.push((path, reason));
@@ -359,296 +223,94 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Re
     Err(no_path_attached(mode, &failures))
 }
 
-/// Where a program of the kernel side is attached.
-#[derive(Clone, Copy)]
-enum Hook {
-    /// A kernel function: kprobe or kretprobe, fentry or fexit (the object says which).
-    Function(&'static str),
-    /// A tracepoint of the `syscalls` group (a perf-event tracepoint: tracefs must be mounted).
-    Syscall(&'static str),
-    /// A raw tracepoint.
-    RawTracepoint(&'static str),
-}
-
-/// The kernel side's programs for each path (`ebpf/src/main.rs`) and where each goes. New (part 2):
-/// every path follows each call to its end, to see `listen()`'s result and the final port.
-fn programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
+/// The kernel side's function for each path (`ebpf/src/main.rs`).
+fn program_name(path: AttachPath) -> &'static str {
     match path {
-        AttachPath::Kprobe => &[
-            ("listen_kprobe", Hook::Function(LISTEN_FUNCTION)),
-            ("listen_kretprobe", Hook::Function(LISTEN_FUNCTION)),
-        ],
-        AttachPath::Fentry => &[("listen_fexit", Hook::Function(LISTEN_FUNCTION))],
-        // The system call's entry and exit see every call to its end; the state change sees a
-        // socket that starts listening without one.
-        AttachPath::Tracepoint => &[
-            ("listen_sys_enter", Hook::Syscall(SYSCALL_ENTER_TRACEPOINT)),
-            ("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),
-            ("listen_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
-        ],
+        AttachPath::Kprobe => "listen_kprobe",
+        AttachPath::Fentry => "listen_fentry",
+        AttachPath::Tracepoint => "listen_tracepoint",
     }
 }
 
-/// MPTCP sockets listen through `mptcp_listen()`, not `inet_listen()`: the kprobe and fentry paths
-/// hook it too, where the kernel has MPTCP. (The tracepoint path sees their system calls.)
-fn mptcp_programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
-    match path {
-        AttachPath::Kprobe => &[
-            ("mptcp_kprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-            ("mptcp_kretprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-        ],
-        AttachPath::Fentry => &[
-            ("mptcp_fentry", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-            ("mptcp_fexit", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-        ],
-        AttachPath::Tracepoint => &[],
-    }
-}
-
-/// Loads and attaches the programs of `path`, then those for MPTCP where this kernel has it.
-/// Returns the names and the kernel's ids.
-fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
-    if path == AttachPath::Tracepoint {
-        prepare_syscall_tracepoints()?;
-    }
-    let mut attached = load_and_attach_programs(ebpf, programs(path))?;
-    match load_and_attach_programs(ebpf, mptcp_programs(path)) {
-        Ok(mptcp) => attached.extend(mptcp),
-        Err(error) => {
-            unload(ebpf, mptcp_programs(path));
-            eprintln!(
-                "{path}: MPTCP listens are not traced ({MPTCP_LISTEN_FUNCTION}(): {error:#})"
-            );
+/// Looks the program of `path` up in the object, converts it to its type, loads it into the kernel
+/// (where the verifier checks it) and attaches it. Returns its name and the kernel's id for it.
+fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<(&'static str, u32)> {
+    let name = program_name(path);
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    let id = match path {
+        AttachPath::Kprobe => {
+            // The article's hook: a kprobe on the first instruction of inet_listen().
+            let kprobe: &mut KProbe = program.try_into()?;
+            kprobe.load()?;
+            kprobe.attach(LISTEN_FUNCTION, 0)?;
+            kprobe.info()?.id()
         }
-    }
-    Ok(attached)
-}
-
-/// Looks each program up in the object, loads it into the kernel (where the verifier checks it)
-/// and attaches it where its type and hook say.
-fn load_and_attach_programs(
-    ebpf: &mut Ebpf,
-    programs: &[(&'static str, Hook)],
-) -> anyhow::Result<Vec<(&'static str, u32)>> {
-    let mut attached = Vec::new();
-    for &(name, hook) in programs {
-        let program = ebpf
-            .program_mut(name)
-            .with_context(|| format!("the eBPF object has no program {name}"))?;
-        match (program, hook) {
-            // A kprobe or a kretprobe: on the entry of the function, or on its return.
-            (Program::KProbe(kprobe), Hook::Function(function)) => {
-                kprobe.load()?;
-                kprobe.attach(function, 0)?;
-            }
-            // The trampoline's entry hook, and its return hook, which sees the arguments and the
-            // result together.
-            (Program::FEntry(fentry), Hook::Function(function)) => {
-                fentry.load(function, &Btf::from_sys_fs()?)?;
-                fentry.attach()?;
-            }
-            (Program::FExit(fexit), Hook::Function(function)) => {
-                fexit.load(function, &Btf::from_sys_fs()?)?;
-                fexit.attach()?;
-            }
-            (Program::TracePoint(tracepoint), Hook::Syscall(name)) => {
-                tracepoint.load()?;
-                tracepoint.attach("syscalls", name)?;
-            }
-            (Program::RawTracePoint(tracepoint), Hook::RawTracepoint(name)) => {
-                tracepoint.load()?;
-                tracepoint.attach(name)?;
-            }
-            (program, _) => bail!("{name} is a {:?} program", program.prog_type()),
+        AttachPath::Fentry => {
+            // A BPF trampoline: the verifier checks the program against the function's type,
+            // which it finds in the kernel's BTF.
+            let fentry: &mut FEntry = program.try_into()?;
+            fentry.load(LISTEN_FUNCTION, &Btf::from_sys_fs()?)?;
+            fentry.attach()?;
+            fentry.info()?.id()
         }
-        let id = ebpf
-            .program(name)
-            .map_or(Ok(0), |program| program.info().map(|info| info.id()))?;
-        attached.push((name, id));
-    }
-    Ok(attached)
-}
-
-/// Unloads the programs of a path that did not work out (those that never loaded are fine).
-fn unload(ebpf: &mut Ebpf, programs: &[(&'static str, Hook)]) {
-    for &(name, _) in programs {
-        let _ = match ebpf.program_mut(name) {
-            Some(Program::KProbe(kprobe)) => kprobe.unload(),
-            Some(Program::FEntry(fentry)) => fentry.unload(),
-            Some(Program::FExit(fexit)) => fexit.unload(),
-            Some(Program::TracePoint(tracepoint)) => tracepoint.unload(),
-            Some(Program::RawTracePoint(tracepoint)) => tracepoint.unload(),
-            _ => Ok(()),
-        };
-    }
-}
-
-/// The syscall tracepoints are perf-event tracepoints: their ids come from tracefs, which is
-/// mounted here when it is missing. Their fields must sit where the kernel side reads them.
-fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
-    let tracefs = mount_tracefs()?;
-    for (tracepoint, fields) in [
-        (
-            SYSCALL_ENTER_TRACEPOINT,
-            &[
-                ("fd", SYSCALL_ENTER_FD_OFFSET),
-                ("backlog", SYSCALL_ENTER_BACKLOG_OFFSET),
-            ][..],
-        ),
-        (
-            SYSCALL_EXIT_TRACEPOINT,
-            &[("ret", SYSCALL_EXIT_RET_OFFSET)][..],
-        ),
-    ] {
-        let format = tracefs
-            .join("events/syscalls")
-            .join(tracepoint)
-            .join("format");
-        let text = std::fs::read_to_string(&format).with_context(|| {
-            format!(
-                "cannot read {}: this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
-                format.display()
-            )
-        })?;
-        for &(field, offset) in fields {
-            check_tracepoint_field(&text, field, offset)
-                .with_context(|| format!("{}", format.display()))?;
+        AttachPath::Tracepoint => {
+            // A raw tracepoint: the tracepoint's own arguments, without tracefs.
+            let tracepoint: &mut RawTracePoint = program.try_into()?;
+            tracepoint.load()?;
+            tracepoint.attach(STATE_TRACEPOINT)?;
+            tracepoint.info()?.id()
         }
-    }
-    Ok(())
+    };
+    Ok((name, id))
+}
+
+/// Unloads the program of a path that did not work out (a program that never loaded is fine).
+fn unload(ebpf: &mut Ebpf, path: AttachPath) {
+    let _ = match ebpf.program_mut(program_name(path)) {
+        Some(Program::KProbe(kprobe)) => kprobe.unload(),
+        Some(Program::FEntry(fentry)) => fentry.unload(),
+        Some(Program::RawTracePoint(tracepoint)) => tracepoint.unload(),
+        _ => Ok(()),
+    };
 }
 // ANCHOR_END: attach
-
-// Part 2: what makes it a tool.
-
-// ANCHOR: cli
-/// Who starts listening on a TCP port: process, network namespace, address, port, backlog.
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    options: Options,
-    /// Print one JSON object per line instead of a table
-    #[arg(long)]
-    json: bool,
-    /// Only this process (its PID, as `ps` shows it)
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pid: Option<u32>,
-    /// Only this network namespace (N in `net:[N]` from `ls -l /proc/PID/ns/net`)
-    #[arg(long, value_name = "INODE", value_parser = clap::value_parser!(u32).range(1..))]
-    netns: Option<u32>,
-    /// The size of each CPU's perf buffer, in pages (a power of two)
-    #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = power_of_two)]
-    buffer_pages: usize,
-    /// After a wake-up, how long events gather before they are read: fewer wake-ups for the
-    /// programs that call listen(), at the price of this much delay (0: read each at once)
-    #[arg(long, value_name = "MS", default_value = "10", value_parser = milliseconds)]
-    batch_pause: Duration,
-}
-// ANCHOR_END: cli
-
-fn milliseconds(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(ms) if ms <= 1000 => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "`{text}` is not a number of milliseconds from 0 to 1000"
-        )),
-    }
-}
-
-fn power_of_two(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(pages) if pages.is_power_of_two() => Ok(pages),
-        _ => Err(format!(
-            "`{text}` is not a power of two (1, 2, 4, … 256, …)"
-        )),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_parse_and_bad_values_are_refused() {
-        let cli = Cli::try_parse_from(["step4", "--json", "--pid", "42", "--netns", "4026531840"])
-            .unwrap();
-        assert!(cli.json);
-        assert_eq!(
-            (cli.pid, cli.netns, cli.buffer_pages),
-            (Some(42), Some(4026531840), 256)
-        );
-        let error = Cli::try_parse_from(["step4", "--buffer-pages", "3"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("`3` is not a power of two"), "{error}");
-        assert_eq!(cli.batch_pause, Duration::from_millis(10));
-        let cli = Cli::try_parse_from(["step4", "--batch-pause", "0"]).unwrap();
-        assert_eq!(cli.batch_pause, Duration::ZERO);
-        let error = Cli::try_parse_from(["step4", "--batch-pause", "5s"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("not a number of milliseconds"), "{error}");
-        assert!(Cli::try_parse_from(["step4", "--pid", "0"]).is_err());
-        assert!(Cli::try_parse_from(["step4", "--pid", "x"]).is_err());
-    }
-
     fn sample_event() -> ListenEvent {
         ListenEvent {
             pid: 4321,
-            tid: 4322,
             netns: 4026531840,
             backlog: 7,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"xtask\0\0\0\0\0\0\0\0\0\0\0",
-            result: -22,
             port: 4242,
             family: common::AF_INET,
-            attach: common::ATTACH_KPROBE,
-            has_result: 1,
-            protocol: common::IPPROTO_TCP,
         }
     }
 
-    /// The bytes the kernel puts in the ring for `event`: the struct, then its padding to 8 bytes.
-    fn bytes_of(event: &ListenEvent) -> Vec<u8> {
-        // SAFETY: plain data; reading its bytes is fine.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(ptr::from_ref(event).cast::<u8>(), size_of::<ListenEvent>())
-        };
-        let mut padded = bytes.to_vec();
-        padded.extend([0xee; 4]);
-        padded
+    #[test]
+    fn the_event_has_no_padding() {
+        assert_eq!(size_of::<ListenEvent>(), 3 * 4 + 16 + 16 + 2 * 2);
     }
 
     #[test]
     fn a_sample_is_read_exactly_in_one_piece_or_wrapped_around_the_ring() {
         let event = sample_event();
-        let bytes = bytes_of(&event);
-        assert_eq!(event_from(&bytes, &[]), event);
+        // SAFETY: plain data; reading its bytes is fine.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(ptr::from_ref(&event).cast::<u8>(), size_of::<ListenEvent>())
+        };
+        let mut padded = bytes.to_vec();
+        padded.extend([0xee; 8]); // the kernel's padding, which is not ours
+        assert_eq!(event_from(&padded, &[]), event);
         for split in [1, 7, 8, 31, 32, size_of::<ListenEvent>() - 1] {
-            let (head, tail) = bytes.split_at(split);
+            let (head, tail) = padded.split_at(split);
             assert_eq!(event_from(head, tail), event, "split at {split}");
         }
-    }
-
-    #[test]
-    fn the_summary_says_where_events_were_lost() {
-        let mut counts = EventCounts {
-            received: 10,
-            lost: vec![(1, 7), (0, 2)],
-            unreadable: 0,
-            end_missed: 0,
-        };
-        assert_eq!(
-            counts.to_string(),
-            "10 events received, 9 lost (CPU 1: 7, CPU 0: 2; a larger --buffer-pages keeps more)"
-        );
-        counts.lost.clear();
-        counts.unreadable = 1;
-        counts.end_missed = 2;
-        assert_eq!(
-            counts.to_string(),
-            "10 events received, 0 lost; 1 calls whose socket could not be read; 2 calls whose end was not seen"
-        );
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: what lesson 4 costs per `listen()`, next to no tracer, exercise 5's ring
+//! `cargo xtask bench`: what lesson 5 costs per `listen()`, next to no tracer, exercise 5's ring
 //! buffer and bpftrace on the same tracepoint, measured side by side in one run; how long a lone
 //! listen takes to show in each; what the others pay; and how fast each step is ready. It writes its
 //! figures to `docs/src/benchmark-results.md`, which both editions' benchmarks page include.
@@ -52,10 +52,10 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    Step4FilteredOut,
-    Step4Table,
-    Step4Json,
-    /// Exercise 5's reference solution: lesson 4 through a BPF ring buffer, `--json`.
+    Step5FilteredOut,
+    Step5Table,
+    Step5Json,
+    /// Exercise 5's reference solution: lesson 5 through a BPF ring buffer, `--json`.
     Exercise5,
     Bpftrace,
 }
@@ -64,9 +64,9 @@ impl Tracer {
     fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step4FilteredOut => "step 4, all filtered in the kernel",
-            Self::Step4Table => "step 4, table to a file",
-            Self::Step4Json => "step 4 --json, to a file",
+            Self::Step5FilteredOut => "step 5, all filtered in the kernel",
+            Self::Step5Table => "step 5, table to a file",
+            Self::Step5Json => "step 5 --json, to a file",
             Self::Exercise5 => "exercise 5 (ring buffer) --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
@@ -74,7 +74,7 @@ impl Tracer {
 
     /// Whether the tracer prints JSON lines (else whitespace-separated words, the pid first).
     fn prints_json(self) -> bool {
-        matches!(self, Self::Step4Json | Self::Exercise5)
+        matches!(self, Self::Step5Json | Self::Exercise5)
     }
 
     /// The tracer's command: `binary` is the lesson's (or the exercise's) program.
@@ -87,9 +87,9 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step4FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table => lesson(&[]),
-            Self::Step4Json | Self::Exercise5 => lesson(&["--json"]),
+            Self::Step5FilteredOut => lesson(&["--pid=1"]),
+            Self::Step5Table => lesson(&[]),
+            Self::Step5Json | Self::Exercise5 => lesson(&["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -112,7 +112,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 4 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 5 does on the same tracepoint: a line per listen.
 const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 
@@ -128,7 +128,7 @@ pub struct Run {
 }
 
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
-    let step4 = lessons::find(4)?;
+    let step5 = lessons::find(5)?;
     lessons::build(toolchain, &lessons::present()?)?;
     let exercise5 = check::build(toolchain, 5, check::Attempt::Solution)?;
     let work = target_dir().join("bench");
@@ -136,9 +136,9 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
 
     let mut tracers = vec![
         Tracer::None,
-        Tracer::Step4FilteredOut,
-        Tracer::Step4Table,
-        Tracer::Step4Json,
+        Tracer::Step5FilteredOut,
+        Tracer::Step5Table,
+        Tracer::Step5Json,
         Tracer::Exercise5,
     ];
     // Measured next to bpftrace when it can be installed; without it otherwise, said below.
@@ -152,10 +152,10 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
             "    bpftrace is not installed: measuring without it (apt-get install bpftrace adds it)"
         );
     }
-    let step4_binary = target_dir().join("release").join(step4.package);
+    let step5_binary = target_dir().join("release").join(step5.package);
     let binary_of = |tracer| match tracer {
         Tracer::Exercise5 => exercise5.as_path(),
-        _ => step4_binary.as_path(),
+        _ => step5_binary.as_path(),
     };
 
     eprintln!(
@@ -187,7 +187,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for &tracer in tracers
         .iter()
-        .filter(|tracer| !matches!(tracer, Tracer::None | Tracer::Step4FilteredOut))
+        .filter(|tracer| !matches!(tracer, Tracer::None | Tracer::Step5FilteredOut))
     {
         let (p50, p99) = measure_latency(tracer, binary_of(tracer))?;
         eprintln!(
@@ -198,8 +198,8 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         );
         latencies.push((tracer, p50, p99));
     }
-    let unrelated = measure_unrelated_syscall(&step4_binary, args.rounds, &work)?;
-    let startup = measure_startup(&step4_binary, bpftrace.is_some())?;
+    let unrelated = measure_unrelated_syscall(&step5_binary, args.rounds, &work)?;
+    let startup = measure_startup(&step5_binary, bpftrace.is_some())?;
     let report = report(args, &tracers, &runs, &latencies, &unrelated, &startup)?;
     let output = workspace_root().join(&args.output);
     fs::write(&output, &report)?;
@@ -309,8 +309,8 @@ fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> 
 const UNRELATED_CALLS: u32 = 2_000_000;
 
 /// Nanoseconds per `getppid()` (a cheap system call that has nothing to do with `listen()`), with no
-/// tracer and with lesson 4 attached on the tracepoint path, alternating: the medians.
-fn measure_unrelated_syscall(step4: &Path, rounds: u32, work: &Path) -> anyhow::Result<(f64, f64)> {
+/// tracer and with lesson 5 attached on the tracepoint path, alternating: the medians.
+fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::Result<(f64, f64)> {
     let getppid_loop = || {
         let started = Instant::now();
         for _ in 0..UNRELATED_CALLS {
@@ -322,13 +322,13 @@ fn measure_unrelated_syscall(step4: &Path, rounds: u32, work: &Path) -> anyhow::
     for round in 1..=rounds {
         untraced.push(getppid_loop());
         let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
-        let mut step = spawn_to_files(Command::new(step4).arg("--attach=tracepoint"), &out, &err)?;
-        wait_until_ready(Tracer::Step4Table, &out, &err)?;
+        let mut step = spawn_to_files(Command::new(step5).arg("--attach=tracepoint"), &out, &err)?;
+        wait_until_ready(Tracer::Step5Table, &out, &err)?;
         traced.push(getppid_loop());
         kill(Pid::from_raw(step.id() as i32), Signal::SIGINT)?;
         step.wait()?;
         eprintln!(
-            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 4 attached",
+            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 5 attached",
             untraced.last().unwrap(),
             traced.last().unwrap()
         );
@@ -374,9 +374,9 @@ fn wait_until_ready(tracer: Tracer, out: &Path, err: &Path) -> anyhow::Result<()
 /// Start-up figures: (what, median seconds).
 type Startup = Vec<(String, f64)>;
 
-/// For each step: exec to its ready line. For step 4 and bpftrace: exec to the first listen() that
+/// For each step: exec to its ready line. For step 5 and bpftrace: exec to the first listen() that
 /// shows up in the output, which is what a user waits for.
-fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
+fn measure_startup(step5: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
     const SAMPLES: usize = 5;
     let mut figures = Vec::new();
     for lesson in lessons::present()? {
@@ -405,7 +405,7 @@ fn measure_startup(step4: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
         ));
         Ok(())
     };
-    first_event("step4-netns-perf", Command::new(step4).arg("--attach=auto"))?;
+    first_event("step5-results", Command::new(step5).arg("--attach=auto"))?;
     if with_bpftrace {
         first_event(
             "bpftrace",
@@ -522,7 +522,7 @@ fn report(
         let lost = median(&mut runs.iter().map(|run| run.lost as f64).collect::<Vec<_>>());
         let received = match tracer {
             Tracer::None => "n/a".to_string(),
-            Tracer::Step4FilteredOut => "none sent (filtered)".to_string(),
+            Tracer::Step5FilteredOut => "none sent (filtered)".to_string(),
             _ => format!("{received:.0} of {}", args.listens),
         };
         let lost = if *tracer == Tracer::None {
@@ -565,7 +565,7 @@ fn report(
     writeln!(text, "| no tracer | {untraced:.1} ns | 1.00x |")?;
     writeln!(
         text,
-        "| lesson 4 attached (tracepoint path) | {traced:.1} ns | {:.2}x |",
+        "| lesson 5 attached (tracepoint path) | {traced:.1} ns | {:.2}x |",
         traced / untraced
     )?;
     writeln!(text, "\n### Start-up (median of 5)\n")?;

@@ -70,13 +70,13 @@ pub const EXERCISES: [Exercise; 5] = [
     Exercise {
         number: 4,
         lesson: 4,
-        title: "a --port filter in the kernel",
-        patch: "4-port-filter.patch",
+        title: "carry the thread id end to end",
+        patch: "4-thread-id.patch",
         page: "lesson-4-netns-perf.md",
     },
     Exercise {
         number: 5,
-        lesson: 4,
+        lesson: 5,
         title: "a ring buffer with batched wake-ups",
         patch: "5-ring-buffer.patch",
         page: "exercise-5-ring-buffer.md",
@@ -155,7 +155,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> any
         1 => check_process_name(binary),
         2 => check_pid(binary),
         3 => check_skc_num(binary),
-        4 => check_port_filter(binary),
+        4 => check_thread_id(binary),
         _ => check_ring_buffer(binary, timings),
     };
     match verdict {
@@ -348,53 +348,48 @@ fn check_skc_num(binary: &Path) -> Result<(), String> {
     )
 }
 
-/// Exercise 4: `--port P` keeps the listens on port P and drops the others, in the kernel.
-fn check_port_filter(binary: &Path) -> Result<(), String> {
-    // A port that is free right now: the kernel gives one, we let it go and ask the filter for it.
-    let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 1)
-        .map_err(|error| format!("{error:#}"))?
-        .local_addr
-        .port();
-    let mut step = start(binary, &["--json", "--port", &port.to_string()])?;
-    let other = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 5)
-        .map_err(|error| format!("{error:#}"))?;
-    let _kept = trigger::listen((Ipv4Addr::LOCALHOST, port).into(), 5)
-        .map_err(|error| format!("{error:#}"))?;
-    if wait_for(&mut step, |line| {
-        line.contains(&format!("\"port\":{port},"))
+/// Exercise 4: a `TID` column after `PID`, with the id of the thread that called listen().
+fn check_thread_id(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &[])?;
+    let (tid, port) = thread::spawn(|| {
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 4)
+            .map_err(|error| format!("{error:#}"))?;
+        Ok::<_, String>((nix::unistd::gettid().as_raw(), listener.local_addr.port()))
     })
-    .is_none()
-    {
+    .join()
+    .map_err(|_| "the listening thread failed".to_string())??;
+    let port = port.to_string();
+    let Some(row) = wait_for(&mut step, |line| {
+        line.split_whitespace().last() == Some(port.as_str())
+    }) else {
         return Err(format!(
-            "the listen on port {port} did not show; the program printed:\n{}",
+            "no row for our listen on port {port}; the program printed:\n{}",
             step.stdout()
         ));
+    };
+    let header = step.stdout().lines().next().unwrap_or_default().to_string();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    let pid = std::process::id().to_string();
+    match (header.split_whitespace().nth(1), columns.get(1)) {
+        (Some("TID"), Some(&seen)) if seen == tid.to_string() && columns[0] == pid => Ok(()),
+        (Some("TID"), seen) => Err(format!(
+            "the TID column of our row says {seen:?}, but the listening thread is {tid} (in \
+             process {pid}): the row is `{row}`"
+        )),
+        _ => Err(format!(
+            "the table has no TID column after PID: the header is `{header}`, and our listen's \
+             row `{row}` should read `{pid} {tid} …`"
+        )),
     }
-    // The events come from one ring per CPU, in no set order: stop the lesson and read everything
-    // it printed before deciding that the other listen was dropped.
-    let finished = step
-        .try_stop(Signal::SIGINT)
-        .map_err(|error| format!("the program did not stop: {error}"))?;
-    let other_port = other.local_addr.port();
-    for line in finished.stdout().lines() {
-        let event: serde_json::Value = serde_json::from_str(line)
-            .map_err(|error| format!("a line that is not JSON ({error}): {line}"))?;
-        if event["port"] == other_port {
-            return Err(format!(
-                "--port {port} let through a listen on port {other_port}"
-            ));
-        }
-    }
-    Ok(())
 }
 
-/// Exercise 5's burst: as many listens as lesson 4's storm test makes.
+/// Exercise 5's burst: as many listens as lesson 5's storm test makes.
 const BURST: usize = 200_000;
 /// Exercise 5's targets: the traced loop's cost next to the untraced one, and a lone listen's delay.
 const MAX_RATIO: f64 = 1.3;
 const MAX_LONE_DELAY: Duration = Duration::from_millis(100);
 
-/// Exercise 5: lesson 4's events through one BPF ring buffer, woken only now and then. Correct:
+/// Exercise 5: lesson 5's events through one BPF ring buffer, woken only now and then. Correct:
 /// every listen of a burst arrives, or the loss is reported. Cheap: the same loop of listens costs
 /// at most `MAX_RATIO` untraced, measured side by side, and a lone listen shows within
 /// `MAX_LONE_DELAY`.

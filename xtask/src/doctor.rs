@@ -145,7 +145,7 @@ fn btf() -> anyhow::Result<Finding> {
         Finding::bad(
             "BTF",
             format!("{KERNEL_BTF} is missing"),
-            "lessons 2 to 4 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
+            "lessons 2 to 5 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
              distribution's is); lesson 1 runs without it",
         )
     })
@@ -211,7 +211,7 @@ fn tracefs() -> Finding {
         if mounted {
             "mounted"
         } else {
-            "not mounted: lesson 4's tracepoint path mounts it itself"
+            "not mounted: lesson 5's tracepoint path mounts it itself"
         },
     )
 }

@@ -130,7 +130,7 @@ pub fn ensure(for_what: &str, packages: &[Package]) -> anyhow::Result<()> {
     let names: Vec<&str> = missing.iter().map(|package| package.name).collect();
     if which::which("apt-get").is_err() {
         bail!(
-            "{for_what} needs {}: install them with your package manager ({})",
+            "{for_what}: {} must be installed; install them with your package manager ({})",
             names.join(", "),
             missing
                 .iter()
@@ -140,7 +140,7 @@ pub fn ensure(for_what: &str, packages: &[Package]) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "    {for_what} needs {}: installing with apt-get",
+        "    {for_what}: installing {} with apt-get",
         names.join(", ")
     );
     apt_get(

@@ -17,7 +17,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 4] = [
+pub const LESSONS: [Lesson; 5] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -37,6 +37,11 @@ pub const LESSONS: [Lesson; 4] = [
         number: 4,
         package: "step4-netns-perf",
         title: "+ the network namespace, through a perf buffer",
+    },
+    Lesson {
+        number: 5,
+        package: "step5-results",
+        title: "+ each call to its end: result, final port, MPTCP, filters, JSON",
     },
 ];
 

@@ -18,6 +18,10 @@ pub struct ListenArgs {
     /// Listen inside a new network namespace (needs root), as a container would
     #[arg(long)]
     pub netns: bool,
+    /// Call listen() on a socket never bound (PORT must be 0): the kernel picks its port during
+    /// listen(), which lessons 3 and 4 see as port 0 and lesson 5 as the final port
+    #[arg(long, conflicts_with = "addr")]
+    unbound: bool,
 }
 
 pub fn run(args: &ListenArgs) -> anyhow::Result<()> {
@@ -26,7 +30,14 @@ pub fn run(args: &ListenArgs) -> anyhow::Result<()> {
     } else {
         trigger::netns_inode()?
     };
-    let listener = trigger::listen((args.addr, args.port).into(), args.backlog)?;
+    let listener = if args.unbound {
+        if args.port != 0 {
+            anyhow::bail!("--unbound listens on a port the kernel picks: give port 0");
+        }
+        trigger::listen_without_bind(trigger::Domain::IPV4, args.backlog)?
+    } else {
+        trigger::listen((args.addr, args.port).into(), args.backlog)?
+    };
     println!(
         "listening on {} with backlog {} (pid {}, network namespace net:[{netns}]{}); Ctrl-C to stop",
         listener.local_addr,

@@ -30,7 +30,7 @@ pub fn run() -> anyhow::Result<Toolchain> {
     ensure_toolchain(&toolchain)?;
     ensure_bpf_linker(&toolchain)?;
     eprintln!(
-        "    [3/3] tracefs: lesson 4 mounts it itself when its tracepoint path needs it (the other paths do not)"
+        "    [3/3] tracefs: lesson 5 mounts it itself when its tracepoint path needs it (the other paths do not)"
     );
     eprintln!(
         "    setup: done in {:.2} s",

@@ -70,7 +70,7 @@ pub struct Transcript {
     pub keep: fn(&str) -> bool,
 }
 
-pub const TRANSCRIPTS: [Transcript; 5] = [
+pub const TRANSCRIPTS: [Transcript; 6] = [
     Transcript {
         name: "step1",
         lesson: 1,
@@ -106,29 +106,47 @@ pub const TRANSCRIPTS: [Transcript; 5] = [
         name: "step4",
         lesson: 4,
         args: &[],
-        listens: || {
-            // The first in a network namespace of its own, as `cargo xtask listen --netns` does.
-            let in_netns = thread::spawn(|| -> anyhow::Result<trigger::Listener> {
-                trigger::enter_new_netns()?;
-                listen_on("0.0.0.0", 4242, 7)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the listening thread failed"))??;
-            Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
-        },
-        keep: |line| {
-            line.starts_with("PID ")
-                || line.split_whitespace().next() == Some(&std::process::id().to_string())
-        },
+        listens: listen_in_a_netns_and_on_ipv6,
+        keep: table_rows_of_ours,
     },
     Transcript {
-        name: "step4-json",
-        lesson: 4,
+        name: "step5",
+        lesson: 5,
+        args: &[],
+        listens: || {
+            let mut listeners = listen_in_a_netns_and_on_ipv6()?;
+            // A socket never bound: lesson 5 shows the port the kernel picked for it.
+            listeners.push(trigger::listen_without_bind(trigger::Domain::IPV4, 5)?);
+            Ok(listeners)
+        },
+        keep: table_rows_of_ours,
+    },
+    Transcript {
+        name: "step5-json",
+        lesson: 5,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
         keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
     },
 ];
+
+/// A listen in a network namespace of its own (as `cargo xtask listen --netns` makes), and one on
+/// `::1`.
+fn listen_in_a_netns_and_on_ipv6() -> anyhow::Result<Vec<trigger::Listener>> {
+    let in_netns = thread::spawn(|| -> anyhow::Result<trigger::Listener> {
+        trigger::enter_new_netns()?;
+        listen_on("0.0.0.0", 4242, 7)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the listening thread failed"))??;
+    Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
+}
+
+/// The table's header and the rows of this process's listens (other programs listen too).
+fn table_rows_of_ours(line: &str) -> bool {
+    line.starts_with("PID ")
+        || line.split_whitespace().next() == Some(&std::process::id().to_string())
+}
 
 /// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
 fn listen_on(ip: &str, port: u16, backlog: i32) -> anyhow::Result<trigger::Listener> {

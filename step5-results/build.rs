@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    support::ebpf_build::build_ebpf()
+}

@@ -1,0 +1,432 @@
+//! Lesson 5, kernel side: lesson 4's structured events, with every path now following each
+//! `listen()` call to its end, to report its result and the port the kernel picked. The kprobe and
+//! fentry paths hook the return of `inet_listen()` (and of `mptcp_listen()`, which MPTCP sockets
+//! use instead); the tracepoint path pairs the `listen()` system call's entry and exit.
+#![no_std]
+#![no_main]
+// The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
+// `AtomicU64::fetch_add` is not offered there: the intrinsic behind it is (aya-build already builds
+// with RUSTC_BOOTSTRAP=1).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
+};
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::BPF_F_CURRENT_CPU,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_perf_event_output,
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, PerCpuArray, PerfEventArray},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
+};
+use common::{
+    AF_INET, AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, COUNTER_DROPPED,
+    COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE, COUNTERS as COUNTER_COUNT,
+    IPPROTO_MPTCP, IPPROTO_TCP, ListenCall, ListenEvent, ListenFilter,
+    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
+    TCP_LISTEN, kernel::read_field, port_from_network_order,
+};
+
+/// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
+/// writes them here before loading us. A read-only global, so the verifier sees constants.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
+
+// ANCHOR: maps
+/// The events: userspace reads one ring per CPU.
+#[map]
+static EVENTS: PerfEventArray<ListenEvent> = PerfEventArray::new(0);
+
+/// What did not become an event, per CPU (`common::COUNTER_*`): events a perf buffer had no room
+/// for, sockets that could not be read, calls whose end was never seen. The kernel tells userspace
+/// about a full ring only once room frees up again (a `PERF_RECORD_LOST` in the ring), so the last
+/// drops of a burst would go unreported: counting every failed output here gives the exact number.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// `--pid` and `--netns`, written by userspace before load (0 keeps everything).
+#[unsafe(no_mangle)]
+static LISTEN_FILTER: Global<ListenFilter> = Global::new(ListenFilter::ANY);
+// ANCHOR_END: maps
+
+// ANCHOR: send_event
+/// Lesson 3's reads plus the network namespace, as one event, unless a filter drops it or the socket
+/// is not a TCP or MPTCP one. `result` is `None` where the end of the call was not seen.
+fn send_event(
+    ctx: &impl EbpfContext,
+    sk: *const u8,
+    backlog: u32,
+    attach: u8,
+    result: Option<i32>,
+) -> Result<(), i32> {
+    let offsets = offsets()?;
+    let filter = LISTEN_FILTER.load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32; // the upper half is the process, the lower the thread
+    if filter.pid != 0 && filter.pid != pid {
+        return Ok(());
+    }
+    // sk->__sk_common.skc_net.net->ns.inum: the number `ls -l /proc/PID/ns/net` shows.
+    let net: *const u8 = read_field(sk, offsets.skc_net)?;
+    let netns: u32 = read_field(net, offsets.net_ns_inum)?;
+    if filter.netns != 0 && filter.netns != netns {
+        return Ok(());
+    }
+    // Only TCP and MPTCP, over IPv4 or IPv6: never another protocol shown as TCP.
+    let family: u16 = read_field(sk, offsets.skc_family)?;
+    let protocol: u16 = read_field(sk, offsets.sk_protocol)?;
+    if (family != AF_INET && family != AF_INET6)
+        || (protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP)
+    {
+        return Ok(());
+    }
+    let addr: [u8; 16] = if family == AF_INET6 {
+        read_field(sk, offsets.skc_v6_rcv_saddr)?
+    } else {
+        let [a, b, c, d]: [u8; 4] = read_field(sk, offsets.skc_rcv_saddr)?;
+        [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let sport: u16 = read_field(sk, offsets.inet_sport)?;
+    let port = port_from_network_order(sport);
+    if filter.port != 0 && filter.port != u32::from(port) {
+        return Ok(());
+    }
+    let event = ListenEvent {
+        pid,
+        tid: pid_tgid as u32,
+        netns,
+        backlog,
+        addr,
+        comm: bpf_get_current_comm()?,
+        result: result.unwrap_or(0),
+        port,
+        family,
+        attach,
+        has_result: result.is_some() as u8,
+        protocol,
+    };
+    // No argument limit here: the whole struct goes to the ring of this CPU.
+    output_counting_drops(ctx, &event);
+    Ok(())
+}
+
+/// The offsets userspace wrote, or an error if it did not: a program never reads with unset ones.
+fn offsets() -> Result<SockOffsets, i32> {
+    let offsets = SOCK_OFFSETS.load();
+    if offsets.resolved == 1 {
+        Ok(offsets)
+    } else {
+        Err(-1)
+    }
+}
+
+/// Sends `event` to this CPU's ring of `EVENTS`, and counts it as dropped if the ring is full.
+fn output_counting_drops(ctx: &impl EbpfContext, event: &ListenEvent) {
+    // aya's `PerfEventArray::output` discards the helper's result, which says whether the event
+    // fit; `PerfEventArray` is the map's definition itself (`repr(transparent)`), so its address is
+    // the map. The assertion stops the build if aya ever wraps the definition in something larger.
+    const _: () = assert!(
+        size_of::<PerfEventArray<ListenEvent>>() == size_of::<aya_ebpf::bindings::bpf_map_def>()
+    );
+    // SAFETY: a map and an event that live for the whole call; the helper copies the event.
+    let result = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            ptr::from_ref(&EVENTS).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            ptr::from_ref(event).cast_mut().cast(),
+            size_of::<ListenEvent>() as u64,
+        )
+    };
+    if result < 0 {
+        count(COUNTER_DROPPED);
+    }
+}
+
+/// Adds one to a counter of `COUNTERS`. Atomically: a program can be preempted by another on the
+/// same CPU (a tracepoint or fexit program is not protected from that), and a plain `+= 1` could
+/// then lose an increment, which would make the loss accounting inexact.
+fn count(counter: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: a slot of a per-CPU array, which lives as long as the map; every write to it is
+        // this atomic add, whose result is unused (so it is the classic `lock xadd`, on any kernel).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+    }
+}
+
+/// Counts a call whose socket could not be read, instead of dropping it silently.
+fn count_unreadable(result: Result<(), i32>) {
+    if result.is_err() {
+        count(COUNTER_UNREADABLE);
+    }
+}
+// ANCHOR_END: send_event
+
+// ANCHOR: entry_points
+/// Calls of `inet_listen()` (kprobe path) or of the system call (tracepoint path) on their way, per
+/// thread (`common::ListenCall`): an entry program and a return program are two programs. A plain
+/// hash map, not an LRU one: an LRU map would make room by evicting another thread's call without
+/// a word, where a full map refuses the insert, which is counted.
+#[map]
+static CALLS: HashMap<u64, ListenCall> = HashMap::with_max_entries(10_240, 0);
+
+/// Calls of `mptcp_listen()` on their way, per thread. On older kernels it calls `inet_listen()` for
+/// its subflow: that inner call is part of the MPTCP listen, not a listen of its own.
+#[map]
+static MPTCP_CALLS: HashMap<u64, ListenCall> = HashMap::with_max_entries(10_240, 0);
+
+/// Keeps `call` for the end of the same thread's call. Every call that will not be reported is
+/// counted: the one it replaces (whose end was never seen), or `call` itself if the map is full.
+fn remember(calls: &HashMap<u64, ListenCall>, call: ListenCall) {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: only whether an entry exists is used.
+    if unsafe { calls.get(&thread) }.is_some() {
+        count(COUNTER_END_MISSED); // the call it replaces never ended
+    }
+    if calls.insert(&thread, &call, 0).is_err() {
+        count(COUNTER_END_MISSED); // the map is full: this call will not be reported
+    }
+}
+
+/// The call this thread has on its way, removed from `calls`.
+fn take(calls: &HashMap<u64, ListenCall>) -> Option<ListenCall> {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = unsafe { calls.get(&thread) }.copied()?;
+    let _ = calls.remove(&thread);
+    Some(call)
+}
+
+/// Whether this thread is inside `mptcp_listen()`.
+fn in_mptcp_listen() -> bool {
+    // SAFETY: only whether an entry exists is used.
+    unsafe { MPTCP_CALLS.get(&bpf_get_current_pid_tgid()) }.is_some()
+}
+
+/// `inet_listen(struct socket *sock, int backlog)` starts: keep its arguments for the return.
+#[kprobe]
+pub fn listen_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(backlog)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(1))
+        && !in_mptcp_listen()
+    {
+        remember(&CALLS, ListenCall::new(sock, backlog));
+    }
+    0
+}
+
+/// `inet_listen()` returns: now the socket has its port, and we know the result.
+#[kretprobe]
+pub fn listen_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take(&CALLS) {
+        let result: i32 = ctx.ret();
+        let sk = sock_of(call.sock as *const u8);
+        count_unreadable(
+            sk.and_then(|sk| send_event(&ctx, sk, call.backlog, ATTACH_KPROBE, Some(result))),
+        );
+    }
+    0
+}
+
+/// `mptcp_listen(struct socket *sock, int backlog)`, the same for an MPTCP socket.
+#[kprobe]
+pub fn mptcp_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(backlog)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(1)) {
+        remember(&MPTCP_CALLS, ListenCall::new(sock, backlog));
+    }
+    0
+}
+
+#[kretprobe]
+pub fn mptcp_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take(&MPTCP_CALLS) {
+        let result: i32 = ctx.ret();
+        let sk = sock_of(call.sock as *const u8);
+        count_unreadable(
+            sk.and_then(|sk| send_event(&ctx, sk, call.backlog, ATTACH_KPROBE, Some(result))),
+        );
+    }
+    0
+}
+
+/// The BPF trampoline's return hook sees the arguments and the result together: an fexit
+/// program's context holds `inet_listen()`'s two arguments, then its return value.
+#[fexit(function = "inet_listen")]
+pub fn listen_fexit(ctx: FExitContext) -> i32 {
+    if !in_mptcp_listen() {
+        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+        count_unreadable(
+            sock_of(sock).and_then(|sk| send_event(&ctx, sk, backlog, ATTACH_FENTRY, Some(result))),
+        );
+    }
+    0
+}
+
+/// `mptcp_listen()` starts: only so that `listen_fexit` knows an inner call is part of it.
+#[fentry(function = "mptcp_listen")]
+pub fn mptcp_fentry(ctx: FEntryContext) -> i32 {
+    let (sock, backlog): (u64, u32) = (ctx.arg(0), ctx.arg(1));
+    remember(&MPTCP_CALLS, ListenCall::new(sock, backlog));
+    0
+}
+
+#[fexit(function = "mptcp_listen")]
+pub fn mptcp_fexit(ctx: FExitContext) -> i32 {
+    let _ = take(&MPTCP_CALLS);
+    let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    count_unreadable(
+        sock_of(sock).and_then(|sk| send_event(&ctx, sk, backlog, ATTACH_FENTRY, Some(result))),
+    );
+    0
+}
+
+/// The tracepoint path, where neither kprobes nor trampolines work: the system call
+/// `listen(int fd, int backlog)` starts (tracepoint `syscalls:sys_enter_listen`).
+#[tracepoint]
+pub fn listen_sys_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: the tracepoint's fields, at the offsets of its format (checked by userspace).
+    let args = unsafe {
+        (
+            ctx.read_at::<i64>(SYSCALL_ENTER_FD_OFFSET),
+            ctx.read_at::<i64>(SYSCALL_ENTER_BACKLOG_OFFSET),
+        )
+    };
+    if let (Ok(fd), Ok(backlog)) = args {
+        // The file the descriptor names now: at the exit, the same descriptor must still name it.
+        let file = file_of_fd(fd as i32).unwrap_or(ptr::null());
+        remember(
+            &CALLS,
+            ListenCall {
+                file: file as u64,
+                ..ListenCall::new(fd as u64, backlog as u32)
+            },
+        );
+    }
+    0
+}
+
+/// The system call returns (`syscalls:sys_exit_listen`): find the socket of its file descriptor,
+/// which now has its port, and report it with the result, whether the call worked or not. The
+/// kernel has released the descriptor by now, so another thread may have closed it or made it name
+/// another file (`dup2`) meanwhile: the file must be the one the call entered with, or the call is
+/// counted (`COUNTER_FD_CHANGED`) instead of being reported with another socket.
+#[tracepoint]
+pub fn listen_sys_exit(ctx: TracePointContext) -> u32 {
+    let Some(call) = take(&CALLS) else {
+        return 0; // the call began before we attached
+    };
+    // SAFETY: the tracepoint's field, at the offset of its format (checked by userspace).
+    let Ok(result) = (unsafe { ctx.read_at::<i64>(SYSCALL_EXIT_RET_OFFSET) }) else {
+        return 0;
+    };
+    let file = match file_of_fd(call.sock as i32) {
+        Ok(file) => file,
+        Err(_) => {
+            count(COUNTER_UNREADABLE);
+            return 0;
+        }
+    };
+    if file as u64 != call.file {
+        count(COUNTER_FD_CHANGED);
+        return 0;
+    }
+    match socket_of_file(file) {
+        Ok(Some(sock)) => count_unreadable(report_syscall(&ctx, sock, call.backlog, result as i32)),
+        Ok(None) => {} // not a socket (ENOTSOCK, EBADF): no TCP listen
+        Err(_) => count(COUNTER_UNREADABLE),
+    }
+    0
+}
+
+/// The event of a `listen()` system call on `sock`, with the backlog `listen()` used: the one it was
+/// given, capped to the namespace's `net.core.somaxconn` as the kernel does before anything else.
+fn report_syscall(
+    ctx: &TracePointContext,
+    sock: *const u8,
+    backlog: u32,
+    result: i32,
+) -> Result<(), i32> {
+    let offsets = offsets()?;
+    let sk = sock_of(sock)?;
+    let net: *const u8 = read_field(sk, offsets.skc_net)?;
+    let somaxconn: u32 = read_field(net, offsets.net_somaxconn)?;
+    let backlog = if backlog > somaxconn {
+        somaxconn
+    } else {
+        backlog
+    };
+    send_event(ctx, sk, backlog, ATTACH_TRACEPOINT, Some(result))
+}
+
+/// The `struct file *` behind file descriptor `fd` of the current process:
+/// `current->files->fdt->fd[fd]`, null where the descriptor is not open.
+fn file_of_fd(fd: i32) -> Result<*const u8, i32> {
+    let offsets = offsets()?;
+    // SAFETY: the helper only returns the address of the current task; we read it with
+    // `bpf_probe_read_kernel`, never directly.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read_field(task, offsets.task_files)?;
+    let fdt: *const u8 = read_field(files, offsets.files_fdt)?;
+    let max_fds: u32 = read_field(fdt, offsets.fdtable_max_fds)?;
+    if fd < 0 || fd as u32 >= max_fds {
+        return Ok(ptr::null());
+    }
+    let fd_array: *const u8 = read_field(fdt, offsets.fdtable_fd)?;
+    // The slot's address in 64 bits: a large descriptor times 8 does not fit in 32.
+    read_field(fd_array.wrapping_add(fd as usize * size_of::<u64>()), 0)
+}
+
+/// The `struct socket *` of `file` (its `private_data`), if the file is a socket's: a socket
+/// points back to its file.
+fn socket_of_file(file: *const u8) -> Result<Option<*const u8>, i32> {
+    if file.is_null() {
+        return Ok(None);
+    }
+    let offsets = offsets()?;
+    let sock: *const u8 = read_field(file, offsets.file_private_data)?;
+    if sock.is_null() {
+        return Ok(None);
+    }
+    let back: *const u8 = read_field(sock, offsets.socket_file).unwrap_or(ptr::null());
+    Ok((back == file).then_some(sock))
+}
+
+/// A socket starts listening (`sock:inet_sock_set_state`, entering `TCP_LISTEN`) outside any
+/// `listen()` system call of this thread: io_uring's listen, or a socket of the kernel's own. Its
+/// end is not seen, so it is reported as such (`has_result` 0), never dropped.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
+    let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if newstate != TCP_LISTEN || oldstate == TCP_LISTEN {
+        return 0; // every other TCP state change of the machine: leave at once
+    }
+    // SAFETY: only whether an entry exists is used.
+    let in_syscall = unsafe { CALLS.get(&bpf_get_current_pid_tgid()) }.is_some();
+    if !in_syscall {
+        let sk: *const u8 = ctx.arg(0);
+        let backlog = offsets().and_then(|offsets| read_field(sk, offsets.sk_max_ack_backlog));
+        count_unreadable(
+            backlog.and_then(|backlog| send_event(&ctx, sk, backlog, ATTACH_TRACEPOINT, None)),
+        );
+    }
+    0
+}
+
+/// `sock->sk`: the `struct sock` behind a `struct socket`.
+fn sock_of(sock: *const u8) -> Result<*const u8, i32> {
+    read_field(sock, offsets()?.socket_sk)
+}
+// ANCHOR_END: entry_points
+
+/// The kernel lets only GPL-compatible programs use some helpers (for example `bpf_probe_read`).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,763 @@
+//! Lesson 5 against the real kernel: structured events with the exact values, both output formats
+//! read back, the in-kernel filters, and a storm of listens counted exactly (received + lost).
+//!
+//! Our own events are told apart by their own ports, and by a network namespace of their own.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use common::IPPROTO_MPTCP;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use support::{
+    kernel::{attach_paths_here, kernel_tests_can_run},
+    running::{RunningStep, Stream},
+    trigger::{
+        self, Domain, InNewNetns, listen_in_another_process,
+        socket2::{Protocol, Socket, Type},
+    },
+};
+
+const STEP: &str = env!("CARGO_BIN_EXE_step5-results");
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// Starts lesson 5 with `args`, printing JSON lines.
+fn start_json(path: &str, args: &[&str]) -> RunningStep {
+    let mut all = vec!["--json", "--attach", path];
+    all.extend(args);
+    RunningStep::start(STEP, &all)
+}
+
+/// Waits for the JSON event of our listen on `addr`.
+fn json_event_for(step: &mut RunningStep, addr: SocketAddr) -> Value {
+    let (ip, port) = (addr.ip().to_string(), addr.port());
+    let line = step
+        .find_line(
+            Stream::Stdout,
+            |line| {
+                let event: Value = serde_json::from_str(line).expect("every stdout line is JSON");
+                event["port"] == port && event["addr"] == ip.as_str()
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no event for {addr}; output: {:#?}", step.output));
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn events_carry_the_exact_values_on_every_attach_path() {
+    if !kernel_tests_can_run("events_carry_the_exact_values_on_every_attach_path") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    for path in attach_paths_here() {
+        let mut step = start_json(path, &[]);
+        let (addr, tid, _listener) = netns.run(|| {
+            let listener = trigger::listen((LOCALHOST, 0).into(), 31).unwrap();
+            (
+                listener.local_addr,
+                nix::unistd::gettid().as_raw(),
+                listener,
+            )
+        });
+        let event = json_event_for(&mut step, addr);
+        assert_eq!(
+            event,
+            json!({
+                "pid": std::process::id(),
+                "tid": tid,
+                "comm": InNewNetns::THREAD_NAME,
+                "netns": netns.inode,
+                "proto": "TCPv4",
+                "backlog": 31,
+                "addr": "127.0.0.1",
+                "port": addr.port(),
+                "result": 0,
+                "attach": path,
+            })
+        );
+        step.stop_cleanly(Signal::SIGINT);
+    }
+}
+
+#[test]
+fn the_table_shows_the_same_values_under_one_header() {
+    if !kernel_tests_can_run("the_table_shows_the_same_values_under_one_header") {
+        return;
+    }
+    let mut step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
+    let v4 = trigger::listen((LOCALHOST, 0).into(), 33)
+        .unwrap()
+        .local_addr;
+    let v6 = trigger::listen(("::1".parse::<std::net::IpAddr>().unwrap(), 0).into(), 33)
+        .unwrap()
+        .local_addr;
+    for (addr, proto, ip) in [(v4, "TCPv4", "127.0.0.1"), (v6, "TCPv6", "::1")] {
+        let port = addr.port().to_string();
+        let row = step
+            .find_line(
+                Stream::Stdout,
+                |line| line.split_whitespace().nth(6) == Some(&port),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("no row for {addr}: {:#?}", step.output));
+        let columns: Vec<_> = row.split_whitespace().collect();
+        let own_netns = trigger::netns_inode().unwrap().to_string();
+        let pid = std::process::id().to_string();
+        assert_eq!(columns[0], pid);
+        assert_eq!(columns[2], own_netns);
+        assert_eq!(&columns[3..], [proto, "33", ip, port.as_str(), "ok"]);
+        // The thread's name, cut to the kernel's 15 characters.
+        let thread = std::thread::current()
+            .name()
+            .unwrap()
+            .chars()
+            .take(15)
+            .collect::<String>();
+        assert_eq!(columns[1], thread);
+    }
+    let finished = step.stop(Signal::SIGINT);
+    let stdout = finished.stdout();
+    let header = "PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
+    assert_eq!(stdout.lines().next(), Some(header));
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("PID "))
+            .count(),
+        1,
+        "one header"
+    );
+}
+
+#[test]
+fn the_pid_filter_drops_other_processes() {
+    if !kernel_tests_can_run("the_pid_filter_drops_other_processes") {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let mut filtered = start_json("tracepoint", &["--pid", &pid]);
+    let mut unfiltered = start_json("tracepoint", &[]);
+    let (child, foreign) = listen_in_another_process((LOCALHOST, 0).into(), 35);
+    let own = trigger::listen((LOCALHOST, 0).into(), 35)
+        .unwrap()
+        .local_addr;
+    // The control: without the filter, both listens are seen, each with its own process.
+    assert_eq!(json_event_for(&mut unfiltered, foreign)["pid"], child);
+    assert_eq!(
+        json_event_for(&mut unfiltered, own)["pid"],
+        std::process::id()
+    );
+    // With it, ours arrives and the other process's never does.
+    assert_eq!(
+        json_event_for(&mut filtered, own)["pid"],
+        std::process::id()
+    );
+    let finished = filtered.stop(Signal::SIGINT);
+    let foreign_port = foreign.port();
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            event["pid"],
+            std::process::id(),
+            "the filter let through {line}"
+        );
+        assert_ne!(event["port"], foreign_port);
+    }
+    unfiltered.stop_cleanly(Signal::SIGINT);
+}
+
+#[test]
+fn the_netns_filter_drops_other_namespaces() {
+    if !kernel_tests_can_run("the_netns_filter_drops_other_namespaces") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let mut filtered = start_json("tracepoint", &["--netns", &netns.inode.to_string()]);
+    let mut unfiltered = start_json("tracepoint", &[]);
+    let inside = netns.run(|| {
+        trigger::listen((LOCALHOST, 0).into(), 37)
+            .unwrap()
+            .local_addr
+    });
+    let outside = trigger::listen((LOCALHOST, 0).into(), 37)
+        .unwrap()
+        .local_addr;
+    let inside_again = netns.run(|| {
+        trigger::listen((LOCALHOST, 0).into(), 37)
+            .unwrap()
+            .local_addr
+    });
+    // The control sees the listen outside the namespace.
+    assert_eq!(
+        json_event_for(&mut unfiltered, outside)["netns"],
+        trigger::netns_inode().unwrap()
+    );
+    assert_eq!(json_event_for(&mut filtered, inside)["netns"], netns.inode);
+    assert_eq!(
+        json_event_for(&mut filtered, inside_again)["netns"],
+        netns.inode
+    );
+    let finished = filtered.stop(Signal::SIGINT);
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["netns"], netns.inode, "the filter let through {line}");
+    }
+    unfiltered.stop_cleanly(Signal::SIGINT);
+}
+
+#[test]
+fn the_port_filter_drops_other_ports() {
+    if !kernel_tests_can_run("the_port_filter_drops_other_ports") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    // A port that is free in our namespace: the kernel gives one, we let it go and filter on it.
+    let port = netns.run(|| {
+        trigger::listen((LOCALHOST, 0).into(), 1)
+            .unwrap()
+            .local_addr
+            .port()
+    });
+    let mut filtered = start_json("tracepoint", &["--port", &port.to_string()]);
+    let mut unfiltered = start_json("tracepoint", &["--netns", &netns.inode.to_string()]);
+    let (other, _kept) = netns.run(move || {
+        let other = trigger::listen((LOCALHOST, 0).into(), 39).unwrap();
+        let kept = trigger::listen((LOCALHOST, port).into(), 39).unwrap();
+        (other, kept)
+    });
+    // The control sees the listen on the other port; the filter keeps only ours.
+    assert_eq!(
+        json_event_for(&mut unfiltered, other.local_addr)["port"],
+        other.local_addr.port()
+    );
+    let kept = json_event_for(&mut filtered, (LOCALHOST, port).into());
+    assert_eq!(
+        (kept["port"].as_u64(), kept["netns"].as_u64()),
+        (Some(u64::from(port)), Some(netns.inode))
+    );
+    let finished = filtered.stop_cleanly(Signal::SIGINT);
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["port"], port, "the filter let through {line}");
+    }
+    unfiltered.stop_cleanly(Signal::SIGINT);
+}
+
+/// A listen on a socket of each kind, and listens that fail, in a namespace of our own: each call
+/// is reported exactly once, with its protocol, the final port and its result, on every path.
+#[test]
+fn every_call_is_reported_once_with_its_protocol_port_and_result() {
+    if !kernel_tests_can_run("every_call_is_reported_once_with_its_protocol_port_and_result") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    for path in attach_paths_here() {
+        let step = start_json(path, &["--netns", &netns.inode.to_string()]);
+        let (expected, _sockets) = netns.run(make_every_kind_of_listen);
+        // Wait for the last call's row, then stop and read everything (rings are per CPU).
+        let mut step = step;
+        let (last_port, _) = expected.last().unwrap().clone();
+        step.find_line(
+            Stream::Stdout,
+            |line| {
+                serde_json::from_str::<Value>(line).is_ok_and(|event| event["port"] == last_port)
+            },
+            Duration::from_secs(10),
+        );
+        let finished = step.stop_cleanly(Signal::SIGINT);
+        let mut rows: Vec<(u16, Value)> = finished
+            .stdout()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).expect("every stdout line is JSON"))
+            .map(|event| {
+                let port = event["port"].as_u64().unwrap() as u16;
+                let row = json!({
+                    "proto": event["proto"], "backlog": event["backlog"], "addr": event["addr"],
+                    "result": event["result"], "error": event.get("error"), "attach": event["attach"],
+                    "pid": event["pid"], "netns": event["netns"],
+                });
+                (port, row)
+            })
+            .collect();
+        rows.sort_by_key(|(port, row)| (*port, row["backlog"].as_u64()));
+        let mut wanted: Vec<(u16, Value)> = expected
+            .iter()
+            .map(|(port, row)| {
+                let mut row = row.clone();
+                row["attach"] = json!(path);
+                row["pid"] = json!(std::process::id());
+                row["netns"] = json!(netns.inode);
+                (*port, row)
+            })
+            .collect();
+        wanted.sort_by_key(|(port, row)| (*port, row["backlog"].as_u64()));
+        assert_eq!(rows, wanted, "on the {path} path");
+    }
+}
+
+/// The calls, made in the calling thread's namespace: returns what each must be reported as (its
+/// port and row) and the sockets, kept open until the rows are read.
+fn make_every_kind_of_listen() -> (Vec<(u16, Value)>, Vec<Socket>) {
+    let row = |proto: &str, backlog: i32, addr: &str, result: i32, error: Option<&str>| {
+        json!({
+            "proto": proto, "backlog": backlog, "addr": addr, "result": result, "error": error,
+            "attach": null, "pid": null, "netns": null,
+        })
+    };
+    let mut expected = Vec::new();
+    let mut sockets = Vec::new();
+    let port_of = |socket: &Socket| socket.local_addr().unwrap().as_socket().unwrap().port();
+    // TCP over IPv4 and IPv6, bound first.
+    for (addr, proto, backlog) in [("127.0.0.1", "TCPv4", 61), ("::1", "TCPv6", 62)] {
+        let listener = trigger::listen((addr.parse::<IpAddr>().unwrap(), 0).into(), backlog)
+            .unwrap()
+            .socket;
+        expected.push((port_of(&listener), row(proto, backlog, addr, 0, None)));
+        sockets.push(listener);
+    }
+    // Never bound: the kernel picks the port during listen(); the row has that port.
+    let unbound = trigger::listen_without_bind(Domain::IPV4, 63)
+        .unwrap()
+        .socket;
+    expected.push((port_of(&unbound), row("TCPv4", 63, "0.0.0.0", 0, None)));
+    // A second listen() on a listening socket only changes its backlog: a call all the same.
+    unbound.listen(64).unwrap();
+    expected.push((port_of(&unbound), row("TCPv4", 64, "0.0.0.0", 0, None)));
+    sockets.push(unbound);
+    // Two sockets bound to one port with SO_REUSEADDR: the second listen() fails, EADDRINUSE.
+    let first = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    first.set_reuse_address(true).unwrap();
+    first
+        .bind(&SocketAddr::from((LOCALHOST, 0)).into())
+        .unwrap();
+    let port = port_of(&first);
+    let second = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    second.set_reuse_address(true).unwrap();
+    second
+        .bind(&SocketAddr::from((LOCALHOST, port)).into())
+        .unwrap();
+    first.listen(65).unwrap();
+    let error = second.listen(66).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EADDRINUSE));
+    expected.push((port, row("TCPv4", 65, "127.0.0.1", 0, None)));
+    expected.push((
+        port,
+        row(
+            "TCPv4",
+            66,
+            "127.0.0.1",
+            -libc::EADDRINUSE,
+            Some("EADDRINUSE"),
+        ),
+    ));
+    sockets.extend([first, second]);
+    // listen() on a connected socket fails with EINVAL.
+    let server = trigger::listen((LOCALHOST, 0).into(), 67).unwrap().socket;
+    expected.push((port_of(&server), row("TCPv4", 67, "127.0.0.1", 0, None)));
+    let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    client.connect(&server.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        client.listen(68).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    expected.push((
+        port_of(&client),
+        row("TCPv4", 68, "127.0.0.1", -libc::EINVAL, Some("EINVAL")),
+    ));
+    sockets.extend([server, client]);
+    // MPTCP, where the kernel has it: one row, never shown as TCP.
+    match Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(i32::from(IPPROTO_MPTCP))),
+    ) {
+        Ok(mptcp) => {
+            mptcp
+                .bind(&SocketAddr::from((LOCALHOST, 0)).into())
+                .unwrap();
+            mptcp.listen(69).unwrap();
+            expected.push((port_of(&mptcp), row("MPTCPv4", 69, "127.0.0.1", 0, None)));
+            sockets.push(mptcp);
+        }
+        Err(error) => eprintln!("this kernel has no MPTCP ({error}): no MPTCP listen to check"),
+    }
+    (expected, sockets)
+}
+
+/// How many listens a storm makes.
+const STORM: usize = 100_000;
+
+/// How many listens a storm makes here: `STORM`, or fewer where the VM runner says the guest is
+/// slow (an emulated CPU of another architecture); the accounting stays exact either way.
+fn storm_size() -> usize {
+    std::env::var("LISTEN_TRACE_STORM")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .unwrap_or(STORM)
+}
+
+/// The storms measure what the buffers keep up with: two at once would share the CPUs and each
+/// lose what the other made it lose.
+static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
+/// what lesson 5, filtered to that namespace, reported: (rows printed, received, lost).
+fn storm(netns: &InNewNetns, buffer_pages: &str, reader_paused: bool) -> (usize, u64, u64) {
+    let _alone = ONE_STORM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let step = RunningStep::start(
+        STEP,
+        &[
+            "--attach",
+            "tracepoint",
+            "--netns",
+            &netns.inode.to_string(),
+            "--buffer-pages",
+            buffer_pages,
+        ],
+    );
+    let size = storm_size();
+    // A paused reader drains nothing: its rings must overflow, however fast this machine is.
+    if reader_paused {
+        nix::sys::signal::kill(step.pid(), Signal::SIGSTOP).unwrap();
+    }
+    netns.run(move || {
+        for _ in 0..size {
+            trigger::listen((LOCALHOST, 0).into(), 47).unwrap();
+        }
+    });
+    if reader_paused {
+        nix::sys::signal::kill(step.pid(), Signal::SIGCONT).unwrap();
+    }
+    // Let the reader drain what is in the buffers, then stop it.
+    std::thread::sleep(Duration::from_secs(1));
+    let finished = step.stop(Signal::SIGINT);
+    assert!(finished.status.success(), "{}", finished.stderr());
+    let rows = finished
+        .stdout()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(4) == Some("47"))
+        .count();
+    let summary = finished
+        .stderr()
+        .lines()
+        .find_map(|line| {
+            let (received, rest) = line.split_once(" events received, ")?;
+            let lost = rest.split(' ').next()?;
+            Some((received.parse::<u64>().ok()?, lost.parse::<u64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no summary line in:\n{}", finished.stderr()));
+    (rows, summary.0, summary.1)
+}
+
+#[test]
+fn a_storm_of_listens_is_counted_exactly_with_a_small_buffer() {
+    if !kernel_tests_can_run("a_storm_of_listens_is_counted_exactly_with_a_small_buffer") {
+        return;
+    }
+    // The reader is paused during the storm, so the rings overflow and the count of the lost
+    // events is what is checked.
+    let lost = counted_storm("1", true);
+    assert!(
+        lost > 0,
+        "a one-page buffer must overflow while its reader is paused"
+    );
+}
+
+#[test]
+fn a_storm_of_listens_loses_nothing_with_the_default_buffer() {
+    if !kernel_tests_can_run("a_storm_of_listens_loses_nothing_with_the_default_buffer") {
+        return;
+    }
+    let lost = counted_storm("256", false);
+    assert_eq!(
+        lost,
+        0,
+        "the default buffer keeps up with a storm of {}",
+        storm_size()
+    );
+}
+
+/// A storm in a namespace of its own, with `buffer_pages` per CPU: checks that every event is
+/// printed once and that received + lost is exactly what was triggered, and returns the losses.
+fn counted_storm(buffer_pages: &str, reader_paused: bool) -> u64 {
+    let size = storm_size();
+    let (rows, received, lost) = storm(&InNewNetns::new(), buffer_pages, reader_paused);
+    eprintln!(
+        "{buffer_pages} pages per CPU: {rows} rows, {received} received, {lost} lost of {size}"
+    );
+    assert_eq!(
+        rows as u64, received,
+        "every event received is printed once"
+    );
+    assert_eq!(
+        received + lost,
+        size as u64,
+        "received + lost = what we triggered"
+    );
+    lost
+}
+
+#[test]
+fn rows_are_never_printed_twice() {
+    if !kernel_tests_can_run("rows_are_never_printed_twice") {
+        return;
+    }
+    let netns = InNewNetns::new();
+    let step = start_json(
+        "tracepoint",
+        &["--netns", &netns.inode.to_string(), "--buffer-pages", "1"],
+    );
+    let addrs: Vec<SocketAddr> = netns.run(|| {
+        let listeners: Vec<_> = (0..500)
+            .map(|_| trigger::listen((LOCALHOST, 0).into(), 49).unwrap())
+            .collect();
+        listeners
+            .iter()
+            .map(|listener| listener.local_addr)
+            .collect()
+    });
+    // A one-page ring wraps around many times over 500 events (and may drop some).
+    std::thread::sleep(Duration::from_secs(1));
+    let finished = step.stop(Signal::SIGINT);
+    let ports: HashSet<u64> = addrs.iter().map(|addr| u64::from(addr.port())).collect();
+    let mut seen = HashSet::new();
+    for line in finished.stdout().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let port = event["port"].as_u64().unwrap();
+        assert!(ports.contains(&port), "not one of ours: {line}");
+        assert!(seen.insert(port), "printed twice: {line}");
+    }
+    assert!(seen.len() > 50, "only {} of 500 events arrived", seen.len());
+}
+
+/// The life cycle of a tool people keep running: every way it can end leaves nothing in the kernel.
+mod hardening {
+    use std::{
+        fs,
+        io::Read as _,
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use support::kernel::assert_programs_unloaded;
+
+    #[test]
+    fn sigterm_and_duration_end_with_a_summary_and_nothing_loaded() {
+        if !kernel_tests_can_run("sigterm_and_duration_end_with_a_summary_and_nothing_loaded") {
+            return;
+        }
+        let step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
+        let ids = step.program_ids();
+        let finished = step.stop(Signal::SIGTERM);
+        assert!(finished.status.success(), "{}", finished.stderr());
+        assert!(
+            finished.stderr().contains(" events received, "),
+            "{}",
+            finished.stderr()
+        );
+        assert!(
+            finished
+                .stderr()
+                .contains("stopped by SIGTERM: detached from the tracepoint")
+        );
+        assert_programs_unloaded(&ids);
+
+        let step = RunningStep::start(STEP, &["--attach", "tracepoint", "--duration", "0.5"]);
+        let ids = step.program_ids();
+        let finished = step.wait(Duration::from_secs(10));
+        assert!(finished.status.success(), "{}", finished.stderr());
+        assert!(
+            finished
+                .stderr()
+                .contains("stopped after 500ms (--duration)"),
+            "{}",
+            finished.stderr()
+        );
+        assert_programs_unloaded(&ids);
+    }
+
+    #[test]
+    fn kill_9_leaves_nothing_attached() {
+        if !kernel_tests_can_run("kill_9_leaves_nothing_attached") {
+            return;
+        }
+        for path in attach_paths_here() {
+            let step = start_json(path, &[]);
+            let ids = step.program_ids();
+            let finished = step.stop(Signal::SIGKILL);
+            assert_eq!(finished.status.code(), None, "killed by a signal");
+            // No handler ran: the kernel let go of the programs when their last fd closed.
+            assert_programs_unloaded(&ids);
+        }
+    }
+
+    #[test]
+    fn two_instances_at_once_both_see_every_event() {
+        if !kernel_tests_can_run("two_instances_at_once_both_see_every_event") {
+            return;
+        }
+        let mut first = start_json("tracepoint", &[]);
+        let mut second = start_json("tracepoint", &[]);
+        let listeners: Vec<_> = (0..20)
+            .map(|_| trigger::listen((LOCALHOST, 0).into(), 51).unwrap())
+            .collect();
+        for listener in &listeners {
+            assert_eq!(
+                json_event_for(&mut first, listener.local_addr)["backlog"],
+                51
+            );
+            assert_eq!(
+                json_event_for(&mut second, listener.local_addr)["backlog"],
+                51
+            );
+        }
+        first.stop_cleanly(Signal::SIGINT);
+        second.stop_cleanly(Signal::SIGINT);
+    }
+
+    #[test]
+    fn a_closed_output_pipe_ends_the_run_quietly() {
+        if !kernel_tests_can_run("a_closed_output_pipe_ends_the_run_quietly") {
+            return;
+        }
+        // `STEP | head -1`: head takes the table's header and exits; the next row meets a closed
+        // pipe. The step's own exit status and messages are what we check, not head's.
+        let mut step = Command::new(STEP)
+            .args(["--attach", "tracepoint"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let head = Command::new("head")
+            .arg("-1")
+            .stdin(step.stdout.take().unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let _listener = trigger::listen((LOCALHOST, 0).into(), 53).unwrap();
+            if let Some(status) = step.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = step.kill();
+                panic!("the step did not end after its output closed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        step.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(head.wait_with_output().unwrap().status.success());
+        assert!(
+            status.success(),
+            "the step's exit status: {status}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("stopped: the output was closed: detached from the"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Error"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_btf_is_a_clear_error() {
+        if !kernel_tests_can_run("a_kernel_without_btf_is_a_clear_error") {
+            return;
+        }
+        let corrupt =
+            std::env::temp_dir().join(format!("listen-trace-corrupt-btf-{}", std::process::id()));
+        fs::write(&corrupt, b"not BTF at all").unwrap();
+        for (file, message) in [
+            (
+                "/nonexistent/vmlinux".into(),
+                "this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF)",
+            ),
+            (corrupt.clone(), "is not valid BTF"),
+        ] {
+            let finished = RunningStep::spawn_command(
+                Command::new(STEP).env(common::KERNEL_BTF_VARIABLE, &file),
+            )
+            .wait(Duration::from_secs(10));
+            let stderr = finished.stderr();
+            assert_eq!(finished.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains(message), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+        fs::remove_file(corrupt).unwrap();
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for (args, message) in [
+            (&["--buffer-pages", "3"][..], "`3` is not a power of two"),
+            (&["--pid", "-4"][..], "unexpected argument"),
+            (
+                &["--netns", "abc"][..],
+                "invalid value 'abc' for '--netns <INODE>'",
+            ),
+            (&["--frobnicate"][..], "unexpected argument '--frobnicate'"),
+        ] {
+            let finished = RunningStep::spawn(STEP, args).wait(Duration::from_secs(10));
+            assert_eq!(finished.status.code(), Some(2), "{args:?}");
+            assert!(
+                finished.stderr().contains(message),
+                "{args:?}: {}",
+                finished.stderr()
+            );
+        }
+    }
+}
+
+/// A stop ends the reader's pause at once: with `--batch-pause 1000`, a Ctrl-C that comes while the
+/// reader waits for events to gather ends the run long before the second is over, and the event
+/// that started the pause is still printed.
+#[test]
+fn ctrl_c_ends_the_batch_pause_at_once() {
+    if !kernel_tests_can_run("ctrl_c_ends_the_batch_pause_at_once") {
+        return;
+    }
+    let step = start_json("auto", &["--batch-pause", "1000"]);
+    let listener = trigger::listen((LOCALHOST, 0).into(), 5).unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the reader woke, and now pauses
+    let stopped = std::time::Instant::now();
+    let finished = step.stop(Signal::SIGINT);
+    let took = stopped.elapsed();
+    assert!(finished.status.success(), "{}", finished.stderr());
+    assert!(
+        took < Duration::from_millis(700),
+        "Ctrl-C took {took:?} to end a run paused for 1000 ms"
+    );
+    let port = listener.local_addr.port();
+    assert!(
+        finished
+            .stdout()
+            .lines()
+            .any(|line| line.contains(&format!("\"port\":{port},"))),
+        "the event that started the pause was not printed before the exit:\n{}",
+        finished.stdout()
+    );
+}
+
+/// What the book shows lesson 5 printing, recorded for real: in a `vm-test` guest with kprobes
+/// this becomes the page's stock-kernel transcript.
+#[test]
+fn the_books_transcript_is_recorded() {
+    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
+        return;
+    }
+    support::transcripts::record_and_print(5, STEP);
+}
