@@ -1,4 +1,4 @@
-//! What the eBPF programs of lessons 2 to 4 share: a way to read a kernel struct's field at the
+//! What the eBPF programs of lessons 2 to 5 share: a way to read a kernel struct's field at the
 //! offset userspace found in the kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;

@@ -329,20 +329,10 @@ fn make_every_kind_of_listen() -> (Vec<(u16, Value)>, Vec<Socket>) {
     expected.push((port_of(&unbound), row("TCPv4", 64, "0.0.0.0", 0, None)));
     sockets.push(unbound);
     // Two sockets bound to one port with SO_REUSEADDR: the second listen() fails, EADDRINUSE.
-    let first = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    first.set_reuse_address(true).unwrap();
-    first
-        .bind(&SocketAddr::from((LOCALHOST, 0)).into())
-        .unwrap();
-    let port = port_of(&first);
-    let second = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    second.set_reuse_address(true).unwrap();
-    second
-        .bind(&SocketAddr::from((LOCALHOST, port)).into())
-        .unwrap();
-    first.listen(65).unwrap();
-    let error = second.listen(66).unwrap_err();
+    let (first, second, error) =
+        trigger::listen_on_a_port_in_use((LOCALHOST, 0).into(), 65).unwrap();
     assert_eq!(error.raw_os_error(), Some(libc::EADDRINUSE));
+    let port = first.local_addr.port();
     expected.push((port, row("TCPv4", 65, "127.0.0.1", 0, None)));
     expected.push((
         port,
@@ -354,21 +344,20 @@ fn make_every_kind_of_listen() -> (Vec<(u16, Value)>, Vec<Socket>) {
             Some("EADDRINUSE"),
         ),
     ));
-    sockets.extend([first, second]);
+    sockets.extend([first.socket, second]);
     // listen() on a connected socket fails with EINVAL.
-    let server = trigger::listen((LOCALHOST, 0).into(), 67).unwrap().socket;
-    expected.push((port_of(&server), row("TCPv4", 67, "127.0.0.1", 0, None)));
-    let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    client.connect(&server.local_addr().unwrap()).unwrap();
-    assert_eq!(
-        client.listen(68).unwrap_err().raw_os_error(),
-        Some(libc::EINVAL)
-    );
+    let (server, client, error) =
+        trigger::listen_on_a_connected_socket((LOCALHOST, 0).into(), 67).unwrap();
+    assert_eq!(error.raw_os_error(), Some(libc::EINVAL));
+    expected.push((
+        server.local_addr.port(),
+        row("TCPv4", 67, "127.0.0.1", 0, None),
+    ));
     expected.push((
         port_of(&client),
         row("TCPv4", 68, "127.0.0.1", -libc::EINVAL, Some("EINVAL")),
     ));
-    sockets.extend([server, client]);
+    sockets.extend([server.socket, client]);
     // MPTCP, where the kernel has it: one row, never shown as TCP.
     match Socket::new(
         Domain::IPV4,

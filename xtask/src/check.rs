@@ -587,4 +587,27 @@ mod tests {
             }
         }
     }
+
+    /// A half-done exercise must not break another lesson's build: each solution changes only the
+    /// folder of its own lesson.
+    #[test]
+    fn every_solution_changes_only_its_own_lesson() {
+        for exercise in &EXERCISES {
+            let folder = format!("{}/", lessons::find(exercise.lesson).unwrap().package);
+            let patch = workspace_root().join("docs/exercises").join(exercise.patch);
+            let text = std::fs::read_to_string(&patch).unwrap();
+            let touched: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("+++ b/"))
+                .collect();
+            assert!(!touched.is_empty(), "{} changes no file", patch.display());
+            for file in touched {
+                assert!(
+                    file.starts_with(&folder),
+                    "exercise {} changes {file}, outside {folder}",
+                    exercise.number
+                );
+            }
+        }
+    }
 }

@@ -14,11 +14,12 @@ use crate::{KERNEL_BTF, KPROBE_PMU, LISTEN_FUNCTION, STATE_TRACEPOINT};
 pub enum AttachMode {
     /// Try kprobe, then fentry, then the tracepoint
     Auto,
-    /// A kprobe on inet_listen() (the article's hook)
+    /// A kprobe on inet_listen(), the article's hook (lesson 5 adds a kretprobe on its return)
     Kprobe,
-    /// An fentry program on inet_listen() (BPF trampoline, needs BTF)
+    /// A BPF trampoline on inet_listen(), which needs BTF: fentry (lesson 5: fexit, on its return)
     Fentry,
-    /// The tracepoint sock:inet_sock_set_state, when a socket enters TCP_LISTEN
+    /// The tracepoint sock:inet_sock_set_state, when a socket enters TCP_LISTEN (lesson 5 adds the
+    /// listen() system call's tracepoints, sys_enter_listen and sys_exit_listen)
     Tracepoint,
 }
 

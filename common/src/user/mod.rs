@@ -14,6 +14,7 @@ pub use explain::{
     AttachMode, AttachPath, attached_line, check_privileges, explain_attach_failure,
     explain_load_failure, lift_memlock_limit, no_path_attached,
 };
+pub use offsets::field_offset_in_running_kernel;
 pub use options::Options;
 pub use report::Report;
 pub use stop::{StopReason, StopSignals};

@@ -18,19 +18,7 @@ impl SockOffsets {
     /// The offsets described by the BTF file at `path`.
     pub fn from_btf_file(path: &Path) -> anyhow::Result<Self> {
         let started = Instant::now();
-        if !path.exists() {
-            bail!(
-                "{} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF), which \
-                 lessons 2 to 4 need to find the fields of its structs; lesson 1 works without it",
-                path.display()
-            );
-        }
-        // Mapped, not parsed up front: we look up a few structs among tens of thousands of types
-        // (6 ms instead of 100). Kernels before 6.x cannot map this file: read it whole there.
-        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
-            .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
-            .map_err(|error| anyhow!("{error}"))
-            .with_context(|| format!("{} is not valid BTF", path.display()))?;
+        let btf = open_btf(path)?;
         // Each field with the size the eBPF programs read it as: a field that changed type (not
         // only place) on some kernel is an error here, not a wrong value later.
         const POINTER: usize = size_of::<u64>();
@@ -80,6 +68,34 @@ impl std::fmt::Display for SockOffsets {
             self.net_ns_inum
         )
     }
+}
+
+/// The offset of one more field in the running kernel, for a lesson that reads a field
+/// [`SockOffsets`] does not hold (exercise 3 reads `skc_num` this way): `struct NAME`'s field
+/// `path`, which must be `size` bytes long.
+pub fn field_offset_in_running_kernel(
+    name: &str,
+    path: &[&str],
+    size: usize,
+) -> anyhow::Result<u32> {
+    field(&open_btf(&running_kernel_btf())?, name, path, size)
+}
+
+/// Opens the BTF file at `path`, with an error that says what a missing one means.
+fn open_btf(path: &Path) -> anyhow::Result<Btf> {
+    if !path.exists() {
+        bail!(
+            "{} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF), which \
+             lessons 2 to 5 need to find the fields of its structs; lesson 1 works without it",
+            path.display()
+        );
+    }
+    // Mapped, not parsed up front: we look up a few structs among tens of thousands of types
+    // (6 ms instead of 100). Kernels before 6.x cannot map this file: read it whole there.
+    Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
+        .map_err(|error| anyhow!("{error}"))
+        .with_context(|| format!("{} is not valid BTF", path.display()))
 }
 
 /// The running kernel's BTF file: `LISTEN_TRACE_KERNEL_BTF` where it is set, else the kernel's own.

@@ -114,9 +114,30 @@ pub const TRANSCRIPTS: [Transcript; 6] = [
         lesson: 5,
         args: &[],
         listens: || {
+            // As the page's `cargo xtask listen` commands make them.
             let mut listeners = listen_in_a_netns_and_on_ipv6()?;
-            // A socket never bound: lesson 5 shows the port the kernel picked for it.
-            listeners.push(trigger::listen_without_bind(trigger::Domain::IPV4, 5)?);
+            // A socket never bound: lesson 5 shows the port the kernel picked for it; then a
+            // second listen() on it, which only changes the backlog.
+            let unbound = trigger::listen_without_bind(trigger::Domain::IPV4, 5)?;
+            unbound.socket.listen(9)?;
+            listeners.push(unbound);
+            // listen() on a port in use (EADDRINUSE) and on a connected socket (EINVAL).
+            let localhost = IpAddr::from([127, 0, 0, 1]);
+            let (first, second, _) = trigger::listen_on_a_port_in_use((localhost, 0).into(), 3)?;
+            let (server, client, _) =
+                trigger::listen_on_a_connected_socket((localhost, 0).into(), 4)?;
+            for (listener, other) in [(first, second), (server, client)] {
+                let local_addr = listener.local_addr;
+                listeners.extend([
+                    listener,
+                    trigger::Listener {
+                        socket: other,
+                        local_addr,
+                    },
+                ]);
+            }
+            // An MPTCP listen, where the kernel has MPTCP.
+            listeners.extend(trigger::listen_mptcp((localhost, 0).into(), 6).ok());
             Ok(listeners)
         },
         keep: table_rows_of_ours,

@@ -57,6 +57,59 @@ pub fn listen_without_bind(domain: Domain, backlog: i32) -> anyhow::Result<Liste
     listening(socket)
 }
 
+/// A `listen()` that fails with `EADDRINUSE`: two TCP sockets bound to one port of `addr` with
+/// `SO_REUSEADDR` (which lets them share it until one listens), the first listens with `backlog`,
+/// then the second's `listen(backlog + 1)` fails. Returns the listener, the second socket (kept
+/// open as the caller likes) and its error.
+pub fn listen_on_a_port_in_use(
+    addr: SocketAddr,
+    backlog: i32,
+) -> anyhow::Result<(Listener, Socket, io::Error)> {
+    let bound = |addr: SocketAddr| -> anyhow::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .context("cannot create a TCP socket")?;
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&SockAddr::from(addr))
+            .map_err(|error| bind_error(addr, error))?;
+        Ok(socket)
+    };
+    let first = bound(addr)?;
+    let port = first
+        .local_addr()?
+        .as_socket()
+        .context("no IP address")?
+        .port();
+    let second = bound(SocketAddr::new(addr.ip(), port))?;
+    first
+        .listen(backlog)
+        .with_context(|| format!("listen(backlog {backlog}) on port {port} failed"))?;
+    let error = second
+        .listen(backlog + 1)
+        .err()
+        .context("the second listen() on a port in use worked: EADDRINUSE was expected")?;
+    Ok((listening(first)?, second, error))
+}
+
+/// A `listen()` that fails with `EINVAL`: a listener on `addr`, a client connected to it, then
+/// `listen(backlog)` on the connected client. Returns the listener, the client and its error.
+pub fn listen_on_a_connected_socket(
+    addr: SocketAddr,
+    backlog: i32,
+) -> anyhow::Result<(Listener, Socket, io::Error)> {
+    let server = listen(addr, backlog)?;
+    let client = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .context("cannot create a TCP socket")?;
+    client
+        .connect(&SockAddr::from(server.local_addr))
+        .context("cannot connect to our own listener")?;
+    let error = client
+        .listen(backlog + 1)
+        .err()
+        .context("listen() on a connected socket worked: EINVAL was expected")?;
+    Ok((server, client, error))
+}
+
 /// The listener of a socket that now listens, with the address the kernel bound.
 fn listening(socket: Socket) -> anyhow::Result<Listener> {
     let local_addr = socket
@@ -140,7 +193,7 @@ pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
 /// A thread that lives in a network namespace of its own (with `lo` up) and runs the closures it is
 /// given there, so that a test's listens can be told apart by their namespace.
 pub struct InNewNetns {
-    /// The namespace's inode, as `/proc/PID/ns/net` and lesson 4 show it.
+    /// The namespace's inode, as `/proc/PID/ns/net` and lessons 4 and 5 show it.
     pub inode: u64,
     jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
 }
