@@ -187,7 +187,21 @@ impl Transcript {
         let listens = self.listens;
         let listeners = thread::Builder::new()
             .name("xtask".to_string())
-            .spawn(listens)?
+            .spawn(move || {
+                // Every listen on one CPU (the threads it starts inherit this): their events then
+                // share one ring of the perf buffer and come out in the order they were made.
+                let mut one_cpu = nix::sched::CpuSet::new();
+                let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+                    .ok()
+                    .and_then(|allowed| {
+                        (0..nix::sched::CpuSet::count())
+                            .find(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+                    })
+                    .unwrap_or(0);
+                let _ = one_cpu.set(cpu);
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu);
+                listens()
+            })?
             .join()
             .map_err(|_| anyhow!("the listening thread failed"))??;
         // Every listen's event, or 10 s (an emulated CPU is slow); then a moment for the rest.
