@@ -6,7 +6,7 @@ use std::{fs, net::Ipv4Addr};
 
 use nix::sys::signal::Signal;
 use support::{
-    kernel::{attach_paths_here, kernel_tests_can_run},
+    kernel::{attach_paths_here, require_root},
     running::RunningStep,
     trigger,
 };
@@ -27,10 +27,9 @@ fn somaxconn() -> u32 {
 }
 
 #[test]
+#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_backlog_is_exact_on_every_attach_path() {
-    if !kernel_tests_can_run("the_backlog_is_exact_on_every_attach_path") {
-        return;
-    }
+    require_root();
     let cap = somaxconn();
     // (what we pass to listen(), what the kernel must report), between two unusual markers.
     let cases: [(i32, u32); 7] = [
@@ -61,9 +60,8 @@ fn the_backlog_is_exact_on_every_attach_path() {
 /// What the book shows lesson 2 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
+#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
-    if !kernel_tests_can_run("the_books_transcript_is_recorded") {
-        return;
-    }
+    require_root();
     support::transcripts::record_and_print(2, STEP);
 }

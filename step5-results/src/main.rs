@@ -203,6 +203,7 @@ impl PerfBuffers {
                 break closed_or_fail(error)?;
             }
             if let Some(reason) = paused_until_stop {
+                eprintln!("the stop cut a batch pause short: what had gathered is printed");
                 break reason;
             }
         };

@@ -77,11 +77,12 @@ impl Tracer {
         matches!(self, Self::Step5Json | Self::Exercise5)
     }
 
-    /// The tracer's command: `binary` is the lesson's (or the exercise's) program.
-    fn command(self, binary: &Path) -> Option<Command> {
+    /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
+    /// `attach` (`--attach`; bpftrace uses the state tracepoint).
+    fn command(self, binary: &Path, attach: &str) -> Option<Command> {
         let lesson = |args: &[&str]| {
             let mut command = Command::new(binary);
-            command.arg("--attach=tracepoint").args(args);
+            command.arg(format!("--attach={attach}")).args(args);
             Some(command)
         };
         match self {
@@ -115,6 +116,10 @@ impl Tracer {
 /// The bpftrace program that does what lesson 5 does on the same tracepoint: a line per listen.
 const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
+
+/// The attach path the bench compares on: the state tracepoint, which every kernel here has and
+/// bpftrace uses too.
+const BENCH_PATH: &str = "tracepoint";
 
 /// One timed run.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +176,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); tracers.len()];
     for round in 1..=args.rounds {
         for (index, &tracer) in tracers.iter().enumerate() {
-            let run = run_once(tracer, binary_of(tracer), args.listens, &work)?;
+            let run = run_once(tracer, binary_of(tracer), BENCH_PATH, args.listens, &work)?;
             eprintln!(
                 "    round {round}: {:<28} {:>7.2} us per listen, {} of {} received, {} lost",
                 tracer.name(),
@@ -210,10 +215,16 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Starts `tracer` (with `binary`, the lesson's or the exercise's program), waits until it is
 /// ready, runs the loop, stops it and reads its counts.
-pub fn run_once(tracer: Tracer, binary: &Path, listens: usize, work: &Path) -> anyhow::Result<Run> {
+pub fn run_once(
+    tracer: Tracer,
+    binary: &Path,
+    attach: &str,
+    listens: usize,
+    work: &Path,
+) -> anyhow::Result<Run> {
     let out_path = work.join("tracer.out");
     let err_path = work.join("tracer.err");
-    let child = match tracer.command(binary) {
+    let child = match tracer.command(binary, attach) {
         Some(mut command) => Some(spawn_to_files(&mut command, &out_path, &err_path)?),
         None => None,
     };
@@ -266,7 +277,7 @@ const LATENCY_LISTENS: usize = 200;
 
 /// The median and the 99th percentile, in seconds, of the delay from a lone `listen()` to its line.
 fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> {
-    let mut command = tracer.command(binary).context("no tracer")?;
+    let mut command = tracer.command(binary, BENCH_PATH).context("no tracer")?;
     let mut running = RunningStep::try_spawn(&mut command).map_err(|error| anyhow!(error))?;
     let ready = running.find_line(
         if tracer == Tracer::Bpftrace {

@@ -119,6 +119,17 @@ fn find(number: u8) -> anyhow::Result<&'static Exercise> {
 pub fn build(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
     let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
+    if number == 5 {
+        // The floor of exercise 5's cost: lesson 5 as committed, built first (the solution and
+        // the starter are built in the same checkout after it).
+        let committed = build_in_clean_checkout(toolchain, lesson, None)?;
+        std::fs::create_dir_all(target_dir().join("exercise-5"))?;
+        std::fs::copy(&committed, floor_binary())
+            .with_context(|| format!("cannot copy {}", committed.display()))?;
+        if attempt == Attempt::Starter {
+            return Ok(committed);
+        }
+    }
     match attempt {
         Attempt::Yours => {
             lessons::build(toolchain, &[lesson])?;
@@ -279,7 +290,7 @@ fn check_process_name(binary: &Path) -> Result<(), String> {
         .map_err(|error| error.to_string())?
         .join()
         .map_err(|_| "the listening thread failed".to_string())??;
-    if wait_for(&mut step, |line| line.ends_with(&wanted)).is_some() {
+    if wait_for(&mut step, |line| line.contains(&wanted)).is_some() {
         return Ok(());
     }
     Err(if saw(&step, |line| line.ends_with(" Hello World!")) {
@@ -303,7 +314,7 @@ fn check_pid(binary: &Path) -> Result<(), String> {
         "Listening with up to 7 pending connections! (pid {})",
         std::process::id()
     );
-    if wait_for(&mut step, |line| line.ends_with(&wanted)).is_some() {
+    if wait_for(&mut step, |line| line.contains(&wanted)).is_some() {
         return Ok(());
     }
     Err(
@@ -383,16 +394,27 @@ fn check_thread_id(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 5's burst: as many listens as lesson 5's storm test makes.
+/// Exercise 5's burst: twice as many listens as lesson 5's storm test makes.
 const BURST: usize = 200_000;
-/// Exercise 5's targets: the traced loop's cost next to the untraced one, and a lone listen's delay.
-const MAX_RATIO: f64 = 1.3;
+
+/// The burst's size: `BURST`, or fewer where `LISTEN_TRACE_BURST` says so (an emulated guest).
+fn burst_size() -> usize {
+    std::env::var("LISTEN_TRACE_BURST")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .unwrap_or(BURST)
+}
+/// Exercise 5's targets: the burst's cost next to the floor (lesson 5 as committed, every event
+/// filtered in the kernel, on the same attach path), and a lone listen's delay.
+const MAX_OVER_FLOOR: f64 = 1.25;
 const MAX_LONE_DELAY: Duration = Duration::from_millis(100);
+/// How many alternating rounds (floor, then the learner's program) the cost is the median of.
+const ROUNDS: usize = 3;
 
 /// Exercise 5: lesson 5's events through one BPF ring buffer, woken only now and then. Correct:
 /// every listen of a burst arrives, or the loss is reported. Cheap: the same loop of listens costs
-/// at most `MAX_RATIO` untraced, measured side by side, and a lone listen shows within
-/// `MAX_LONE_DELAY`.
+/// at most `MAX_OVER_FLOOR` times the floor, measured side by side, and a lone listen shows
+/// within `MAX_LONE_DELAY`.
 fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), String> {
     let own_pid = std::process::id().to_string();
     let mut step = start(binary, &["--json", "--pid", &own_pid])?;
@@ -437,43 +459,67 @@ fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), String> {
     delays.sort();
     let (lone_median, lone_worst) = (delays[delays.len() / 2], delays[delays.len() - 1]);
 
-    // The burst, untraced and traced, alternating; every traced one must arrive whole.
+    // The burst: the learner's program next to lesson 5 as committed with every event filtered
+    // in the kernel (its probes run, nothing is sent), on the same attach path, alternating. Their
+    // ratio is what sending the events costs; the untraced loop is shown for information.
     let work = target_dir().join("exercise-5");
     std::fs::create_dir_all(&work).map_err(|error| error.to_string())?;
-    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        let run = |tracer| {
-            bench::run_once(tracer, binary, BURST, &work).map_err(|error| format!("{error:#}"))
-        };
-        untraced.push(run(bench::Tracer::None)?.nanos_per_listen);
-        let burst = run(bench::Tracer::Exercise5)?;
-        let missing = BURST as u64 - burst.received.min(BURST as u64);
-        if missing > 0 && burst.lost < missing {
-            return Err(format!(
-                "{} of a burst of {BURST} listens arrived, and only {} were reported lost",
-                burst.received, burst.lost
-            ));
+    let floor = floor_binary();
+    let burst_listens = burst_size();
+    let run = |tracer, binary: &Path| {
+        bench::run_once(tracer, binary, "auto", burst_listens, &work)
+            .map_err(|error| format!("{error:#}"))
+    };
+    let untraced = run(bench::Tracer::None, binary)?.nanos_per_listen;
+    let (mut floors, mut ratios) = (Vec::new(), Vec::new());
+    let measure_rounds = |rounds: usize,
+                          floors: &mut Vec<f64>,
+                          ratios: &mut Vec<f64>|
+     -> Result<(), String> {
+        for _ in 0..rounds {
+            let below = run(bench::Tracer::Step5FilteredOut, &floor)?.nanos_per_listen;
+            let burst = run(bench::Tracer::Exercise5, binary)?;
+            let missing = burst_listens as u64 - burst.received.min(burst_listens as u64);
+            if missing > 0 && burst.lost < missing {
+                return Err(format!(
+                    "{} of a burst of {burst_listens} listens arrived, and only {} were reported lost",
+                    burst.received, burst.lost
+                ));
+            }
+            floors.push(below);
+            ratios.push(burst.nanos_per_listen / below);
         }
-        traced.push(burst.nanos_per_listen);
+        Ok(())
+    };
+    measure_rounds(ROUNDS, &mut floors, &mut ratios)?;
+    let mut verdict = CostVerdict::of(&ratios, &floors, untraced);
+    if timings == Timings::Decide && verdict.ratio > MAX_OVER_FLOOR {
+        // Repeated before it fails: a noisy round must not decide.
+        eprintln!(
+            "    exercise 5: {:.2}x the floor over {ROUNDS} rounds, above {MAX_OVER_FLOOR}x: \
+             measuring {ROUNDS} more rounds",
+            verdict.ratio
+        );
+        measure_rounds(ROUNDS, &mut floors, &mut ratios)?;
+        verdict = CostVerdict::of(&ratios, &floors, untraced);
     }
-    let (untraced, traced) = (bench::median(&mut untraced), bench::median(&mut traced));
-    let ratio = traced / untraced;
     eprintln!(
-        "    exercise 5: a burst of {BURST} listens costs {ratio:.2}x untraced ({:.2} us against {:.2} \
-         us per listen; target {MAX_RATIO}x); a lone listen shows after {} ms (median of 20; worst \
-         {} ms; target {} ms)",
-        traced / 1000.0,
-        untraced / 1000.0,
+        "    exercise 5: a burst of {burst_listens} listens costs {:.2}x lesson 5 with every event filtered \
+         in the kernel (median of {} rounds, from {:.2}x to {:.2}x; target {MAX_OVER_FLOOR}x), \
+         {:.2}x an untraced loop (for information); a lone listen shows after {} ms (median of \
+         20; worst {} ms; target {} ms)",
+        verdict.ratio,
+        ratios.len(),
+        verdict.lowest,
+        verdict.highest,
+        verdict.untraced_ratio,
         lone_median.as_millis(),
         lone_worst.as_millis(),
         MAX_LONE_DELAY.as_millis()
     );
     if timings == Timings::Decide {
-        if ratio > MAX_RATIO {
-            return Err(format!(
-                "the burst costs {ratio:.2}x an untraced one: more than {MAX_RATIO}x (are wake-ups \
-                 still sent for every event?)"
-            ));
+        if verdict.ratio > MAX_OVER_FLOOR {
+            return Err(verdict.explain_failure());
         }
         if lone_median > MAX_LONE_DELAY {
             return Err(format!(
@@ -484,6 +530,59 @@ fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Exercise 5's rounds, summed up.
+struct CostVerdict {
+    /// The median of the rounds' ratios to the floor.
+    ratio: f64,
+    lowest: f64,
+    highest: f64,
+    /// The floor's own cost next to the untraced loop, and the learner's.
+    untraced_ratio: f64,
+}
+
+impl CostVerdict {
+    fn of(ratios: &[f64], floors: &[f64], untraced: f64) -> Self {
+        let mut sorted = ratios.to_vec();
+        let ratio = bench::median(&mut sorted);
+        let floor = bench::median(&mut floors.to_vec());
+        Self {
+            ratio,
+            lowest: sorted[0],
+            highest: sorted[sorted.len() - 1],
+            untraced_ratio: ratio * floor / untraced,
+        }
+    }
+
+    /// Why the cost check failed: on a busy machine, or with rounds that disagree, that; else the
+    /// likely bug.
+    fn explain_failure(&self) -> String {
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let measured = format!(
+            "the burst costs {:.2}x lesson 5 with every event filtered in the kernel, more than \
+             {MAX_OVER_FLOOR}x (rounds from {:.2}x to {:.2}x)",
+            self.ratio, self.lowest, self.highest
+        );
+        if load > cpus / 2.0 || self.highest > self.lowest * 1.2 {
+            format!(
+                "{measured}; but this machine is busy (load average {load:.1} on {cpus} CPUs) or \
+                 the rounds disagree, so this may be noise, not your code: run the check again \
+                 when the machine is quieter"
+            )
+        } else {
+            format!("{measured}: are wake-ups still sent for every event?")
+        }
+    }
+}
+
+/// Where exercise 5's check keeps lesson 5 as committed, the floor its cost is measured against.
+pub fn floor_binary() -> PathBuf {
+    target_dir().join("exercise-5/lesson-5-as-committed")
 }
 
 fn listen_once(backlog: i32) -> Result<(), String> {

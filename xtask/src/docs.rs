@@ -55,6 +55,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
                 filter: Some(vm::TRANSCRIPT_TESTS.to_string()),
                 kernel: Some(vm::STOCK_KERNEL.to_string()),
                 expect: "kprobe,fentry,tracepoint".to_string(),
+                write: true,
                 ..vm::VmTestArgs::default()
             },
         )?;

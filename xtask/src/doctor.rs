@@ -1,7 +1,9 @@
 //! `cargo xtask doctor`: a learner's preflight. It says, one line per item with its fix, whether
 //! this machine can run the lessons: the kernel and CPU, BTF, which attach paths really load and
 //! attach (by running lesson 1 itself with each `--attach`), privileges, the locked-memory limit
-//! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Exit 0 only when
+//! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Then a verdict per
+//! lesson: the path it would take, whether the struct offsets of lessons 2 to 5 resolve in this
+//! kernel's BTF, the syscall tracepoints lesson 5's fallback needs, and MPTCP. Exit 0 only when
 //! lesson 1 will run.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -81,8 +83,32 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
     findings.extend(paths);
 
     let ready = can_load && any_path;
-    let verdict = if ready {
-        "ready: lesson 1 will run here".to_string()
+    let path_works = |wanted: &str| {
+        findings
+            .iter()
+            .any(|finding| finding.item == wanted && finding.ok)
+    };
+    let lesson5 = if can_load {
+        let lesson = lessons::find(5)?;
+        lessons::build(toolchain, &[lesson])?;
+        try_lesson_5(&target_dir().join("release").join(lesson.package))
+    } else {
+        Err("not tried (no privileges)".to_string())
+    };
+    let lessons = lesson_verdicts(&lesson5, can_load, path_works);
+    let lessons_ready = lessons.iter().filter(|lesson| lesson.ready).count();
+    let verdict = if ready && lessons_ready == lessons.len() {
+        format!("ready: lessons 1 to {} will run here", lessons.len())
+    } else if ready {
+        let not: Vec<String> = lessons
+            .iter()
+            .filter(|lesson| !lesson.ready)
+            .map(|lesson| lesson.number.to_string())
+            .collect();
+        format!(
+            "lesson 1 will run here, lesson(s) {} will not (see their lines)",
+            not.join(", ")
+        )
     } else if !can_load {
         "not ready: the lessons cannot load their programs as this user (see privileges)"
             .to_string()
@@ -96,9 +122,15 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
                 json!({"item": finding.item, "ok": finding.ok, "seen": finding.seen, "fix": finding.fix})
             })
             .collect();
+        let per_lesson: Vec<_> = lessons
+            .iter()
+            .map(|lesson| {
+                json!({"lesson": lesson.number, "ready": lesson.ready, "path": lesson.path, "seen": lesson.seen})
+            })
+            .collect();
         println!(
             "{}",
-            json!({"ready": ready, "verdict": verdict, "findings": items})
+            json!({"ready": ready, "verdict": verdict, "findings": items, "lessons": per_lesson})
         );
     } else {
         for finding in &findings {
@@ -108,12 +140,152 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
                 println!("    {:<11} fix: {fix}", "");
             }
         }
+        for lesson in &lessons {
+            let mark = if lesson.ready { "ok " } else { "!! " };
+            println!("{mark} lesson {}    {}", lesson.number, lesson.seen);
+        }
         println!("verdict: {verdict}");
     }
     if ready {
         Ok(())
     } else {
         anyhow::bail!("{verdict}")
+    }
+}
+
+/// What one lesson would do here.
+struct LessonVerdict {
+    number: u8,
+    ready: bool,
+    /// The attach path `--attach auto` would take.
+    path: Option<&'static str>,
+    seen: String,
+}
+
+/// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
+/// the state tracepoint: they take the first path lesson 1 showed working (`path_works`). Lesson 5
+/// follows each call to its end (kretprobe, fexit, or the syscall tracepoints with the state
+/// tracepoint) and reads every struct field the others read: it is run here, as lesson 1 was, and
+/// what it printed says whether the offsets resolve in this kernel's BTF and which path it took.
+fn lesson_verdicts(
+    lesson5: &Result<String, String>,
+    can_load: bool,
+    path_works: impl Fn(&str) -> bool,
+) -> Vec<LessonVerdict> {
+    let entry_path = ["kprobe", "fentry", "tracepoint"]
+        .into_iter()
+        .find(|path| path_works(path));
+    let offsets: Result<(), String> = match lesson5 {
+        Ok(stderr) if stderr.contains("struct offsets in this kernel (from its BTF)") => Ok(()),
+        Ok(stderr) | Err(stderr) => Err(stderr
+            .lines()
+            .find(|line| line.contains("BTF"))
+            .unwrap_or("lesson 5 did not say")
+            .to_string()),
+    };
+    let lesson5_path = match lesson5 {
+        Ok(stderr) => ["kprobe", "fentry", "tracepoint"].into_iter().find(|path| {
+            stderr
+                .lines()
+                .any(|line| line.starts_with(path) && line.contains(": attached (program"))
+        }),
+        Err(_) => None,
+    };
+    let mptcp = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::from(i32::from(common::IPPROTO_MPTCP))),
+    )
+    .is_ok();
+    let mut verdicts = Vec::new();
+    for number in 1..=5u8 {
+        let path = if number == 5 {
+            lesson5_path
+        } else {
+            entry_path
+        };
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        if !can_load {
+            problems.push("cannot load programs as this user (see privileges)".to_string());
+        }
+        if number >= 2 && can_load {
+            match &offsets {
+                Ok(()) => notes.push("its struct offsets resolve in this kernel's BTF".to_string()),
+                Err(error) => problems.push(format!("its struct offsets do not resolve: {error}")),
+            }
+        }
+        if number == 5 {
+            if path.is_none()
+                && can_load
+                && let Ok(said) | Err(said) = lesson5
+            {
+                problems.push(format!(
+                    "lesson 5 did not attach: {}",
+                    said.lines().last().unwrap_or_default()
+                ));
+            }
+            notes.push(if mptcp {
+                "MPTCP: in this kernel (its rows show)".to_string()
+            } else {
+                "MPTCP: not in this kernel (no MPTCP rows)".to_string()
+            });
+        }
+        let shown_path = match (number, path) {
+            (5, Some("kprobe")) => "a kprobe and a kretprobe on inet_listen()".to_string(),
+            (5, Some("fentry")) => "fexit on inet_listen()".to_string(),
+            (5, Some(_)) => {
+                "the syscall tracepoints sys_enter_listen and sys_exit_listen (tracefs), with the \
+                 state tracepoint"
+                    .to_string()
+            }
+            (_, Some(path)) => format!("{path} (`--attach auto`)"),
+            (_, None) => "no attach path".to_string(),
+        };
+        if path.is_none() && problems.is_empty() {
+            problems.push("no attach path works here".to_string());
+        }
+        let ready = problems.is_empty();
+        let seen = if ready {
+            std::iter::once(format!("ready: {shown_path}"))
+                .chain(notes)
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            format!("not ready: {}", problems.join("; "))
+        };
+        verdicts.push(LessonVerdict {
+            number,
+            ready,
+            path,
+            seen,
+        });
+    }
+    verdicts
+}
+
+/// Runs lesson 5 for a moment with `--attach auto`: its status lines (stderr) when it got ready,
+/// else the error it ended with.
+fn try_lesson_5(binary: &Path) -> Result<String, String> {
+    let mut command = if nix::unistd::geteuid().is_root() {
+        Command::new(binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(binary);
+        sudo
+    };
+    command.args(["--duration", "0.2"]);
+    let finished = RunningStep::try_spawn(&mut command)?.try_wait(Duration::from_secs(30))?;
+    let stderr = finished.stderr();
+    if stderr.lines().any(|line| line == READY_LINE) {
+        Ok(stderr)
+    } else {
+        Err(stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .to_string())
     }
 }
 

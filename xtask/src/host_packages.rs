@@ -149,7 +149,9 @@ pub fn ensure(for_what: &str, packages: &[Package]) -> anyhow::Result<()> {
             names.as_slice(),
         ]
         .concat(),
-    )
+    )?;
+    crate::installed::note(crate::installed::Kind::Package, &names);
+    Ok(())
 }
 
 /// Runs apt-get, refreshing the package lists once if the first try fails (a fresh machine has none).

@@ -1,7 +1,10 @@
-//! What a learner who is not root does, done for real by such a user: `cargo xtask test` creates a
-//! user with sudo rights, gives it a copy of this working tree, and runs as that user `cargo xtask
-//! run step 1`, `check exercise 1 --solution`, `listen --netns` and the kernel tests of lesson 1
-//! (`test --lesson 1`). Each must go through sudo by itself, the way the book says.
+//! What a learner who is not root does, done for real by such a user: `cargo xtask test
+//! --learner-flows` (and every run under `CI`) creates a user with sudo rights for the run only,
+//! gives it a copy of this working tree, and runs as that user `cargo xtask run step 1`, `check
+//! exercise 1 --solution`, `listen --netns` and the kernel tests of lesson 1 (`test --lesson 1`).
+//! Each must go through sudo by itself, the way the book says. Afterwards, also when a flow fails
+//! or the run is interrupted, the user, its group, its sudoers entry and its home are removed,
+//! and that nothing of them is left is checked.
 //!
 //! The user shares this machine's Rust toolchain: in a mount namespace of its own, `/root` becomes
 //! an empty, readable folder holding only the toolchain (`.rustup`, `.cargo/bin`), so nothing of
@@ -31,19 +34,114 @@ use crate::{pinned::run_step, sudo, workspace_root};
 /// The user the flows run as.
 const LEARNER: &str = "listen-trace-learner";
 
+/// Whether `cargo xtask test` runs the flows: when asked, and always under `CI`.
+pub fn wanted(asked: bool) -> bool {
+    asked || std::env::var_os("CI").is_some()
+}
+
 pub fn run() -> anyhow::Result<()> {
     if !sudo::is_root() {
         if std::env::var_os("CI").is_some() {
             bail!("the learner's flows create a user, which needs root, and CI must not skip them");
         }
         eprintln!(
-            "SKIPPED: the learner's flows (a user without root runs the lessons through sudo) \
-             create a user, which needs root; run `cargo xtask test` as root to include them"
+            "NOT RUN: the learner's flows create a temporary user, which needs root; run \
+             `cargo xtask test --learner-flows` as root to include them"
         );
         return Ok(());
     }
+    remove_learner()?; // what an earlier run that was killed outright left
+    // Ctrl-C or SIGTERM while the flows run: the account goes too, then the run ends.
+    ctrlc::set_handler(|| {
+        eprintln!("stopped: removing the temporary user {LEARNER}");
+        let _ = remove_learner();
+        std::process::exit(130);
+    })
+    .context("cannot watch for Ctrl-C")?;
+    let flows = flows();
+    let removed = remove_learner();
+    flows?;
+    removed?;
+    let left = learner_leftovers();
+    if !left.is_empty() {
+        bail!(
+            "the temporary user {LEARNER} left this behind: {}",
+            left.join(", ")
+        );
+    }
+    eprintln!("    the temporary user {LEARNER} is gone: no account, group, sudoers entry or home");
+    Ok(())
+}
+
+/// What of the temporary learner exists on this machine (empty when nothing does).
+pub fn learner_leftovers() -> Vec<String> {
+    let mut left = Vec::new();
+    for (database, what) in [("passwd", "an account"), ("group", "a group")] {
+        if Command::new("getent")
+            .args([database, LEARNER])
+            .output()
+            .is_ok_and(|output| output.status.success())
+        {
+            left.push(format!("{what} {LEARNER}"));
+        }
+    }
+    for path in [sudoers_entry(), home()] {
+        if path.exists() {
+            left.push(path.display().to_string());
+        }
+    }
+    left
+}
+
+/// Removes the temporary learner: its processes, account, group, home and sudoers entry.
+pub fn remove_learner() -> anyhow::Result<()> {
+    if Command::new("getent")
+        .args(["passwd", LEARNER])
+        .output()
+        .is_ok_and(|output| output.status.success())
+    {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", LEARNER])
+            .status();
+        run_step(
+            &format!("userdel --remove {LEARNER}"),
+            Command::new("userdel").args(["--remove", "--force", LEARNER]),
+        )?;
+    }
+    if Command::new("getent")
+        .args(["group", LEARNER])
+        .output()
+        .is_ok_and(|output| output.status.success())
+    {
+        run_step(
+            &format!("groupdel {LEARNER}"),
+            Command::new("groupdel").arg(LEARNER),
+        )?;
+    }
+    for path in [sudoers_entry(), home()] {
+        if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else if path.exists() {
+            fs::remove_file(&path)
+        } else {
+            Ok(())
+        }
+        .with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn sudoers_entry() -> PathBuf {
+    Path::new("/etc/sudoers.d").join(LEARNER)
+}
+
+fn home() -> PathBuf {
+    PathBuf::from("/home").join(LEARNER)
+}
+
+fn flows() -> anyhow::Result<()> {
     let started = Instant::now();
-    eprintln!("==> a learner who is not root: user {LEARNER}, with sudo rights");
+    eprintln!("==> a learner who is not root: temporary user {LEARNER}, with sudo rights");
     let home = prepare()?;
     let checkout = home.join("listen-trace");
 
@@ -124,21 +222,15 @@ pub fn run() -> anyhow::Result<()> {
 /// working tree in a git clone (with the built bpf-linker and the downloaded crates, so it builds offline-fast).
 fn prepare() -> anyhow::Result<PathBuf> {
     crate::host_packages::ensure("the learner flows", &[crate::host_packages::SUDO])?;
-    let exists = Command::new("id")
-        .args(["-u", LEARNER])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !exists {
-        run_step(
-            &format!("useradd {LEARNER}"),
-            Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", LEARNER]),
-        )?;
-    }
-    let sudoers = Path::new("/etc/sudoers.d").join(LEARNER);
+    run_step(
+        &format!("useradd {LEARNER} (for this run only)"),
+        Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", LEARNER]),
+    )?;
+    let sudoers = sudoers_entry();
     fs::write(&sudoers, format!("{LEARNER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))?;
     fs::set_permissions(&sudoers, fs::Permissions::from_mode(0o440))?;
 
-    let home = PathBuf::from("/home").join(LEARNER);
+    let home = home();
     let checkout = home.join("listen-trace");
     if checkout.exists() {
         fs::remove_dir_all(&checkout)?;
@@ -153,25 +245,8 @@ fn prepare() -> anyhow::Result<PathBuf> {
             .arg(&root)
             .arg(&checkout),
     )?;
-    let listed = Command::new("git")
-        .arg("-C")
-        .arg(&root)
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .output()
-        .context("cannot run git")?;
-    for name in listed
-        .stdout
-        .split(|byte| *byte == 0)
-        .filter(|name| !name.is_empty())
-    {
-        let name = std::str::from_utf8(name)?;
-        let (from, to) = (root.join(name), checkout.join(name));
+    for name in working_tree_files(&root)? {
+        let (from, to) = (root.join(&name), checkout.join(&name));
         if from.is_file() {
             fs::create_dir_all(to.parent().unwrap())?;
             fs::copy(&from, &to).with_context(|| format!("cannot copy {name}"))?;
@@ -200,6 +275,31 @@ fn prepare() -> anyhow::Result<PathBuf> {
             .arg(&home),
     )?;
     Ok(home)
+}
+
+/// The files of the working tree in `root` that git tracks or would track (ignored ones aside).
+pub fn working_tree_files(root: &Path) -> anyhow::Result<Vec<String>> {
+    let listed = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .context("cannot run git")?;
+    if !listed.status.success() {
+        bail!("git ls-files failed in {}", root.display());
+    }
+    listed
+        .stdout
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| Ok(std::str::from_utf8(name)?.to_string()))
+        .collect()
 }
 
 /// `shell` run by the learner in `checkout`, in a process group of its own (to be stopped whole),

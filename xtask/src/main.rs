@@ -8,10 +8,12 @@ mod check;
 mod docs;
 mod doctor;
 mod host_packages;
+mod installed;
 mod learner;
 mod lessons;
 mod lima;
 mod listen;
+mod mutants;
 mod pinned;
 mod setup;
 mod sudo;
@@ -73,6 +75,10 @@ enum Command {
     },
     /// Listen on a TCP port until Ctrl-C, to give the lessons something to see
     Listen(listen::ListenArgs),
+    /// List what the project's commands installed on this machine (--remove takes it away)
+    Installed(installed::InstalledArgs),
+    /// Apply deliberate bugs to the lessons, one at a time, and check that their tests catch each
+    Mutants(mutants::MutantsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +94,9 @@ enum CheckWhat {
         /// Check the lesson as it is before the exercise (it must fail)
         #[arg(long)]
         starter: bool,
+        /// Print the timings without judging them (as `cargo xtask test` and `vm-test` do)
+        #[arg(long, hide = true)]
+        print_timings_only: bool,
         /// Print a hint for the exercise, and nothing else
         #[arg(long, conflicts_with_all = ["solution", "starter", "reset"])]
         hint: bool,
@@ -148,6 +157,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             lessons::exec(lesson, &args)
         }
         Command::Test(args) => test::run(&args),
+        Command::Installed(args) => installed::run(&args),
+        Command::Mutants(args) => mutants::run(&setup::run()?, &args),
         Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
@@ -161,6 +172,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     starter,
                     hint,
                     reset,
+                    print_timings_only,
                 },
         } => {
             if hint {
@@ -181,7 +193,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             if sudo::rest_through_sudo(&format!("checking exercise {number}"))? {
                 return Ok(());
             }
-            check::run(number, attempt, &binary, check::Timings::Decide)
+            let timings = if print_timings_only {
+                check::Timings::PrintOnly
+            } else {
+                check::Timings::Decide
+            };
+            check::run(number, attempt, &binary, timings)
         }
         Command::Listen(args) => {
             if args.netns && sudo::rest_through_sudo("listening in a new network namespace")? {

@@ -52,7 +52,9 @@ fn ensure_toolchain(toolchain: &Toolchain) -> anyhow::Result<()> {
         for component in COMPONENTS {
             install.args(["--component", component]);
         }
-        return run_step(&format!("rustup toolchain install {name}"), &mut install);
+        run_step(&format!("rustup toolchain install {name}"), &mut install)?;
+        crate::installed::note(crate::installed::Kind::Toolchain, &[name]);
+        return Ok(());
     }
     let components = rustup(&["component", "list", "--installed", "--toolchain", name])?;
     let missing: Vec<_> = COMPONENTS
@@ -259,6 +261,7 @@ fn find_llvm(toolchain: &Toolchain, tools: &Path) -> anyhow::Result<Llvm> {
             &format!("apt-get install {package}"),
             Command::new("apt-get").args(["install", "-y", &package]),
         )?;
+        crate::installed::note(crate::installed::Kind::Package, &[&package]);
     }
     Ok(Llvm {
         major,

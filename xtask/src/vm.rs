@@ -130,7 +130,10 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
 // ANCHOR_END: guest_kernels
 
 /// The Debian suite of `--kernel` packages, and of the guests' busybox.
-const DEFAULT_SUITE: &str = "bookworm";
+pub const DEFAULT_SUITE: &str = "bookworm";
+
+/// How many listens exercise 5's burst makes in the stock kernel's guest, an emulated CPU.
+const EXERCISE_5_GUEST_BURST: usize = 20_000;
 
 /// The stock distribution kernel whose guest records the book's first transcripts (kprobes work).
 pub const STOCK_KERNEL: &str = "linux-image-6.1.0-56-cloud-amd64";
@@ -175,6 +178,11 @@ pub struct VmTestArgs {
     /// With --kernel: the CPU of that kernel package
     #[arg(long, value_enum, requires = "kernel", default_value_t = Arch::X86_64)]
     pub arch: Arch,
+    /// Rewrite the kernels table (`docs/src/vm-test-results.md`) and the stock kernel's
+    /// transcripts from this run; without it they are compared with this run, and it says when
+    /// they are out of date
+    #[arg(long)]
+    pub write: bool,
 }
 
 impl Default for VmTestArgs {
@@ -186,6 +194,7 @@ impl Default for VmTestArgs {
             expect: String::new(),
             suite: DEFAULT_SUITE.to_string(),
             arch: Arch::X86_64,
+            write: false,
         }
     }
 }
@@ -250,9 +259,18 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     if case_count == 0 {
         bail!("no kernel test matches the filter {:?}", args.filter);
     }
+    // Exercise 5's reference solution is checked in the stock kernel too, where the kprobes work
+    // (here it is checked on this machine's path): in a run of every case.
+    let exercise_5 =
+        args.filter.is_none() && kernels.iter().any(|kernel| kernel.package == STOCK_KERNEL);
+    if exercise_5 {
+        crate::check::build(toolchain, 5, crate::check::Attempt::Solution)?;
+    }
     let vm_dir = target_dir().join("vm");
     let mut failures = Vec::new();
+    let mut out_of_date = Vec::new();
     let mut matrix = Vec::new();
+    let mut total = 0;
     for kernel in &kernels {
         let build = GuestBuild::for_guest(host, kernel.arch);
         let tests = match build {
@@ -265,17 +283,30 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
             Arch::Arm64 => Accel::Tcg,
         };
-        let initramfs =
-            build_initramfs(kernel, build, tests, &vm_dir.join(kernel.package), &vm_dir)?;
-        let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, case_count)?;
+        let with_exercise_5 = exercise_5 && kernel.package == STOCK_KERNEL;
+        let initramfs = build_initramfs(
+            kernel,
+            build,
+            tests,
+            with_exercise_5,
+            &vm_dir.join(kernel.package),
+            &vm_dir,
+        )?;
+        let kernel_cases = case_count + usize::from(with_exercise_5);
+        let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, kernel_cases)?;
+        total += kernel_cases;
         eprintln!(
-            "    {}: {} of {case_count} cases passed, {:.1} s with the download and the initramfs",
+            "    {}: {} of {kernel_cases} cases passed, {:.1} s with the download and the initramfs",
             kernel.package,
             results.iter().filter(|result| result.passed).count(),
             kernel_started.elapsed().as_secs_f64()
         );
         if kernel.package == STOCK_KERNEL {
-            write_stock_transcripts(&results)?;
+            if args.write {
+                write_stock_transcripts(&results)?;
+            } else {
+                out_of_date.extend(compare_stock_transcripts(&results)?);
+            }
         }
         matrix.push(MatrixRow::of(kernel, &results, run));
         failures.extend(
@@ -285,7 +316,6 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
                 .map(|result| format!("{} ({})", result.name, kernel.package)),
         );
     }
-    let total = case_count * kernels.len();
     eprintln!(
         "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s",
         total - failures.len(),
@@ -296,13 +326,30 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("vm-test failed: {}", failures.join(", "));
     }
+    if !out_of_date.is_empty() {
+        bail!(
+            "vm-test: {} no longer match the lessons' output: run `cargo xtask docs \
+             --refresh-transcripts`",
+            out_of_date.join(", ")
+        );
+    }
     if args.kernel.is_none() && args.filter.is_none() && skipped.is_empty() {
         let page = crate::workspace_root().join(MATRIX_PAGE);
-        fs::write(&page, matrix_page(&matrix)?)?;
-        eprintln!(
-            "    vm-test: the table of kernels and attach paths is in {}",
-            page.display()
-        );
+        let now = matrix_page(&matrix)?;
+        if args.write {
+            fs::write(&page, now)?;
+            eprintln!(
+                "    vm-test: the table of kernels and attach paths is in {}",
+                page.display()
+            );
+        } else if outcomes(&fs::read_to_string(&page).unwrap_or_default()) == outcomes(&now) {
+            eprintln!("    vm-test: {MATRIX_PAGE} shows what this run found");
+        } else {
+            eprintln!(
+                "    OUT OF DATE: {MATRIX_PAGE} does not show what this run found (attach paths, \
+                 MPTCP or cases); `cargo xtask vm-test --write` rewrites it. This run:\n{now}"
+            );
+        }
     }
     Ok(())
 }
@@ -321,6 +368,42 @@ fn write_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Compares the transcripts that the stock kernel's guest printed with the pages' ones by their
+/// shape (values aside); returns what no longer matches.
+fn compare_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<Vec<String>> {
+    let mut out_of_date = Vec::new();
+    for result in results.iter().filter(|result| result.passed) {
+        for (name, text) in support::transcripts::printed(&result.output) {
+            let path = crate::docs::transcripts_folder().join(format!("{name}-stock.txt"));
+            let on_page = fs::read_to_string(&path).unwrap_or_default();
+            if support::transcripts::shape(&on_page) != support::transcripts::shape(&text) {
+                eprintln!(
+                    "    OUT OF DATE: {} no longer has the shape of what the stock kernel printed \
+                     (`cargo xtask docs --refresh-transcripts` rewrites it):\n{text}",
+                    path.display()
+                );
+                out_of_date.push(format!("the transcript {name}-stock.txt"));
+            }
+        }
+    }
+    Ok(out_of_date)
+}
+
+/// The cells of the kernels table that a run decides (package, paths, MPTCP, cases), without the
+/// date and the seconds, which change every run.
+fn outcomes(page: &str) -> Vec<Vec<String>> {
+    page.lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            line.split('|')
+                .map(str::trim)
+                .filter(|cell| !cell.ends_with(" s"))
+                .map(String::from)
+                .collect()
+        })
+        .collect()
 }
 
 /// The generated table of kernels × attach paths, included by the kernels page.
@@ -478,7 +561,9 @@ fn ensure_arm64_target(toolchain: &Toolchain) -> anyhow::Result<()> {
         &format!("rustup target add {ARM64_TARGET} (for the arm64 guests)"),
         Command::new("rustup").args(["target", "add", ARM64_TARGET, "--toolchain", toolchain.name]),
     )
-    .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))
+    .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))?;
+    crate::installed::note(crate::installed::Kind::RustTarget, &[ARM64_TARGET]);
+    Ok(())
 }
 
 /// Links a static arm64 C program the way the test binaries will be linked, so that a missing
@@ -742,7 +827,7 @@ fn init_script(kernel: &GuestKernel) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin CI=1 RUST_BACKTRACE=0 LISTEN_TRACE_EXPECT_ATTACH={attach_paths} {storm}
+export PATH=/bin CI=1 RUST_BACKTRACE=0 LISTEN_TRACE_ALONE=1 LISTEN_TRACE_EXPECT_ATTACH={attach_paths} {storm}
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -756,7 +841,7 @@ echo "GUEST-UP $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 while read -r step binary name; do
   echo "CASE-START $step $name"
   start=$(cut -d' ' -f1 /proc/uptime)
-  timeout {CASE_LIMIT_SECS} "$binary" --exact "$name" --test-threads=1 --nocapture
+  timeout {CASE_LIMIT_SECS} "$binary" --exact "$name" --include-ignored --test-threads=1 --nocapture
   status=$?
   echo "CASE-END $step $name $status $start $(cut -d' ' -f1 /proc/uptime)"
 done < /cases
@@ -783,6 +868,7 @@ fn build_initramfs(
     kernel: &GuestKernel,
     build: GuestBuild,
     tests: &[KernelTests],
+    exercise_5: bool,
     dir: &Path,
     vm_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -811,6 +897,30 @@ fn build_initramfs(
         for case in &test.cases {
             writeln!(cases, "{} {} {case}", test.step, inside.display())?;
         }
+    }
+    if exercise_5 {
+        // `cargo xtask check exercise 5 --solution` as a case of its own: this xtask, the solution
+        // and lesson 5 as committed, each where the check looks for it (`--built`).
+        copy(&std::env::current_exe()?, Some(Path::new("/bin/xtask")))?;
+        copy(
+            &crate::check::built_binary(5, crate::check::Attempt::Solution)?,
+            None,
+        )?;
+        copy(&crate::check::floor_binary(), None)?;
+        // The check finds lesson 5 by its manifest in the checkout.
+        let manifest = crate::workspace_root().join("step5-results/Cargo.toml");
+        copy_into(&manifest, &staging, &manifest)?;
+        let check = staging.join("exercise-5-check");
+        fs::write(
+            &check,
+            format!(
+                "#!/bin/busybox sh\nLISTEN_TRACE_BURST={EXERCISE_5_GUEST_BURST} exec /bin/xtask \
+                 --built '{}' check exercise 5 --solution --print-timings-only\n",
+                target_dir().display()
+            ),
+        )?;
+        fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
+        writeln!(cases, "exercise-5 /exercise-5-check solution")?;
     }
     fs::write(staging.join("cases"), cases)?;
     let init = staging.join("init");
@@ -1074,6 +1184,14 @@ fn boot_and_run(
             if line.contains(": attached (") || line.starts_with("struct offsets") {
                 eprintln!("                   {line}");
             }
+        }
+        // Exercise 5's check says what its solution cost here.
+        for line in result
+            .output
+            .lines()
+            .filter(|line| line.contains("exercise 5: a burst of"))
+        {
+            eprintln!("                   {}", line.trim());
         }
         if !result.passed {
             eprintln!("{}", indent(&result.output, "        | "));

@@ -7,19 +7,23 @@ use std::{
 
 use common::KPROBE_PMU;
 
-/// Whether the kernel tests can run here: they load eBPF programs, which needs root. Elsewhere they
-/// skip, loudly; under CI (`CI` set) a skip would hide a broken suite, so it fails instead.
-/// (`cargo xtask test` runs them through sudo when it can, and counts them as skipped when not.)
-pub fn kernel_tests_can_run(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let reason = format!("kernel test `{test}` needs root to load eBPF programs");
-    if std::env::var_os("CI").is_some() {
-        panic!("{reason}, and CI must not skip it: run the tests as root");
-    }
-    eprintln!("SKIPPED: {reason}; `cargo xtask test` runs it through sudo");
-    false
+/// The kernel tests load eBPF programs, which needs root. They are marked `#[ignore]`, so a plain
+/// `cargo test` counts them as ignored; `cargo xtask test` runs them with `--include-ignored` as
+/// root or through sudo. Asked to run without root, a kernel test fails with this reason rather
+/// than pass without testing anything.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this kernel test loads eBPF programs, which needs root: run `cargo xtask test` \
+         (it uses sudo), or `sudo -E cargo test -- --include-ignored`"
+    );
+}
+
+/// Whether nothing else on this kernel calls `listen()` while the tests run: true in the guests
+/// of `cargo xtask vm-test`, which run one test at a time and nothing else. There a test can
+/// count every event it sees as its own; on a shared machine it can only pick out its own.
+pub fn alone_on_this_kernel() -> bool {
+    std::env::var_os("LISTEN_TRACE_ALONE").is_some()
 }
 
 /// Whether this kernel must accept the attach path `path` (`kprobe`, `fentry` or `tracepoint`).
@@ -48,6 +52,17 @@ pub fn attach_paths_here() -> Vec<&'static str> {
     }
     eprintln!("attach paths tested on this kernel: {}", paths.join(", "));
     paths
+}
+
+/// Whether the running kernel's release (`uname -r`) is below `major.minor`.
+pub fn release_below(major: u32, minor: u32) -> bool {
+    let uname = nix::sys::utsname::uname().expect("uname");
+    let release = uname.release().to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let running = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    running < (major, minor)
 }
 
 /// The ids of every BPF program loaded in the kernel, as `bpftool prog show` lists them.

@@ -236,14 +236,15 @@ impl RunningStep {
         events
     }
 
-    /// Waits until a stdout line ends with `last`, then checks that the stdout lines ending with
-    /// each of `sequence` (which ends with `last`) arrived in that order. Other processes' events may
+    /// Waits until a stdout line contains `last`, then checks that the stdout lines containing
+    /// each of `sequence` (which ends with `last`) arrived in that order. Containing, not ending
+    /// with: an exercise may add to a lesson's line, and the lesson's facts must still be there. Other processes' events may
     /// come in between: the test's own are told apart by their order and unusual values.
     pub fn expect_sequence(&mut self, sequence: &[String]) {
         let last = sequence.last().expect("a sequence of at least one line");
         let seen = self.wait_for_line(
             Stream::Stdout,
-            |line| line.ends_with(last.as_str()),
+            |line| line.contains(last.as_str()),
             EVENT_TIMEOUT,
         );
         let stdout: Vec<_> = self
@@ -254,13 +255,13 @@ impl RunningStep {
             .collect();
         assert!(
             seen.is_some(),
-            "no line ending with {last:?} within {EVENT_TIMEOUT:?}; stdout:\n{stdout:#?}"
+            "no line containing {last:?} within {EVENT_TIMEOUT:?}; stdout:\n{stdout:#?}"
         );
         let mut wanted = sequence.iter().peekable();
         for line in &stdout {
             if wanted
                 .peek()
-                .is_some_and(|next| line.ends_with(next.as_str()))
+                .is_some_and(|next| line.contains(next.as_str()))
             {
                 wanted.next();
             }

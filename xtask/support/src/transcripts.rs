@@ -76,14 +76,14 @@ pub const TRANSCRIPTS: [Transcript; 6] = [
         lesson: 1,
         args: &[],
         listens: || Ok(vec![listen_on("0.0.0.0", 4242, 1)?]),
-        keep: |line| line.ends_with(" Hello World!"),
+        keep: |line| line.contains(" Hello World"),
     },
     Transcript {
         name: "step2",
         lesson: 2,
         args: &[],
         listens: || Ok(vec![listen_on("0.0.0.0", 4242, 7)?]),
-        keep: |line| line.ends_with(" Listening with up to 7 pending connections!"),
+        keep: |line| line.contains(" Listening with up to 7 pending connections!"),
     },
     Transcript {
         name: "step3",
@@ -264,9 +264,10 @@ impl Transcript {
     }
 }
 
-/// The shape of a transcript's output: what the program prints, with every number, address and
-/// name that changes from run to run masked, and without the attach lines (which depend on the
-/// machine's kernel).
+/// The shape of a transcript's output: what the program prints, with every number masked (pids,
+/// ports, inodes, times and ids change from run to run; letters never do), runs of spaces as one
+/// (a table pads its columns to the numbers), and without what depends on the machine: the attach
+/// lines, the struct offsets, a tracefs mount, and a stop that landed in a batch pause.
 pub fn shape(transcript: &str) -> Vec<String> {
     transcript
         .lines()
@@ -275,7 +276,15 @@ pub fn shape(transcript: &str) -> Vec<String> {
                 .iter()
                 .any(|path| line.starts_with(path))
         })
-        .filter(|line| !line.starts_with("struct offsets") && !line.starts_with("mounted tracefs"))
+        .filter(|line| {
+            ![
+                "struct offsets",
+                "mounted tracefs",
+                "the stop cut a batch pause short",
+            ]
+            .iter()
+            .any(|timing| line.starts_with(timing))
+        })
         .map(|line| {
             // The path a line names ("detached from the kprobe inet_listen()") depends on the
             // kernel too.
@@ -292,8 +301,7 @@ pub fn shape(transcript: &str) -> Vec<String> {
             let mut masked = String::new();
             let mut previous = ' ';
             for character in line.chars() {
-                let class = if character.is_ascii_hexdigit() || character == ':' || character == '.'
-                {
+                let class = if character.is_ascii_digit() {
                     '#'
                 } else if character.is_whitespace() {
                     ' '
@@ -347,11 +355,20 @@ mod tests {
             shape(stock),
             shape(&fallback.replace("Hello World!", "Hello!"))
         );
+        assert_ne!(
+            shape(stock),
+            shape(&fallback.replace("Hello World!", "Hello Worlb!")),
+            "letters are never masked, hexadecimal or not"
+        );
+        assert_ne!(
+            shape(stock),
+            shape(&fallback.replace("Hello World!", "Hello World.")),
+        );
     }
 
     #[test]
     fn every_lesson_has_a_transcript() {
-        for number in 1..=4 {
+        for number in 1..=5 {
             assert!(of_lesson(number).next().is_some());
         }
     }

@@ -1,0 +1,500 @@
+//! `cargo xtask mutants`: proof that the lessons' tests can fail. Each mutant is one deliberate
+//! bug in a lesson's kernel or user code (the kind a learner or a refactoring makes); it is applied
+//! alone to a scratch copy of the working tree, the lesson's tests run against the real kernel,
+//! and at least one of them must fail. A table shows which tests caught each.
+//!
+//! The other side of the same proof: each exercise's reference solution, applied alone, must leave
+//! its lesson's tests passing (they check facts, not the wording an exercise changes).
+//!
+//! Where a mutant is caught: on this machine for the paths it has (the tracepoint everywhere), in
+//! a guest kernel with kprobes and fentry under qemu (`vm-test`, the stock Debian 12 kernel) for
+//! the kprobe and fentry code, which this machine may not be able to load.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::{
+    lessons,
+    pinned::{Toolchain, target_dir},
+    vm, workspace_root,
+};
+
+#[derive(Debug, Default, clap::Args)]
+pub struct MutantsArgs {
+    /// Only the mutants whose name contains this text
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Leave out the mutants that need a guest kernel (the kprobe and fentry code)
+    #[arg(long)]
+    pub host_only: bool,
+    /// Leave out the exercises' solutions (whose lessons' tests must still pass)
+    #[arg(long)]
+    pub no_solutions: bool,
+}
+
+/// Where the tests that catch a mutant run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    /// Here, on the attach paths this machine has.
+    Host,
+    /// In `vm::STOCK_KERNEL` under qemu, with kprobes and fentry.
+    Guest,
+}
+
+/// One deliberate bug: in `file` of lesson `lesson`, the text `from` (found exactly once) becomes
+/// `to`.
+struct Mutant {
+    name: &'static str,
+    lesson: u8,
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    caught: Where,
+}
+
+const MUTANTS: [Mutant; 14] = [
+    Mutant {
+        name: "the hello says other words",
+        lesson: 1,
+        file: "step1-hello/ebpf/src/main.rs",
+        from: r#"info!(ctx, "Hello World!");"#,
+        to: r#"info!(ctx, "Hello Worlb!");"#,
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the kprobe on the wrong function (inet_release)",
+        lesson: 1,
+        file: "step1-hello/src/main.rs",
+        from: "kprobe.attach(LISTEN_FUNCTION, 0)?;",
+        to: r#"kprobe.attach("inet_release", 0)?;"#,
+        caught: Where::Guest,
+    },
+    Mutant {
+        name: "the tracepoint's backlog read 4 bytes past sk_max_ack_backlog",
+        lesson: 2,
+        file: "step2-backlog/ebpf/src/main.rs",
+        from: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog)",
+        to: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog + 4)",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the kprobe's backlog from the first argument (the socket)",
+        lesson: 2,
+        file: "step2-backlog/ebpf/src/main.rs",
+        from: "ctx.arg::<u32>(1)",
+        to: "ctx.arg::<u32>(0)",
+        caught: Where::Guest,
+    },
+    Mutant {
+        name: "the port in network byte order",
+        lesson: 3,
+        file: "step3-addr-port/ebpf/src/main.rs",
+        from: "let port = port_from_network_order(sport);",
+        to: "let port = sport;",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the IPv4 address read one byte off",
+        lesson: 3,
+        file: "step3-addr-port/ebpf/src/main.rs",
+        from: "read_field(sk, offsets.skc_rcv_saddr)?",
+        to: "read_field(sk, offsets.skc_rcv_saddr + 1)?",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the netns inode read from the socket, not from its namespace",
+        lesson: 4,
+        file: "step4-netns-perf/ebpf/src/main.rs",
+        from: "let netns: u32 = read_field(net, offsets.net_ns_inum)?;",
+        to: "let netns: u32 = read_field(sk, offsets.net_ns_inum)?;",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the IPv6 branch dropped",
+        lesson: 4,
+        file: "step4-netns-perf/ebpf/src/main.rs",
+        from: "let addr: [u8; 16] = if family == AF_INET6 {",
+        to: "let addr: [u8; 16] = if family == AF_INET6 && false {",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the IPv4 address printed with its bytes reversed",
+        lesson: 4,
+        file: "step4-netns-perf/src/main.rs",
+        from: "Ipv4Addr::new(a, b, c, d)",
+        to: "Ipv4Addr::new(d, c, b, a)",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "a lost event not counted",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "count(COUNTER_DROPPED);",
+        to: "let _ = COUNTER_DROPPED;",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the syscall path's backlog not capped to somaxconn",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "let backlog = if backlog > somaxconn {",
+        to: "let backlog = if backlog > somaxconn && somaxconn == 0 {",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the syscall path's result dropped (always 0)",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "report_syscall(&ctx, sock, call.backlog, result as i32)",
+        to: "report_syscall(&ctx, sock, call.backlog, 0)",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the exit side on the wrong tracepoint (sys_exit_bind)",
+        lesson: 5,
+        file: "step5-results/src/main.rs",
+        from: r#"("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),"#,
+        to: r#"("listen_sys_exit", Hook::Syscall("sys_exit_bind")),"#,
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the fexit program's backlog and result swapped",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));",
+        to: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(1));",
+        caught: Where::Guest,
+    },
+];
+
+/// What happened to one mutant.
+struct Outcome {
+    mutant: &'static Mutant,
+    caught_by: Vec<String>,
+    seconds: f64,
+}
+
+pub fn run(toolchain: &Toolchain, args: &MutantsArgs) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the mutants run the kernel tests, which load eBPF programs: run this as root");
+    }
+    let started = Instant::now();
+    let chosen: Vec<&Mutant> = MUTANTS
+        .iter()
+        .filter(|mutant| {
+            args.filter
+                .as_deref()
+                .is_none_or(|filter| mutant.name.contains(filter))
+        })
+        .filter(|mutant| !(args.host_only && mutant.caught == Where::Guest))
+        .collect();
+    ensure!(!chosen.is_empty(), "no mutant matches {:?}", args.filter);
+    let scratch = Scratch::prepare()?;
+    eprintln!(
+        "==> mutants: {} deliberate bugs, one at a time, in {}",
+        chosen.len(),
+        scratch.tree.display()
+    );
+    let mut outcomes = Vec::new();
+    for (index, mutant) in chosen.into_iter().enumerate() {
+        let mutant_started = Instant::now();
+        eprintln!(
+            "==> mutant {}: lesson {}: {} ({})",
+            index + 1,
+            mutant.lesson,
+            mutant.name,
+            match mutant.caught {
+                Where::Host => "tests here",
+                Where::Guest => "tests in a guest kernel",
+            }
+        );
+        let caught_by = scratch.with_mutant(mutant, || match mutant.caught {
+            Where::Host => scratch.host_tests(toolchain, mutant.lesson),
+            Where::Guest => scratch.guest_tests(toolchain, mutant.lesson),
+        })?;
+        eprintln!("    caught by: {}", caught_by.join(", "));
+        outcomes.push(Outcome {
+            mutant,
+            caught_by,
+            seconds: mutant_started.elapsed().as_secs_f64(),
+        });
+    }
+    let mut solutions = Vec::new();
+    if !args.no_solutions && args.filter.is_none() {
+        for exercise in &crate::check::EXERCISES {
+            let patch = workspace_root().join("docs/exercises").join(exercise.patch);
+            eprintln!(
+                "==> exercise {}'s solution: lesson {}'s tests must still pass",
+                exercise.number, exercise.lesson
+            );
+            let failed =
+                scratch.with_patch(&patch, || scratch.host_tests(toolchain, exercise.lesson))?;
+            solutions.push((exercise, failed));
+        }
+    }
+    println!("{}", table(&outcomes));
+    for (exercise, failed) in &solutions {
+        if failed.is_empty() {
+            println!(
+                "exercise {} solved: lesson {}'s tests all pass",
+                exercise.number, exercise.lesson
+            );
+        } else {
+            println!(
+                "exercise {} solved: lesson {}'s tests fail: {}",
+                exercise.number,
+                exercise.lesson,
+                failed.join(", ")
+            );
+        }
+    }
+    let broken: Vec<String> = solutions
+        .iter()
+        .filter(|(_, failed)| !failed.is_empty())
+        .map(|(exercise, failed)| format!("exercise {} ({})", exercise.number, failed.join(", ")))
+        .collect();
+    if !broken.is_empty() {
+        bail!(
+            "a correct exercise breaks its lesson's tests: {}",
+            broken.join("; ")
+        );
+    }
+    let missed: Vec<_> = outcomes
+        .iter()
+        .filter(|outcome| outcome.caught_by.is_empty())
+        .map(|outcome| outcome.mutant.name)
+        .collect();
+    if !missed.is_empty() {
+        bail!("no test caught: {}", missed.join("; "));
+    }
+    eprintln!(
+        "    mutants: every one caught, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The table of mutants and the tests that caught them (Markdown, as the note and the book show it).
+fn table(outcomes: &[Outcome]) -> String {
+    let mut text = String::from(
+        "| lesson | mutation | where | caught by | seconds |\n|---|---|---|---|---|\n",
+    );
+    for outcome in outcomes {
+        let caught = if outcome.caught_by.is_empty() {
+            "**nothing**".to_string()
+        } else {
+            outcome
+                .caught_by
+                .iter()
+                .map(|test| format!("`{test}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        text.push_str(&format!(
+            "| {} | {} | {} | {caught} | {:.0} |\n",
+            outcome.mutant.lesson,
+            outcome.mutant.name,
+            match outcome.mutant.caught {
+                Where::Host => "here",
+                Where::Guest => "guest (kprobe, fentry)",
+            },
+            outcome.seconds
+        ));
+    }
+    text
+}
+
+/// A copy of the working tree (what git tracks or would track), built in a target folder of its
+/// own so that the lessons built here are never replaced by a mutant.
+struct Scratch {
+    tree: PathBuf,
+    target: PathBuf,
+}
+
+impl Scratch {
+    fn prepare() -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let base = target_dir().join("mutants");
+        let scratch = Self {
+            tree: base.join("tree"),
+            target: base.join("target"),
+        };
+        if scratch.tree.exists() {
+            fs::remove_dir_all(&scratch.tree)?;
+        }
+        for name in crate::learner::working_tree_files(&root)? {
+            let (from, to) = (root.join(&name), scratch.tree.join(&name));
+            if from.is_file() {
+                fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+                fs::copy(&from, &to).with_context(|| format!("cannot copy {name}"))?;
+            }
+        }
+        // The bpf-linker built for the pinned toolchain, and the guests' downloads, are shared.
+        fs::create_dir_all(&scratch.target)?;
+        symlink(&root.join(".tools"), &scratch.tree.join(".tools"))?;
+        symlink(&target_dir().join("vm"), &scratch.target.join("vm"))?;
+        Ok(scratch)
+    }
+
+    /// Applies `mutant`, runs `test`, and puts the file back whatever happened.
+    fn with_mutant(
+        &self,
+        mutant: &Mutant,
+        test: impl FnOnce() -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Vec<String>> {
+        let path = self.tree.join(mutant.file);
+        let original = fs::read_to_string(&path)?;
+        let found = original.matches(mutant.from).count();
+        ensure!(
+            found == 1,
+            "mutant {:?}: {:?} occurs {found} times in {}, not once",
+            mutant.name,
+            mutant.from,
+            mutant.file
+        );
+        fs::write(&path, original.replacen(mutant.from, mutant.to, 1))?;
+        let result = test();
+        fs::write(&path, original)?;
+        result
+    }
+
+    /// Applies the exercise solution `patch`, runs `test`, and takes the patch back out.
+    fn with_patch(
+        &self,
+        patch: &Path,
+        test: impl FnOnce() -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Vec<String>> {
+        let git_apply = |reverse: bool| -> anyhow::Result<()> {
+            let mut command = Command::new("git");
+            command.arg("apply");
+            if reverse {
+                command.arg("--reverse");
+            }
+            let status = command.arg(patch).current_dir(&self.tree).status()?;
+            ensure!(
+                status.success(),
+                "git apply {}{} failed in {}",
+                if reverse { "--reverse " } else { "" },
+                patch.display(),
+                self.tree.display()
+            );
+            Ok(())
+        };
+        git_apply(false)?;
+        let result = test();
+        git_apply(true)?;
+        result
+    }
+
+    /// The lesson's unit and kernel tests here; returns the names of those that failed.
+    fn host_tests(&self, toolchain: &Toolchain, lesson: u8) -> anyhow::Result<Vec<String>> {
+        let package = lessons::find(lesson)?.package;
+        let mut command = toolchain.cargo(&[
+            "test",
+            "--release",
+            "--package",
+            package,
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ]);
+        let output = self.output_of(&mut command)?;
+        ensure!(
+            !output.contains("error: could not compile"),
+            "the mutant does not build, so it proves nothing:\n{output}"
+        );
+        Ok(output
+            .lines()
+            .filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
+            .map(String::from)
+            .collect())
+    }
+
+    /// The lesson's kernel tests in the stock guest kernel, where kprobes and fentry work; returns
+    /// the cases that failed there.
+    fn guest_tests(&self, toolchain: &Toolchain, lesson: u8) -> anyhow::Result<Vec<String>> {
+        let package = lessons::find(lesson)?.package;
+        let mut command = toolchain.cargo(&[
+            "xtask",
+            "vm-test",
+            "--kernel",
+            vm::STOCK_KERNEL,
+            "--suite",
+            vm::DEFAULT_SUITE,
+            "--expect",
+            "kprobe,fentry,tracepoint",
+            "--filter",
+            &format!("{package}::"),
+        ]);
+        let output = self.output_of(&mut command)?;
+        ensure!(
+            !output.contains("error: could not compile")
+                && output.lines().any(|line| line.starts_with("    vm-test: ")
+                    && line.contains(" passed, ")
+                    && line.ends_with(" s")),
+            "the mutant did not build or the guest did not boot, so it proves nothing:\n{output}"
+        );
+        Ok(output
+            .lines()
+            .filter_map(|line| line.strip_prefix("error: vm-test failed: "))
+            .flat_map(|failed| failed.split(", "))
+            .map(|case| case.split(" (").next().unwrap_or(case).to_string())
+            .collect())
+    }
+
+    /// Runs `command` in the scratch tree with its own target folder; returns stdout and stderr
+    /// (kept in a log next to the tree) whatever the exit status.
+    fn output_of(&self, command: &mut Command) -> anyhow::Result<String> {
+        let output = command
+            .current_dir(&self.tree)
+            .env("CARGO_TARGET_DIR", &self.target)
+            .output()
+            .with_context(|| format!("cannot run {command:?}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fs::write(self.tree.with_file_name("last-run.log"), &text)?;
+        Ok(text)
+    }
+}
+
+fn symlink(original: &Path, link: &Path) -> anyhow::Result<()> {
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link)?;
+    }
+    std::os::unix::fs::symlink(original, link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), original.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every mutant still applies: its text is found exactly once in its lesson.
+    #[test]
+    fn every_mutant_applies_to_its_lesson() {
+        let root = workspace_root();
+        for mutant in &MUTANTS {
+            let source = fs::read_to_string(root.join(mutant.file)).unwrap();
+            assert_eq!(
+                source.matches(mutant.from).count(),
+                1,
+                "{}: {:?} in {}",
+                mutant.name,
+                mutant.from,
+                mutant.file
+            );
+            let lesson = lessons::find(mutant.lesson).unwrap();
+            assert!(mutant.file.starts_with(lesson.package), "{}", mutant.name);
+        }
+        assert!(MUTANTS.len() >= 10);
+    }
+}
