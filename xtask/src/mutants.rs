@@ -376,7 +376,14 @@ impl Scratch {
             if reverse {
                 command.arg("--reverse");
             }
-            let status = command.arg(patch).current_dir(&self.tree).status()?;
+            // The scratch tree sits inside this repository (under `target/`), where `git apply`
+            // would take paths as the repository's and skip them all: it must see no repository.
+            let outside = self.tree.parent().expect("the tree is in target/mutants");
+            let status = command
+                .arg(patch)
+                .current_dir(&self.tree)
+                .env("GIT_CEILING_DIRECTORIES", outside)
+                .status()?;
             ensure!(
                 status.success(),
                 "git apply {}{} failed in {}",

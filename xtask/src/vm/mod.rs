@@ -1,0 +1,431 @@
+//! `cargo xtask vm-test`: the kernel tests of every step, run again inside other kernels under qemu.
+//!
+//! One kernel cannot prove the lessons: this one may lack kprobes or refuse fentry, and its struct
+//! layouts are only its own. So we boot real distribution kernels (a table below, one line per
+//! kernel) with an initramfs that holds the very test binaries `cargo test` built, their step
+//! binaries and busybox, and run every kernel test there, one at a time, with a time limit each.
+
+use std::{
+    fs,
+    io::BufReader,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use cargo_metadata::{Artifact, Message, TargetKind};
+
+mod initramfs;
+mod kernels;
+mod qemu;
+mod results;
+
+use initramfs::{build_initramfs, copy_into, pack_initramfs};
+use kernels::{
+    ARM64_LINKER, ARM64_TARGET, GuestBuild, fetch_kernel, guest_busybox, kernels_for_host,
+};
+pub use kernels::{Arch, DEFAULT_SUITE, GUEST_KERNELS, GuestKernel, STOCK_KERNEL};
+pub use qemu::Accel;
+use qemu::{CASE_LIMIT_SECS, CaseResult, GuestRun, boot_and_run, choose_accel};
+use results::{
+    MATRIX_PAGE, MatrixRow, compare_stock_transcripts, matrix_page, outcomes,
+    write_stock_transcripts,
+};
+
+use crate::{
+    host_packages,
+    pinned::{Toolchain, output_of, run_step, target_dir},
+};
+
+/// The lessons' tests that record the book's transcripts (`support::transcripts`).
+pub const TRANSCRIPT_TESTS: &str = "the_books_transcript_is_recorded";
+
+#[derive(Debug, clap::Args)]
+pub struct VmTestArgs {
+    /// How qemu runs the guests
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Run only the tests whose `step::test` name contains this text
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Test in this Debian kernel package instead of the built-in list (for example a room's
+    /// kernel: `--kernel linux-image-6.12.117+deb12-amd64`)
+    #[arg(long, value_name = "PACKAGE")]
+    pub kernel: Option<String>,
+    /// With --kernel: the attach paths that kernel must accept (comma-separated); by default none
+    /// is required, and the output shows which attached
+    #[arg(long, value_name = "PATHS", requires = "kernel", default_value = "")]
+    pub expect: String,
+    /// With --kernel: the Debian suite that has the package (for example `bullseye`)
+    #[arg(long, requires = "kernel", default_value = DEFAULT_SUITE)]
+    pub suite: String,
+    /// With --kernel: the CPU of that kernel package
+    #[arg(long, value_enum, requires = "kernel", default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+    /// Rewrite the kernels table (`docs/src/vm-test-results.md`) and the stock kernel's
+    /// transcripts from this run; without it they are compared with this run, and it says when
+    /// they are out of date
+    #[arg(long)]
+    pub write: bool,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self {
+            accel: Accel::Auto,
+            filter: None,
+            kernel: None,
+            expect: String::new(),
+            suite: DEFAULT_SUITE.to_string(),
+            arch: Arch::X86_64,
+            write: false,
+        }
+    }
+}
+
+impl VmTestArgs {
+    /// The kernels to boot: the built-in list, or the one given with `--kernel`.
+    fn kernels(&self) -> Vec<GuestKernel> {
+        match &self.kernel {
+            None => GUEST_KERNELS.to_vec(),
+            // Lives as long as the program does, like the built-in entries.
+            Some(package) => vec![GuestKernel {
+                package: package.clone().leak(),
+                about: "given with --kernel",
+                attach_paths: self.expect.clone().leak(),
+                suite: self.suite.clone().leak(),
+                arch: self.arch,
+            }],
+        }
+    }
+}
+
+/// One kernel-test binary of a step, and the tests it holds.
+#[derive(Debug)]
+struct KernelTests {
+    step: String,
+    executable: PathBuf,
+    cases: Vec<String>,
+}
+
+pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let host = Arch::of_host(std::env::consts::ARCH).with_context(|| {
+        format!(
+            "vm-test runs on x86-64 or arm64 machines, not on {}",
+            std::env::consts::ARCH
+        )
+    })?;
+    let (kernels, skipped) = kernels_for_host(host, args.kernels());
+    for kernel in &skipped {
+        eprintln!(
+            "    vm-test: skipping {} ({}): x86-64 guests run on an x86-64 machine only; this arm64 \
+             machine runs the arm64 guests",
+            kernel.package,
+            kernel.arch.debian()
+        );
+    }
+    if kernels.is_empty() {
+        bail!("none of the kernels asked for can run on this {host:?} machine");
+    }
+    let cross = kernels
+        .iter()
+        .any(|kernel| GuestBuild::for_guest(host, kernel.arch) == GuestBuild::CrossArm64);
+    ensure_host_tools(toolchain, &kernels, cross)?;
+    // The cases are listed by running this machine's build; a cross build has the same ones.
+    let host_tests = build_kernel_tests(toolchain, args.filter.as_deref(), false)?;
+    let cross_tests = if cross {
+        Some(build_kernel_tests(toolchain, args.filter.as_deref(), true)?)
+    } else {
+        None
+    };
+    let case_count: usize = host_tests.iter().map(|tests| tests.cases.len()).sum();
+    if case_count == 0 {
+        bail!("no kernel test matches the filter {:?}", args.filter);
+    }
+    // Exercise 5's reference solution is checked in the stock kernel too, where the kprobes work
+    // (here it is checked on this machine's path): in a run of every case.
+    let exercise_5 =
+        args.filter.is_none() && kernels.iter().any(|kernel| kernel.package == STOCK_KERNEL);
+    if exercise_5 {
+        crate::check::build(toolchain, 5, crate::check::Attempt::Solution)?;
+    }
+    let vm_dir = target_dir().join("vm");
+    let mut failures = Vec::new();
+    let mut out_of_date = Vec::new();
+    let mut matrix = Vec::new();
+    let mut total = 0;
+    for kernel in &kernels {
+        let build = GuestBuild::for_guest(host, kernel.arch);
+        let tests = match build {
+            GuestBuild::CrossArm64 => cross_tests.as_ref().expect("built above"),
+            _ => &host_tests,
+        };
+        let kernel_started = Instant::now();
+        let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
+        let accel = match kernel.arch {
+            Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
+            Arch::Arm64 => Accel::Tcg,
+        };
+        let with_exercise_5 = exercise_5 && kernel.package == STOCK_KERNEL;
+        let initramfs = build_initramfs(
+            kernel,
+            build,
+            tests,
+            with_exercise_5,
+            &vm_dir.join(kernel.package),
+            &vm_dir,
+        )?;
+        let kernel_cases = case_count + usize::from(with_exercise_5);
+        let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, kernel_cases)?;
+        total += kernel_cases;
+        eprintln!(
+            "    {}: {} of {kernel_cases} cases passed, {:.1} s with the download and the initramfs",
+            kernel.package,
+            results.iter().filter(|result| result.passed).count(),
+            kernel_started.elapsed().as_secs_f64()
+        );
+        if kernel.package == STOCK_KERNEL {
+            if args.write {
+                write_stock_transcripts(&results)?;
+            } else {
+                out_of_date.extend(compare_stock_transcripts(&results)?);
+            }
+        }
+        matrix.push(MatrixRow::of(kernel, &results, run));
+        failures.extend(
+            results
+                .into_iter()
+                .filter(|result| !result.passed)
+                .map(|result| format!("{} ({})", result.name, kernel.package)),
+        );
+    }
+    eprintln!(
+        "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s",
+        total - failures.len(),
+        failures.len(),
+        kernels.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!("vm-test failed: {}", failures.join(", "));
+    }
+    if !out_of_date.is_empty() {
+        bail!(
+            "vm-test: {} no longer match the lessons' output: run `cargo xtask docs \
+             --refresh-transcripts`",
+            out_of_date.join(", ")
+        );
+    }
+    if args.kernel.is_none() && args.filter.is_none() && skipped.is_empty() {
+        let page = crate::workspace_root().join(MATRIX_PAGE);
+        let now = matrix_page(&matrix)?;
+        if args.write {
+            fs::write(&page, now)?;
+            eprintln!(
+                "    vm-test: the table of kernels and attach paths is in {}",
+                page.display()
+            );
+        } else if outcomes(&fs::read_to_string(&page).unwrap_or_default()) == outcomes(&now) {
+            eprintln!("    vm-test: {MATRIX_PAGE} shows what this run found");
+        } else {
+            eprintln!(
+                "    OUT OF DATE: {MATRIX_PAGE} does not show what this run found (attach paths, \
+                 MPTCP or cases); `cargo xtask vm-test --write` rewrites it. This run:\n{now}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `setup --arm64`: what the arm64 guests need on this machine, ahead of their first `vm-test`.
+pub fn prepare_arm64_guests(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let host = Arch::of_host(std::env::consts::ARCH).context("vm-test runs on x86-64 or arm64")?;
+    let arm64: Vec<GuestKernel> = GUEST_KERNELS
+        .iter()
+        .filter(|kernel| kernel.arch == Arch::Arm64)
+        .cloned()
+        .collect();
+    ensure_host_tools(
+        toolchain,
+        &arm64,
+        GuestBuild::for_guest(host, Arch::Arm64) == GuestBuild::CrossArm64,
+    )
+}
+
+/// What booting `kernels` needs on this machine, installed with apt when missing; with `cross`,
+/// also the C cross toolchain and the pinned toolchain's arm64 target, checked by linking a
+/// program before the long build starts.
+fn ensure_host_tools(
+    toolchain: &Toolchain,
+    kernels: &[GuestKernel],
+    cross: bool,
+) -> anyhow::Result<()> {
+    let mut packages = vec![host_packages::CPIO, host_packages::DEBIAN_KEYRING];
+    if kernels.iter().any(|kernel| kernel.arch == Arch::X86_64) {
+        packages.extend([host_packages::QEMU_X86, host_packages::QEMU_X86_FIRMWARE]);
+    }
+    if kernels.iter().any(|kernel| kernel.arch == Arch::Arm64) {
+        packages.push(host_packages::QEMU_ARM);
+    }
+    if cross {
+        packages.extend([
+            host_packages::ARM64_CROSS_GCC,
+            host_packages::ARM64_CROSS_LIBC,
+        ]);
+    }
+    host_packages::ensure("vm-test", &packages)?;
+    if cross {
+        ensure_arm64_target(toolchain)?;
+        check_cross_linking(&target_dir().join("vm"))?;
+    }
+    Ok(())
+}
+
+/// The pinned toolchain's arm64 standard library, added with rustup when missing.
+fn ensure_arm64_target(toolchain: &Toolchain) -> anyhow::Result<()> {
+    let installed = output_of(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain.name,
+    ]))?;
+    if installed.lines().any(|target| target == ARM64_TARGET) {
+        return Ok(());
+    }
+    run_step(
+        &format!("rustup target add {ARM64_TARGET} (for the arm64 guests)"),
+        Command::new("rustup").args(["target", "add", ARM64_TARGET, "--toolchain", toolchain.name]),
+    )
+    .with_context(|| format!("the arm64 guests need Rust's {ARM64_TARGET} target"))?;
+    crate::install_record::note(crate::install_record::Kind::RustTarget, &[ARM64_TARGET]);
+    Ok(())
+}
+
+/// Links a static arm64 C program the way the test binaries will be linked, so that a missing
+/// C library or start file is named now, not after minutes of building.
+fn check_cross_linking(vm_dir: &Path) -> anyhow::Result<()> {
+    let dir = vm_dir.join("cross-check");
+    fs::create_dir_all(&dir)?;
+    let source = dir.join("check.c");
+    fs::write(&source, "int main(void) { return 0; }\n")?;
+    let output = Command::new(ARM64_LINKER)
+        .arg("-static")
+        .arg("-o")
+        .arg(dir.join("check"))
+        .arg(&source)
+        .output()
+        .with_context(|| format!("cannot run {ARM64_LINKER}"))?;
+    if !output.status.success() {
+        bail!(
+            "{ARM64_LINKER} cannot link a static arm64 program, so the arm64 test binaries would \
+             not link either: the arm64 C library and start files (crt1.o, libc.a) are missing. \
+             Install them: `apt-get install {}` on Debian or Ubuntu (the package is only a \
+             Recommends of {}), or your distribution's aarch64 glibc for cross-compiling.\n{}",
+            host_packages::ARM64_CROSS_LIBC.name,
+            host_packages::ARM64_CROSS_GCC.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Builds the kernel tests of every step (`tests/kernel.rs`) as `cargo test` does (with `cross`,
+/// for arm64), and lists their cases.
+fn build_kernel_tests(
+    toolchain: &Toolchain,
+    filter: Option<&str>,
+    cross: bool,
+) -> anyhow::Result<Vec<KernelTests>> {
+    let mut args = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ];
+    let target = cross.then_some(ARM64_TARGET);
+    if let Some(target) = target {
+        args.extend(["--target", target]);
+    }
+    let ebpf_crates = crate::lessons::ebpf_crates()?;
+    for ebpf in &ebpf_crates {
+        args.extend(["--exclude", ebpf.as_str()]);
+    }
+    eprintln!(
+        "==> vm-test: build the kernel tests{}",
+        target.map_or(String::new(), |target| format!(" for {target}"))
+    );
+    let mut command = toolchain.cargo(&args);
+    if target.is_some() {
+        // Linked statically, so that the guest needs no arm64 shared libraries; the eBPF side is
+        // built by each step's build.rs for the target's pt_regs (aya-build reads the target).
+        command
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                ARM64_LINKER,
+            )
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static -A linker-messages",
+            );
+    }
+    let mut cargo = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo")?;
+    let mut tests = Vec::new();
+    for message in Message::parse_stream(BufReader::new(cargo.stdout.take().unwrap())) {
+        if let Message::CompilerArtifact(Artifact {
+            target,
+            executable: Some(executable),
+            ..
+        }) = message?
+        {
+            let is_kernel_test = target.kind.contains(&TargetKind::Test) && target.name == "kernel";
+            let step = target
+                .src_path
+                .parent()
+                .and_then(|tests| tests.parent())
+                .and_then(|step| step.file_name());
+            if let (true, Some(step)) = (is_kernel_test, step) {
+                tests.push(KernelTests {
+                    step: step.to_string(),
+                    executable: executable.into(),
+                    cases: Vec::new(),
+                });
+            }
+        }
+    }
+    if !cargo.wait()?.success() {
+        bail!("building the kernel tests failed");
+    }
+    if cross {
+        // Cross-built binaries do not run here: the cases come from this machine's own build.
+        let host = build_kernel_tests(toolchain, filter, false)?;
+        for test in &mut tests {
+            test.cases = host
+                .iter()
+                .find(|listed| listed.step == test.step)
+                .map(|listed| listed.cases.clone())
+                .unwrap_or_default();
+        }
+        return Ok(tests);
+    }
+    for test in &mut tests {
+        let list = Command::new(&test.executable)
+            .args(["--list", "--format", "terse"])
+            .output()?;
+        test.cases = String::from_utf8(list.stdout)?
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .filter(|name| {
+                filter.is_none_or(|filter| format!("{}::{name}", test.step).contains(filter))
+            })
+            .map(String::from)
+            .collect();
+    }
+    Ok(tests)
+}
