@@ -8,10 +8,12 @@
 //! - `user`: for the step binaries, helpers whose subject is not eBPF (the words that explain an
 //!   attach failure, the BTF member-offset lookup, command-line conventions, stop signals), and the
 //!   `aya::Pod` impls of the shared structs.
-#![cfg_attr(not(any(test, feature = "user")), no_std)]
+#![cfg_attr(not(any(test, feature = "user", feature = "tracefs")), no_std)]
 
 #[cfg(feature = "kernel")]
 pub mod kernel;
+#[cfg(feature = "tracefs")]
+pub mod tracefs;
 #[cfg(feature = "user")]
 pub mod user;
 

@@ -10,11 +10,10 @@
 
 use std::{
     fmt::Write as _,
-    fs::{self, File},
-    io::{BufRead as _, BufReader},
+    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -31,6 +30,7 @@ use support::{
 
 use crate::{
     check, host_packages, lessons,
+    measure::{BPFTRACE_PROGRAM, Run, Tracer, median, run_once, spawn_to_files, wait_until_ready},
     pinned::{Toolchain, target_dir},
     workspace_root,
 };
@@ -48,89 +48,9 @@ pub struct BenchArgs {
     output: PathBuf,
 }
 
-/// What traces the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tracer {
-    None,
-    Step5FilteredOut,
-    Step5Table,
-    Step5Json,
-    /// Exercise 5's reference solution: lesson 5 through a BPF ring buffer, `--json`.
-    Exercise5,
-    Bpftrace,
-}
-
-impl Tracer {
-    fn name(self) -> &'static str {
-        match self {
-            Self::None => "no tracer",
-            Self::Step5FilteredOut => "step 5, all filtered in the kernel",
-            Self::Step5Table => "step 5, table to a file",
-            Self::Step5Json => "step 5 --json, to a file",
-            Self::Exercise5 => "exercise 5 (ring buffer) --json, to a file",
-            Self::Bpftrace => "bpftrace, printf to a file",
-        }
-    }
-
-    /// Whether the tracer prints JSON lines (else whitespace-separated words, the pid first).
-    fn prints_json(self) -> bool {
-        matches!(self, Self::Step5Json | Self::Exercise5)
-    }
-
-    /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
-    /// `attach` (`--attach`; bpftrace uses the state tracepoint).
-    fn command(self, binary: &Path, attach: &str) -> Option<Command> {
-        let lesson = |args: &[&str]| {
-            let mut command = Command::new(binary);
-            command.arg(format!("--attach={attach}")).args(args);
-            Some(command)
-        };
-        match self {
-            Self::None => None,
-            // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step5FilteredOut => lesson(&["--pid=1"]),
-            Self::Step5Table => lesson(&[]),
-            Self::Step5Json | Self::Exercise5 => lesson(&["--json"]),
-            Self::Bpftrace => {
-                let mut command = Command::new("bpftrace");
-                command.args(["-e", BPFTRACE_PROGRAM]);
-                Some(command)
-            }
-        }
-    }
-
-    /// Whether `line` is the event of a listen() of this process, on `port` if given.
-    fn is_own_event(self, line: &str, port: Option<u16>) -> bool {
-        let own_pid = std::process::id();
-        if self.prints_json() {
-            line.starts_with(&format!("{{\"pid\":{own_pid},"))
-                && port.is_none_or(|port| line.contains(&format!("\"port\":{port},")))
-        } else {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            words.first() == Some(&own_pid.to_string().as_str())
-                && port.is_none_or(|port| words.contains(&port.to_string().as_str()))
-        }
-    }
-}
-
-/// The bpftrace program that does what lesson 5 does on the same tracepoint: a line per listen.
-const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
-     { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
-
 /// The attach path the bench compares on: the state tracepoint, which every kernel here has and
 /// bpftrace uses too.
 const BENCH_PATH: &str = "tracepoint";
-
-/// One timed run.
-#[derive(Debug, Clone, Copy)]
-pub struct Run {
-    /// Nanoseconds per listen() of the loop.
-    pub nanos_per_listen: f64,
-    /// Our own listens that the tracer printed.
-    pub received: u64,
-    /// What the tracer says it lost.
-    pub lost: u64,
-}
 
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let step5 = lessons::find(5)?;
@@ -213,64 +133,6 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `tracer` (with `binary`, the lesson's or the exercise's program), waits until it is
-/// ready, runs the loop, stops it and reads its counts.
-pub fn run_once(
-    tracer: Tracer,
-    binary: &Path,
-    attach: &str,
-    listens: usize,
-    work: &Path,
-) -> anyhow::Result<Run> {
-    let out_path = work.join("tracer.out");
-    let err_path = work.join("tracer.err");
-    let child = match tracer.command(binary, attach) {
-        Some(mut command) => Some(spawn_to_files(&mut command, &out_path, &err_path)?),
-        None => None,
-    };
-    if child.is_some() {
-        wait_until_ready(tracer, &out_path, &err_path)?;
-    }
-
-    let started = Instant::now();
-    for _ in 0..listens {
-        trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
-    }
-    let elapsed = started.elapsed();
-
-    let (mut received, mut lost) = (listens as u64, 0);
-    if let Some(mut child) = child {
-        // Let the reader drain what the kernel still holds, then stop it as Ctrl-C would.
-        thread::sleep(Duration::from_millis(500));
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
-        child.wait()?;
-        let out = BufReader::new(File::open(&out_path)?);
-        received = 0;
-        for line in out.lines() {
-            let line = line?;
-            received += u64::from(tracer.is_own_event(&line, None));
-            if let Some(count) = line
-                .strip_prefix("Lost ")
-                .and_then(|rest| rest.split(' ').next())
-            {
-                lost += count.parse::<u64>().unwrap_or(0); // bpftrace's "Lost N events"
-            }
-        }
-        let stderr = fs::read_to_string(&err_path)?;
-        if let Some(count) = stderr
-            .lines()
-            .find_map(|line| line.split_once(" events received, ")?.1.split(' ').next())
-        {
-            lost += count.parse::<u64>().unwrap_or(0); // the lesson's summary
-        }
-    }
-    Ok(Run {
-        nanos_per_listen: elapsed.as_nanos() as f64 / listens as f64,
-        received,
-        lost,
-    })
-}
-
 /// Lone listens, one every 20 ms, for each tracer: from `listen()` to its line in the tracer's
 /// output, as a person watching it would wait.
 const LATENCY_LISTENS: usize = 200;
@@ -347,41 +209,6 @@ fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::
     Ok((median(&mut untraced), median(&mut traced)))
 }
 
-fn spawn_to_files(command: &mut Command, out: &Path, err: &Path) -> anyhow::Result<Child> {
-    command
-        .stdin(Stdio::null())
-        .stdout(File::create(out)?)
-        .stderr(File::create(err)?)
-        .spawn()
-        .with_context(|| format!("cannot start {command:?}"))
-}
-
-/// Step 4 says `Ready:` on stderr; bpftrace says `Attaching N probe` on stdout.
-fn wait_until_ready(tracer: Tracer, out: &Path, err: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let ready = match tracer {
-            Tracer::Bpftrace => fs::read_to_string(out)?.contains("Attaching"),
-            _ => fs::read_to_string(err)?.contains("Ready:"),
-        };
-        if ready {
-            // bpftrace prints before it attaches: give it the time to finish.
-            thread::sleep(Duration::from_millis(if tracer == Tracer::Bpftrace {
-                1500
-            } else {
-                100
-            }));
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    bail!(
-        "{} did not get ready within 30 s: {}",
-        tracer.name(),
-        fs::read_to_string(err)?
-    )
-}
-
 /// Start-up figures: (what, median seconds).
 type Startup = Vec<(String, f64)>;
 
@@ -452,16 +279,6 @@ fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
     }
 }
 
-pub fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let middle = samples.len() / 2;
-    if samples.len() % 2 == 1 {
-        samples[middle]
-    } else {
-        (samples[middle - 1] + samples[middle]) / 2.0
-    }
-}
-
 /// The generated part of the benchmarks pages: the machine, and each table of the run.
 fn report(
     args: &BenchArgs,
@@ -471,7 +288,10 @@ fn report(
     (untraced, traced): &(f64, f64),
     startup: &Startup,
 ) -> anyhow::Result<String> {
-    let uname = String::from_utf8(Command::new("uname").arg("-r").output()?.stdout)?;
+    let uname = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
     let cpu = fs::read_to_string("/proc/cpuinfo")?
         .lines()
         .find_map(|line| {
@@ -588,19 +408,10 @@ fn report(
     Ok(text)
 }
 
-/// bpftrace reads tracepoint formats from tracefs, which a fresh machine may not have mounted.
+/// bpftrace reads tracepoint formats from tracefs, which a fresh machine may not have mounted: the
+/// same mount as lesson 5's.
 fn ensure_tracefs() -> anyhow::Result<()> {
-    if Path::new("/sys/kernel/tracing/events").exists() {
-        return Ok(());
-    }
-    eprintln!("    mounting tracefs on /sys/kernel/tracing (bpftrace needs it)");
-    let status = Command::new("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .status()?;
-    if !status.success() {
-        bail!("cannot mount tracefs on /sys/kernel/tracing (needs root)");
-    }
-    Ok(())
+    common::tracefs::mount_tracefs().map(drop)
 }
 
 #[cfg(test)]

@@ -391,7 +391,7 @@ fn ensure_mdbook(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
 }
 
 pub fn transcripts_folder() -> PathBuf {
-    workspace_root().join("docs/src/transcripts")
+    workspace_root().join(support::transcripts::FOLDER)
 }
 
 /// The step binary that `cargo xtask build` made for a transcript's lesson.

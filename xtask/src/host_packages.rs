@@ -150,7 +150,7 @@ pub fn ensure(for_what: &str, packages: &[Package]) -> anyhow::Result<()> {
         ]
         .concat(),
     )?;
-    crate::installed::note(crate::installed::Kind::Package, &names);
+    crate::install_record::note(crate::install_record::Kind::Package, &names);
     Ok(())
 }
 

@@ -1,22 +1,19 @@
 //! `cargo xtask installed`: what the project's commands installed on this machine, and with
 //! `--remove`, taking it away again.
 //!
-//! Each command that installs something machine-wide (a Debian package, the pinned Rust toolchain,
-//! a Rust target) notes it, when it did install it, in a record outside the checkout
-//! (`$XDG_STATE_HOME/listen-trace/installed`, by default `~/.local/state/...`), so that what was
-//! there before is never taken away. What lives in the checkout (`.tools/`, the guests' downloads
-//! in `target/vm/`) and a temporary learner account left by a killed run are found by looking.
+//! Machine-wide installs are read from their record (`install_record`); what lives in the checkout
+//! (`.tools/`, the guests' downloads in `target/vm/`) and a temporary learner account left by a
+//! killed run are found by looking.
 
-use std::{
-    fs,
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{pinned::run_step, workspace_root};
+use crate::{
+    install_record::{Kind, read, record_path},
+    pinned::run_step,
+    workspace_root,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct InstalledArgs {
@@ -24,80 +21,6 @@ pub struct InstalledArgs {
     /// and `target/vm/`, and a leftover learner account
     #[arg(long)]
     pub remove: bool,
-}
-
-/// What kind of thing a record line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A Debian package, installed with apt-get.
-    Package,
-    /// A Rust toolchain, installed with rustup.
-    Toolchain,
-    /// A Rust target of the pinned toolchain, added with rustup.
-    RustTarget,
-}
-
-impl Kind {
-    fn word(self) -> &'static str {
-        match self {
-            Self::Package => "package",
-            Self::Toolchain => "toolchain",
-            Self::RustTarget => "rust-target",
-        }
-    }
-}
-
-/// The record's path: `$XDG_STATE_HOME/listen-trace/installed`, or `~/.local/state/...`.
-fn record_path() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    state.join("listen-trace/installed")
-}
-
-/// Notes that a command installed `names` (each once). A record that cannot be written is
-/// reported, never fatal: the install itself worked.
-pub fn note(kind: Kind, names: &[&str]) {
-    let path = record_path();
-    let known = read();
-    let mut add = String::new();
-    for name in names {
-        if !known.iter().any(|(k, n)| *k == kind && n == name) {
-            add.push_str(&format!("{} {name}\n", kind.word()));
-        }
-    }
-    if add.is_empty() {
-        return;
-    }
-    let written = path
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|()| fs::OpenOptions::new().create(true).append(true).open(&path))
-        .and_then(|mut file| file.write_all(add.as_bytes()));
-    if let Err(error) = written {
-        eprintln!(
-            "    warning: cannot note what was installed in {}: {error}",
-            path.display()
-        );
-    }
-}
-
-/// The record's lines, parsed.
-fn read() -> Vec<(Kind, String)> {
-    parse(&fs::read_to_string(record_path()).unwrap_or_default())
-}
-
-fn parse(text: &str) -> Vec<(Kind, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let (word, name) = line.split_once(' ')?;
-            let kind = [Kind::Package, Kind::Toolchain, Kind::RustTarget]
-                .into_iter()
-                .find(|kind| kind.word() == word)?;
-            Some((kind, name.trim().to_string()))
-        })
-        .collect()
 }
 
 pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
@@ -156,9 +79,12 @@ pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if !packages.is_empty() {
-        let mut purge = vec!["purge", "-y", "-q"];
-        purge.extend(&packages);
-        crate::host_packages::apt_get(&purge)?;
+        run_step(
+            &format!("apt-get purge {}", packages.join(" ")),
+            Command::new("apt-get")
+                .args(["purge", "-y", "-q"])
+                .args(&packages),
+        )?;
     }
     for toolchain in &toolchains {
         run_step(
@@ -193,22 +119,4 @@ pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
     }
     println!("Removed.");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_record_reads_back_what_was_noted() {
-        let parsed = parse("package qemu-system-x86\ntoolchain 1.98.0\nnonsense\nrust-target x\n");
-        assert_eq!(
-            parsed,
-            [
-                (Kind::Package, "qemu-system-x86".to_string()),
-                (Kind::Toolchain, "1.98.0".to_string()),
-                (Kind::RustTarget, "x".to_string()),
-            ]
-        );
-    }
 }

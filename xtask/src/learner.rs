@@ -279,23 +279,15 @@ fn prepare() -> anyhow::Result<PathBuf> {
 
 /// The files of the working tree in `root` that git tracks or would track (ignored ones aside).
 pub fn working_tree_files(root: &Path) -> anyhow::Result<Vec<String>> {
-    let listed = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .output()
-        .context("cannot run git")?;
-    if !listed.status.success() {
-        bail!("git ls-files failed in {}", root.display());
-    }
+    let listed = crate::pinned::output_of(Command::new("git").arg("-C").arg(root).args([
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))?;
     listed
-        .stdout
+        .as_bytes()
         .split(|byte| *byte == 0)
         .filter(|name| !name.is_empty())
         .map(|name| Ok(std::str::from_utf8(name)?.to_string()))

@@ -5,7 +5,7 @@ use std::{os::unix::process::CommandExt as _, process::Command};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    pinned::{Toolchain, run_step, target_dir},
+    pinned::{Toolchain, run_cargo, target_dir},
     workspace_root,
 };
 
@@ -107,7 +107,7 @@ pub fn build(toolchain: &Toolchain, lessons: &[&Lesson]) -> anyhow::Result<()> {
         args.extend(["--package", lesson.package]);
     }
     let names: Vec<_> = lessons.iter().map(|lesson| lesson.package).collect();
-    run_step(
+    run_cargo(
         &format!("build {}", names.join(", ")),
         &mut toolchain.cargo(&args),
     )
@@ -150,6 +150,22 @@ mod tests {
                 lesson
                     .package
                     .starts_with(&format!("step{}-", lesson.number))
+            );
+        }
+    }
+
+    /// `cargo run` in a lesson's folder uses the pinned Rust, as `cargo xtask` does.
+    #[test]
+    fn every_lesson_folder_pins_the_toolchain() {
+        for lesson in &LESSONS {
+            let file = workspace_root()
+                .join(lesson.package)
+                .join("rust-toolchain.toml");
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&format!("channel = \"{}\"", support::PINNED_RUST)),
+                "{}",
+                file.display()
             );
         }
     }

@@ -8,11 +8,13 @@ mod check;
 mod docs;
 mod doctor;
 mod host_packages;
+mod install_record;
 mod installed;
 mod learner;
 mod lessons;
 mod lima;
 mod listen;
+mod measure;
 mod mutants;
 mod pinned;
 mod setup;
@@ -62,7 +64,7 @@ enum Command {
     },
     /// Run the checks and tests: formatting, clippy, unit tests, kernel tests here and in VMs
     Test(test::TestArgs),
-    /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm.rs` for the list)
+    /// Run the kernel tests inside other kernels under qemu (see `xtask/src/vm/kernels.rs` for the list)
     VmTest(vm::VmTestArgs),
     /// Build the book (English and Chinese) with mdBook, after checking its includes and links
     Docs(docs::DocsArgs),
@@ -122,7 +124,7 @@ enum RunWhat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(target) = &cli.built {
-        sudo::continue_built(target);
+        pinned::continue_built(target);
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +164,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),
-        Command::Docs(_) if sudo::built_in().is_some() => docs::record_transcripts(),
+        Command::Docs(_) if pinned::built_in().is_some() => docs::record_transcripts(),
         Command::Docs(args) => docs::run(&setup::run()?, &args),
         Command::Check {
             what:
@@ -186,7 +188,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 (_, true) => check::Attempt::Starter,
                 _ => check::Attempt::Yours,
             };
-            let binary = match sudo::built_in() {
+            let binary = match pinned::built_in() {
                 Some(_) => check::built_binary(number, attempt)?,
                 None => check::build(&setup::run()?, number, attempt)?,
             };
@@ -211,11 +213,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 /// The date and time now, as the generated pages show it (`2026-11-25 18:37 UTC`).
 fn utc_now() -> anyhow::Result<String> {
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()?
-        .stdout;
-    Ok(String::from_utf8(date)?.trim().to_string())
+    Ok(jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M UTC")
+        .to_string())
 }
 
 /// The workspace root (xtask lives one level below it).

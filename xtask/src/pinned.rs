@@ -1,7 +1,11 @@
 //! Commands run with the pinned toolchain.
 
 use std::{
-    process::{Command, ExitStatus},
+    collections::HashSet,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    sync::OnceLock,
     time::Instant,
 };
 
@@ -10,10 +14,23 @@ use support::PINNED_RUST;
 
 use crate::workspace_root;
 
+/// Set in the run through sudo: the target folder of the user's builds.
+static BUILT_IN: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Records that this run continues a command through sudo, whose builds are in `target`.
+pub fn continue_built(target: &Path) {
+    let _ = BUILT_IN.set(target.to_path_buf());
+}
+
+/// The target folder of the builds this run continues, when it runs through sudo for them.
+pub fn built_in() -> Option<&'static Path> {
+    BUILT_IN.get().map(|path| path.as_path())
+}
+
 /// Where cargo puts what it builds (`CARGO_TARGET_DIR` is honoured, as cargo does; a run through
 /// sudo uses the folder of the builds it continues).
 pub fn target_dir() -> std::path::PathBuf {
-    if let Some(built) = crate::sudo::built_in() {
+    if let Some(built) = built_in() {
         return built.to_path_buf();
     }
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), Into::into)
@@ -47,20 +64,188 @@ impl Toolchain {
     }
 }
 
-/// Runs `command`, printing it first and its duration after; fails when it fails.
+/// Runs `command`, printing it first and its duration after; fails when it fails, naming the
+/// command line.
 pub fn run_step(what: &str, command: &mut Command) -> anyhow::Result<()> {
     eprintln!("==> {what}");
     let started = Instant::now();
     let status: ExitStatus = command
         .status()
-        .with_context(|| format!("cannot start {command:?}"))?;
+        .with_context(|| format!("cannot start {}", command_line(command)))?;
     let elapsed = started.elapsed();
     if !status.success() {
         bail!(
-            "{what} failed ({status}) after {:.1} s",
-            elapsed.as_secs_f64()
+            "{what} failed ({status}) after {:.1} s: {}",
+            elapsed.as_secs_f64(),
+            command_line(command)
         );
     }
     eprintln!("    {what}: done in {:.1} s", elapsed.as_secs_f64());
     Ok(())
+}
+
+/// Runs `command` quietly and returns its standard output; fails when it fails, with the command
+/// line and what it said on standard error.
+pub fn output_of(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {}", command_line(command)))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            command_line(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// A command as one would type it: the program and its arguments.
+pub fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a cargo command like [`run_step`], with the eBPF builds shown as progress, not warnings.
+///
+/// A step's build script builds its eBPF programs with aya-build, which passes every line of that
+/// inner build on as `cargo:warning`; cargo prints them as `warning: PACKAGE@VERSION: LINE`, and
+/// replays them on every build, even when nothing was rebuilt. So cargo runs verbose here
+/// (`CARGO_TERM_VERBOSE`), which shows when a build script really runs: its eBPF build becomes one
+/// line, the replays disappear, and an inner error or warning is still shown. Of the verbose
+/// lines, only those of cargo's normal output are kept.
+pub fn run_cargo(what: &str, command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("==> {what}");
+    let started = Instant::now();
+    let mut child = command
+        .env("CARGO_TERM_VERBOSE", "true")
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", command_line(command)))?;
+    let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut building = HashSet::new();
+    let mut announced = HashSet::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        match cargo_line(&line) {
+            CargoLine::Shown => eprintln!("{line}"),
+            CargoLine::Verbose => {}
+            CargoLine::BuildScriptRuns(package) => {
+                building.insert(package);
+            }
+            CargoLine::Relayed { package, text } => {
+                if !building.contains(package) {
+                    continue; // a replay: this build script did not run now
+                }
+                if announced.insert(package.to_string()) {
+                    eprintln!("    {package}: building its eBPF programs (aya-build)");
+                }
+                let text = text.trim_start();
+                if text.starts_with("error") || text.starts_with("warning") {
+                    eprintln!("    {package} (eBPF): {text}");
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!(
+            "{what} failed ({status}) after {:.1} s: {}",
+            elapsed.as_secs_f64(),
+            command_line(command)
+        );
+    }
+    eprintln!("    {what}: done in {:.1} s", elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// What a line of a verbose cargo's standard error is.
+#[derive(Debug, PartialEq, Eq)]
+enum CargoLine<'a> {
+    /// cargo's normal output (or anything else): shown.
+    Shown,
+    /// A line only verbose mode prints (a rustc command line, `Fresh`, `Dirty`): left out.
+    Verbose,
+    /// The build script of this package runs now (its folder is `build/PACKAGE-HASH/`).
+    BuildScriptRuns(String),
+    /// A line that a build script passed on with `cargo:warning`.
+    Relayed { package: &'a str, text: &'a str },
+}
+
+fn cargo_line(line: &str) -> CargoLine<'_> {
+    let trimmed = line.trim_start();
+    if let Some(command) = trimmed.strip_prefix("Running `") {
+        if let Some(folder) = command
+            .split_whitespace()
+            .map(|word| word.trim_end_matches('`'))
+            .find_map(|word| word.strip_suffix("/build-script-build"))
+        {
+            let name = folder.rsplit('/').next().unwrap_or_default();
+            let package = name
+                .rsplit_once('-')
+                .map_or(name, |(package, _hash)| package);
+            return CargoLine::BuildScriptRuns(package.to_string());
+        }
+        if command.contains("--crate-name") {
+            return CargoLine::Verbose;
+        }
+        return CargoLine::Shown; // a test binary
+    }
+    if trimmed.starts_with("Fresh ") || trimmed.starts_with("Dirty ") {
+        return CargoLine::Verbose;
+    }
+    if let Some(rest) = line.strip_prefix("warning: ")
+        && let Some((package_at, text)) = rest.split_once(": ")
+        && let Some((package, version)) = package_at.split_once('@')
+        && !package.contains(' ')
+        && version.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return CargoLine::Relayed { package, text };
+    }
+    CargoLine::Shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verbose_cargo_is_read_line_by_line() {
+        assert_eq!(
+            cargo_line(
+                "     Running `/w/target/release/build/step1-hello-0c5f2b8a/build-script-build`"
+            ),
+            CargoLine::BuildScriptRuns("step1-hello".to_string())
+        );
+        assert_eq!(
+            cargo_line(
+                "     Running `CARGO=/x/cargo /x/rustc --crate-name step1_hello --edition=2024`"
+            ),
+            CargoLine::Verbose
+        );
+        assert_eq!(cargo_line("       Fresh aya v0.16.0"), CargoLine::Verbose);
+        assert_eq!(
+            cargo_line("warning: step1-hello@0.1.0:    Compiling core v0.0.0 (/x/library/core)"),
+            CargoLine::Relayed {
+                package: "step1-hello",
+                text: "   Compiling core v0.0.0 (/x/library/core)"
+            }
+        );
+        assert_eq!(
+            cargo_line("   Compiling step1-hello v0.1.0 (/w/step1-hello)"),
+            CargoLine::Shown
+        );
+        assert_eq!(
+            cargo_line("warning: unused variable: `x`"),
+            CargoLine::Shown
+        );
+        assert_eq!(
+            cargo_line("     Running `/w/target/release/deps/kernel-0df9 --include-ignored`"),
+            CargoLine::Shown
+        );
+    }
 }

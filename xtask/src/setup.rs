@@ -53,7 +53,7 @@ fn ensure_toolchain(toolchain: &Toolchain) -> anyhow::Result<()> {
             install.args(["--component", component]);
         }
         run_step(&format!("rustup toolchain install {name}"), &mut install)?;
-        crate::installed::note(crate::installed::Kind::Toolchain, &[name]);
+        crate::install_record::note(crate::install_record::Kind::Toolchain, &[name]);
         return Ok(());
     }
     let components = rustup(&["component", "list", "--installed", "--toolchain", name])?;
@@ -80,20 +80,13 @@ fn ensure_toolchain(toolchain: &Toolchain) -> anyhow::Result<()> {
 
 /// The stdout of a rustup command, with a clear error when rustup is not there.
 fn rustup(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("rustup").args(args).output().map_err(|error| {
-        anyhow::anyhow!(
-            "cannot run rustup ({error}): install Rust with rustup (https://rustup.rs), which the \
-             lessons use to pin Rust {PINNED_RUST}"
-        )
-    })?;
-    if !output.status.success() {
+    if which::which("rustup").is_err() {
         bail!(
-            "`rustup {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
+            "rustup is not installed: install Rust with rustup (https://rustup.rs), which the \
+             lessons use to pin Rust {PINNED_RUST}"
         );
     }
-    Ok(String::from_utf8(output.stdout)?)
+    crate::pinned::output_of(Command::new("rustup").args(args))
 }
 
 /// The bpf-linker of this workspace: `.tools/bin/bpf-linker`, with a stamp saying what it was built for.
@@ -261,7 +254,7 @@ fn find_llvm(toolchain: &Toolchain, tools: &Path) -> anyhow::Result<Llvm> {
             &format!("apt-get install {package}"),
             Command::new("apt-get").args(["install", "-y", &package]),
         )?;
-        crate::installed::note(crate::installed::Kind::Package, &[&package]);
+        crate::install_record::note(crate::install_record::Kind::Package, &[&package]);
     }
     Ok(Llvm {
         major,

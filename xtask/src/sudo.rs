@@ -3,12 +3,9 @@
 //! usually finds none), then run the same command again through sudo, told by `--built` that the
 //! builds are done and where they are: root builds nothing and writes only what the command makes.
 
-use std::{path::Path, process::Command, sync::OnceLock};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
-
-/// Set in the run through sudo: the target folder of the user's builds.
-static BUILT_IN: OnceLock<std::path::PathBuf> = OnceLock::new();
 
 /// Whether this process is root.
 pub fn is_root() -> bool {
@@ -21,16 +18,6 @@ pub fn has_sudo() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|output| output.status.success())
-}
-
-/// Records that this run continues a command through sudo, whose builds are in `target`.
-pub fn continue_built(target: &Path) {
-    let _ = BUILT_IN.set(target.to_path_buf());
-}
-
-/// The target folder of the builds this run continues, when it runs through sudo for them.
-pub fn built_in() -> Option<&'static Path> {
-    BUILT_IN.get().map(|path| path.as_path())
 }
 
 /// Runs the rest of this command as root. `Ok(true)`: it ran through sudo, and succeeded;

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::{
     check, docs, lessons,
-    pinned::{Toolchain, run_step},
+    pinned::{Toolchain, run_cargo, run_step},
     setup, vm,
 };
 
@@ -56,14 +56,16 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         host.extend(["--exclude", ebpf.as_str()]);
     }
     host.extend(["--", "-D", "warnings"]);
-    run_step("clippy, host crates", &mut toolchain.cargo(&host))?;
+    run_cargo("clippy, host crates", &mut toolchain.cargo(&host))?;
     for (package, features) in [
         ("common", ""),
         ("common", "user"),
+        ("common", "tracefs"),
         ("support", ""),
         ("support", "build"),
+        ("support", "aya"),
     ] {
-        run_step(
+        run_cargo(
             &format!("clippy, {package} with features [{features}]"),
             &mut toolchain.cargo(&[
                 "clippy",
@@ -81,7 +83,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         )?;
     }
 
-    run_step(
+    run_cargo(
         "clippy, eBPF crates",
         &mut clippy_ebpf(&toolchain, &ebpf_crates),
     )?;
@@ -154,7 +156,7 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
     let all_tests = ["--", "--test-threads=1", "--include-ignored"];
     if nix::unistd::geteuid().is_root() {
         test.extend(all_tests);
-        return run_step(
+        return run_cargo(
             "unit and kernel tests (cargo test)",
             &mut toolchain.cargo(&test),
         );
@@ -165,7 +167,7 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
         );
         test.extend(["--config", r#"target."cfg(all())".runner = ["sudo", "-E"]"#]);
         test.extend(all_tests);
-        return run_step(
+        return run_cargo(
             "unit and kernel tests (cargo test, through sudo)",
             &mut toolchain.cargo(&test),
         );
@@ -180,7 +182,7 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
          (cargo counts them below); run `cargo xtask test` as root to include them"
     );
     test.extend(["--", "--test-threads=1"]);
-    run_step(
+    run_cargo(
         "unit tests (cargo test; kernel tests ignored)",
         &mut toolchain.cargo(&test),
     )

@@ -8,8 +8,8 @@ mod offsets;
 mod options;
 mod report;
 mod stop;
-mod tracefs;
 
+pub use crate::tracefs::{check_tracepoint_field, mount_tracefs};
 pub use explain::{
     AttachMode, AttachPath, attached_line, check_privileges, explain_attach_failure,
     explain_load_failure, lift_memlock_limit, no_path_attached,
@@ -18,4 +18,3 @@ pub use offsets::field_offset_in_running_kernel;
 pub use options::Options;
 pub use report::Report;
 pub use stop::{StopReason, StopSignals};
-pub use tracefs::{check_tracepoint_field, mount_tracefs};

@@ -56,6 +56,10 @@ pub fn build_ebpf() -> anyhow::Result<()> {
     // which a stable toolchain accepts with RUSTC_BOOTSTRAP=1 (aya-build passes it on).
     // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // `cargo xtask` runs the outer cargo verbose to see which build scripts run (`pinned::run_cargo`
+    // in xtask); the inner build stays as quiet as usual.
+    // SAFETY: as above.
+    unsafe { env::remove_var("CARGO_TERM_VERBOSE") };
 
     let root_dir = format!("{step_dir}/ebpf");
     let ebpf = Package {

@@ -1,7 +1,9 @@
 //! What the kernel tests need to know of the kernel they run on, and whether programs are loaded.
 
+use std::io;
+#[cfg(feature = "aya")]
 use std::{
-    io, thread,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -14,8 +16,8 @@ use common::KPROBE_PMU;
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "this kernel test loads eBPF programs, which needs root: run `cargo xtask test` \
-         (it uses sudo), or `sudo -E cargo test -- --include-ignored`"
+        "this kernel test loads eBPF programs, which needs root: run `cargo xtask test` or \
+         `cargo xtask test --lesson N` (they use sudo), or run the tests as root"
     );
 }
 
@@ -66,41 +68,14 @@ pub fn release_below(major: u32, minor: u32) -> bool {
 }
 
 /// The ids of every BPF program loaded in the kernel, as `bpftool prog show` lists them.
+#[cfg(feature = "aya")]
 pub fn loaded_program_ids() -> io::Result<Vec<u32>> {
-    /// `BPF_PROG_GET_NEXT_ID` from `include/uapi/linux/bpf.h`.
-    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-    /// The part of `union bpf_attr` that command reads and writes.
-    #[repr(C)]
-    #[derive(Default)]
-    struct NextId {
-        start_id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-    let mut ids = Vec::new();
-    let mut attr = NextId::default();
-    loop {
-        // SAFETY: the kernel reads and writes only the `size_of::<NextId>()` bytes of `attr`.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_NEXT_ID,
-                &mut attr as *mut NextId,
-                size_of::<NextId>(),
-            )
-        };
-        if result < 0 {
-            let error = io::Error::last_os_error();
-            return match error.raw_os_error() {
-                Some(libc::ENOENT) => Ok(ids), // no program after `start_id`
-                _ => Err(error),
-            };
-        }
-        ids.push(attr.next_id);
-        attr.start_id = attr.next_id;
-    }
+    aya::programs::loaded_programs()
+        .map(|program| program.map(|info| info.id()).map_err(io::Error::other))
+        .collect()
 }
 
+#[cfg(feature = "aya")]
 /// Asserts, through the bpf syscall, that the programs with these ids are gone from the kernel. The
 /// kernel frees a program shortly after its last fd closes, so this waits up to 5 s.
 pub fn assert_programs_unloaded(program_ids: &[u32]) {
@@ -122,6 +97,7 @@ pub fn assert_programs_unloaded(program_ids: &[u32]) {
     }
 }
 
+#[cfg(feature = "aya")]
 /// Asserts that programs with these ids are loaded right now (the tests' positive control).
 pub fn assert_programs_loaded(program_ids: &[u32]) {
     let loaded = loaded_program_ids().expect("cannot list the loaded BPF programs");

@@ -14,7 +14,9 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use wait_timeout::ChildExt as _;
 
+#[cfg(feature = "aya")]
 use crate::kernel::assert_programs_unloaded;
 
 /// How long a step may take from exec to its ready line (loading and attaching).
@@ -273,6 +275,7 @@ impl RunningStep {
         );
     }
 
+    #[cfg(feature = "aya")]
     /// Stops the step with `signal` and checks the clean exit: status 0, the summary line, and the
     /// program gone from the kernel.
     pub fn stop_cleanly(self, signal: Signal) -> Finished {
@@ -316,19 +319,19 @@ impl RunningStep {
     /// Waits for the step to exit on its own (at most `timeout`; then it is killed), and collects
     /// the rest of its output.
     pub fn try_wait(mut self, timeout: Duration) -> Result<Finished, String> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().map_err(|error| error.to_string())? {
-                break status;
-            }
-            if Instant::now() > deadline {
+        let status = match self
+            .child
+            .wait_timeout(timeout)
+            .map_err(|error| error.to_string())?
+        {
+            Some(status) => status,
+            None => {
                 let _ = self.child.kill();
                 return Err(format!(
                     "the program did not exit within {timeout:?}; output:\n{:#?}",
                     self.output
                 ));
             }
-            thread::sleep(Duration::from_millis(20));
         };
         // The pipes close at exit: drain what is left.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {

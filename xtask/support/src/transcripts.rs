@@ -59,6 +59,9 @@ pub fn printed(output: &str) -> Vec<(String, String)> {
     found
 }
 
+/// Where the transcripts are, in the workspace: the pages include them from there.
+pub const FOLDER: &str = "docs/src/transcripts";
+
 /// A transcript on a page: which lesson, with which options, making which listens, keeping which
 /// of its lines (other programs on the machine listen too).
 pub struct Transcript {

@@ -1,0 +1,149 @@
+//! The checks of exercises 1 to 4: each runs the learner's lesson, makes its own `listen()` calls,
+//! and reads what the lesson printed for them; an error says what is still missing.
+
+use std::{net::Ipv4Addr, path::Path, process::Command, thread, time::Duration};
+
+use support::{
+    running::{RunningStep, Stream},
+    trigger,
+};
+
+/// How long an exercise's event may take to show.
+pub(super) const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exercise 1: `Hello World from NAME!`, where NAME is the thread that called listen().
+pub(super) fn check_process_name(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &[])?;
+    let thread_name = "ex1-listener";
+    let wanted = format!("Hello World from {thread_name}!");
+    thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(|| listen_once(1))
+        .map_err(|error| error.to_string())?
+        .join()
+        .map_err(|_| "the listening thread failed".to_string())??;
+    if wait_for(&mut step, |line| line.contains(&wanted)).is_some() {
+        return Ok(());
+    }
+    Err(if saw(&step, |line| line.ends_with(" Hello World!")) {
+        format!(
+            "the program says `Hello World!`, but not who called listen(). Our listener's thread \
+             is named {thread_name}: the line should read `{wanted}`"
+        )
+    } else {
+        format!(
+            "no line `{wanted}` arrived; the program printed:\n{}",
+            step.stdout()
+        )
+    })
+}
+
+/// Exercise 2: `Listening with up to 7 pending connections! (pid PID)`.
+pub(super) fn check_pid(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &[])?;
+    listen_once(7)?;
+    let wanted = format!(
+        "Listening with up to 7 pending connections! (pid {})",
+        std::process::id()
+    );
+    if wait_for(&mut step, |line| line.contains(&wanted)).is_some() {
+        return Ok(());
+    }
+    Err(
+        if saw(&step, |line| {
+            line.ends_with(" Listening with up to 7 pending connections!")
+        }) {
+            format!("the backlog is there, the process is not: the line should end with `{wanted}`")
+        } else {
+            format!(
+                "no line ending with `{wanted}` arrived; the program printed:\n{}",
+                step.stdout()
+            )
+        },
+    )
+}
+
+/// Exercise 3: `…, skc_num PORT)` after inet_sport, on the line of our listener.
+pub(super) fn check_skc_num(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &[])?;
+    let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 3)
+        .map_err(|error| format!("{error:#}"))?;
+    let port = listener.local_addr.port();
+    let ours = format!(" Listening on 127.0.0.1:{port} ");
+    let wanted_end = format!(", skc_num {port})");
+    if wait_for(&mut step, |line| {
+        line.contains(&ours) && line.ends_with(&wanted_end)
+    })
+    .is_some()
+    {
+        return Ok(());
+    }
+    Err(
+        match step.stdout().lines().find(|line| line.contains(&ours)) {
+            Some(line) => {
+                format!("our listener's line is `{line}`: it should end with `{wanted_end}`")
+            }
+            None => format!(
+                "no line for our listener on 127.0.0.1:{port}; the program printed:\n{}",
+                step.stdout()
+            ),
+        },
+    )
+}
+
+/// Exercise 4: a `TID` column after `PID`, with the id of the thread that called listen().
+pub(super) fn check_thread_id(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &[])?;
+    let (tid, port) = thread::spawn(|| {
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 4)
+            .map_err(|error| format!("{error:#}"))?;
+        Ok::<_, String>((nix::unistd::gettid().as_raw(), listener.local_addr.port()))
+    })
+    .join()
+    .map_err(|_| "the listening thread failed".to_string())??;
+    let port = port.to_string();
+    let Some(row) = wait_for(&mut step, |line| {
+        line.split_whitespace().last() == Some(port.as_str())
+    }) else {
+        return Err(format!(
+            "no row for our listen on port {port}; the program printed:\n{}",
+            step.stdout()
+        ));
+    };
+    let header = step.stdout().lines().next().unwrap_or_default().to_string();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    let pid = std::process::id().to_string();
+    match (header.split_whitespace().nth(1), columns.get(1)) {
+        (Some("TID"), Some(&seen)) if seen == tid.to_string() && columns[0] == pid => Ok(()),
+        (Some("TID"), seen) => Err(format!(
+            "the TID column of our row says {seen:?}, but the listening thread is {tid} (in \
+             process {pid}): the row is `{row}`"
+        )),
+        _ => Err(format!(
+            "the table has no TID column after PID: the header is `{header}`, and our listen's \
+             row `{row}` should read `{pid} {tid} …`"
+        )),
+    }
+}
+
+pub(super) fn listen_once(backlog: i32) -> Result<(), String> {
+    trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), backlog)
+        .map(drop)
+        .map_err(|error| format!("{error:#}"))
+}
+
+/// Starts the learner's lesson and waits until it is attached.
+pub(super) fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String> {
+    RunningStep::try_start(Command::new(binary).args(args), false)
+        .map_err(|error| format!("the program {error}"))
+}
+
+/// Waits up to 5 s for a stdout line that satisfies `wanted` (or finds it among those read).
+pub(super) fn wait_for(step: &mut RunningStep, wanted: impl Fn(&str) -> bool) -> Option<String> {
+    step.find_line(Stream::Stdout, wanted, EVENT_TIMEOUT)
+}
+
+/// Whether a stdout line read so far satisfies `wanted`.
+pub(super) fn saw(step: &RunningStep, wanted: impl Fn(&str) -> bool) -> bool {
+    step.saw(Stream::Stdout, wanted).is_some()
+}

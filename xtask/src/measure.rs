@@ -1,0 +1,204 @@
+//! What `cargo xtask bench` and exercise 5's check both measure: a loop of real `listen()` calls
+//! with a tracer running (a lesson, an exercise, bpftrace, or none), timed as a whole, and what the
+//! tracer received of it.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use support::trigger;
+
+/// What traces the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracer {
+    None,
+    Step5FilteredOut,
+    Step5Table,
+    Step5Json,
+    /// Exercise 5's reference solution: lesson 5 through a BPF ring buffer, `--json`.
+    Exercise5,
+    Bpftrace,
+}
+
+impl Tracer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "no tracer",
+            Self::Step5FilteredOut => "step 5, all filtered in the kernel",
+            Self::Step5Table => "step 5, table to a file",
+            Self::Step5Json => "step 5 --json, to a file",
+            Self::Exercise5 => "exercise 5 (ring buffer) --json, to a file",
+            Self::Bpftrace => "bpftrace, printf to a file",
+        }
+    }
+
+    /// Whether the tracer prints JSON lines (else whitespace-separated words, the pid first).
+    pub fn prints_json(self) -> bool {
+        matches!(self, Self::Step5Json | Self::Exercise5)
+    }
+
+    /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
+    /// `attach` (`--attach`; bpftrace uses the state tracepoint).
+    pub fn command(self, binary: &Path, attach: &str) -> Option<Command> {
+        let lesson = |args: &[&str]| {
+            let mut command = Command::new(binary);
+            command.arg(format!("--attach={attach}")).args(args);
+            Some(command)
+        };
+        match self {
+            Self::None => None,
+            // PID 1 (init) does not listen here: the probe runs, and sends nothing.
+            Self::Step5FilteredOut => lesson(&["--pid=1"]),
+            Self::Step5Table => lesson(&[]),
+            Self::Step5Json | Self::Exercise5 => lesson(&["--json"]),
+            Self::Bpftrace => {
+                let mut command = Command::new("bpftrace");
+                command.args(["-e", BPFTRACE_PROGRAM]);
+                Some(command)
+            }
+        }
+    }
+
+    /// Whether `line` is the event of a listen() of this process, on `port` if given.
+    pub fn is_own_event(self, line: &str, port: Option<u16>) -> bool {
+        let own_pid = std::process::id();
+        if self.prints_json() {
+            line.starts_with(&format!("{{\"pid\":{own_pid},"))
+                && port.is_none_or(|port| line.contains(&format!("\"port\":{port},")))
+        } else {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.first() == Some(&own_pid.to_string().as_str())
+                && port.is_none_or(|port| words.contains(&port.to_string().as_str()))
+        }
+    }
+}
+
+/// The bpftrace program that does what lesson 5 does on the same tracepoint: a line per listen.
+pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
+     { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
+
+/// One timed run.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Nanoseconds per listen() of the loop.
+    pub nanos_per_listen: f64,
+    /// Our own listens that the tracer printed.
+    pub received: u64,
+    /// What the tracer says it lost.
+    pub lost: u64,
+}
+
+/// Starts `tracer` (with `binary`, the lesson's or the exercise's program), waits until it is
+/// ready, runs the loop, stops it and reads its counts.
+pub fn run_once(
+    tracer: Tracer,
+    binary: &Path,
+    attach: &str,
+    listens: usize,
+    work: &Path,
+) -> anyhow::Result<Run> {
+    let out_path = work.join("tracer.out");
+    let err_path = work.join("tracer.err");
+    let child = match tracer.command(binary, attach) {
+        Some(mut command) => Some(spawn_to_files(&mut command, &out_path, &err_path)?),
+        None => None,
+    };
+    if child.is_some() {
+        wait_until_ready(tracer, &out_path, &err_path)?;
+    }
+
+    let started = Instant::now();
+    for _ in 0..listens {
+        trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
+    }
+    let elapsed = started.elapsed();
+
+    let (mut received, mut lost) = (listens as u64, 0);
+    if let Some(mut child) = child {
+        // Let the reader drain what the kernel still holds, then stop it as Ctrl-C would.
+        thread::sleep(Duration::from_millis(500));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
+        child.wait()?;
+        let out = BufReader::new(File::open(&out_path)?);
+        received = 0;
+        for line in out.lines() {
+            let line = line?;
+            received += u64::from(tracer.is_own_event(&line, None));
+            if let Some(count) = line
+                .strip_prefix("Lost ")
+                .and_then(|rest| rest.split(' ').next())
+            {
+                lost += count.parse::<u64>().unwrap_or(0); // bpftrace's "Lost N events"
+            }
+        }
+        let stderr = fs::read_to_string(&err_path)?;
+        if let Some(count) = stderr
+            .lines()
+            .find_map(|line| line.split_once(" events received, ")?.1.split(' ').next())
+        {
+            lost += count.parse::<u64>().unwrap_or(0); // the lesson's summary
+        }
+    }
+    Ok(Run {
+        nanos_per_listen: elapsed.as_nanos() as f64 / listens as f64,
+        received,
+        lost,
+    })
+}
+
+pub fn spawn_to_files(command: &mut Command, out: &Path, err: &Path) -> anyhow::Result<Child> {
+    command
+        .stdin(Stdio::null())
+        .stdout(File::create(out)?)
+        .stderr(File::create(err)?)
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))
+}
+
+/// Step 4 says `Ready:` on stderr; bpftrace says `Attaching N probe` on stdout.
+pub fn wait_until_ready(tracer: Tracer, out: &Path, err: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ready = match tracer {
+            Tracer::Bpftrace => fs::read_to_string(out)?.contains("Attaching"),
+            _ => fs::read_to_string(err)?.contains("Ready:"),
+        };
+        if ready {
+            // bpftrace prints before it attaches: give it the time to finish.
+            thread::sleep(Duration::from_millis(if tracer == Tracer::Bpftrace {
+                1500
+            } else {
+                100
+            }));
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "{} did not get ready within 30 s: {}",
+        tracer.name(),
+        fs::read_to_string(err)?
+    )
+}
+
+/// The median of `samples` (sorted in place).
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let middle = samples.len() / 2;
+    if samples.len() % 2 == 1 {
+        samples[middle]
+    } else {
+        (samples[middle - 1] + samples[middle]) / 2.0
+    }
+}

@@ -1,0 +1,144 @@
+//! What a full run leaves for the book: the kernels table and the stock kernel's transcripts, written
+//! with `--write`, compared otherwise.
+
+use std::{fmt::Write as _, fs};
+
+use super::*;
+
+/// Writes the transcripts that the stock kernel's guest printed as the pages' first ones,
+/// `docs/src/transcripts/NAME-stock.txt`.
+pub(super) fn write_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<()> {
+    for result in results.iter().filter(|result| result.passed) {
+        for (name, text) in support::transcripts::printed(&result.output) {
+            let path = crate::workspace_root()
+                .join(support::transcripts::FOLDER)
+                .join(format!("{name}-stock.txt"));
+            fs::write(&path, text)?;
+            eprintln!(
+                "    vm-test: wrote {} (the stock kernel's transcript)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Compares the transcripts that the stock kernel's guest printed with the pages' ones by their
+/// shape (values aside); returns what no longer matches.
+pub(super) fn compare_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<Vec<String>> {
+    let mut out_of_date = Vec::new();
+    for result in results.iter().filter(|result| result.passed) {
+        for (name, text) in support::transcripts::printed(&result.output) {
+            let path = crate::workspace_root()
+                .join(support::transcripts::FOLDER)
+                .join(format!("{name}-stock.txt"));
+            let on_page = fs::read_to_string(&path).unwrap_or_default();
+            if support::transcripts::shape(&on_page) != support::transcripts::shape(&text) {
+                eprintln!(
+                    "    OUT OF DATE: {} no longer has the shape of what the stock kernel printed \
+                     (`cargo xtask docs --refresh-transcripts` rewrites it):\n{text}",
+                    path.display()
+                );
+                out_of_date.push(format!("the transcript {name}-stock.txt"));
+            }
+        }
+    }
+    Ok(out_of_date)
+}
+
+/// The cells of the kernels table that a run decides (package, paths, MPTCP, cases), without the
+/// date and the seconds, which change every run.
+pub(super) fn outcomes(page: &str) -> Vec<Vec<String>> {
+    page.lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            line.split('|')
+                .map(str::trim)
+                .filter(|cell| !cell.ends_with(" s"))
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// The generated table of kernels × attach paths, included by the kernels page.
+pub(super) const MATRIX_PAGE: &str = "docs/src/vm-test-results.md";
+
+/// What one guest showed: its kernel, which paths attached, MPTCP, the cases and the times.
+pub(super) struct MatrixRow {
+    pub(super) package: &'static str,
+    pub(super) arch: Arch,
+    pub(super) release: String,
+    pub(super) paths: Vec<(&'static str, bool)>,
+    pub(super) mptcp: &'static str,
+    pub(super) passed: usize,
+    pub(super) cases: usize,
+    pub(super) run: GuestRun,
+}
+
+impl MatrixRow {
+    pub(super) fn of(kernel: &GuestKernel, results: &[CaseResult], run: GuestRun) -> Self {
+        let said = |text: &str| results.iter().any(|result| result.output.contains(text));
+        Self {
+            package: kernel.package,
+            arch: kernel.arch,
+            release: run.release.clone(),
+            paths: vec![
+                ("kprobe", said("kprobe inet_listen(): attached")),
+                ("fentry", said("fentry inet_listen(): attached")),
+                (
+                    "tracepoint",
+                    said("tracepoint sock:inet_sock_set_state: attached"),
+                ),
+            ],
+            mptcp: if said("program mptcp_") {
+                "yes"
+            } else if said("has no MPTCP") {
+                "not in this kernel"
+            } else {
+                "not checked"
+            },
+            passed: results.iter().filter(|result| result.passed).count(),
+            cases: results.len(),
+            run,
+        }
+    }
+}
+
+pub(super) fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
+    let date = crate::utc_now()?;
+    let mut text = String::from(
+        "<!-- Written by `cargo xtask vm-test` (the built-in kernels, every case): do not edit. -->\n\n",
+    );
+    writeln!(
+        text,
+        "The latest `cargo xtask vm-test`, {date} (guests under qemu):\n"
+    )?;
+    writeln!(
+        text,
+        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | MPTCP | cases | boot | whole run |"
+    )?;
+    writeln!(text, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for row in rows {
+        let mark = |wanted: &str| {
+            let attached = row.paths.iter().any(|&(path, seen)| path == wanted && seen);
+            if attached { "attached" } else { "not seen" }
+        };
+        writeln!(
+            text,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
+            row.package,
+            row.arch.debian(),
+            row.release,
+            mark("kprobe"),
+            mark("fentry"),
+            mark("tracepoint"),
+            row.mptcp,
+            row.passed,
+            row.cases,
+            row.run.boot_seconds,
+            row.run.whole_seconds,
+        )?;
+    }
+    Ok(text)
+}
