@@ -264,16 +264,21 @@ fn lesson_verdicts(
     verdicts
 }
 
-/// Runs lesson 5 for a moment with `--attach auto`: its status lines (stderr) when it got ready,
-/// else the error it ended with.
-fn try_lesson_5(binary: &Path) -> Result<String, String> {
-    let mut command = if nix::unistd::geteuid().is_root() {
+/// `binary` run as root: directly when we are root, else through sudo.
+fn as_root(binary: &Path) -> Command {
+    if nix::unistd::geteuid().is_root() {
         Command::new(binary)
     } else {
         let mut sudo = Command::new("sudo");
         sudo.arg(binary);
         sudo
-    };
+    }
+}
+
+/// Runs lesson 5 for a moment with `--attach auto`: its status lines (stderr) when it got ready,
+/// else the error it ended with.
+fn try_lesson_5(binary: &Path) -> Result<String, String> {
+    let mut command = as_root(binary);
     command.args(["--duration", "0.2"]);
     let finished = RunningStep::try_spawn(&mut command)?.try_wait(Duration::from_secs(30))?;
     let stderr = finished.stderr();
@@ -414,13 +419,7 @@ fn attach_path(binary: &Path, path: &'static str, can_load: bool) -> Finding {
     if !can_load {
         return Finding::bad(item, "not tried (no privileges)", "see privileges");
     }
-    let mut command = if nix::unistd::geteuid().is_root() {
-        Command::new(binary)
-    } else {
-        let mut sudo = Command::new("sudo");
-        sudo.arg(binary);
-        sudo
-    };
+    let mut command = as_root(binary);
     command.args(["--attach", path, "--duration", "0.2"]);
     let outcome = match RunningStep::try_spawn(&mut command) {
         Ok(step) => step.try_wait(Duration::from_secs(20)),

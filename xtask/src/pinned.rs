@@ -72,6 +72,16 @@ pub fn run_step(what: &str, command: &mut Command) -> anyhow::Result<()> {
     let status: ExitStatus = command
         .status()
         .with_context(|| format!("cannot start {}", command_line(command)))?;
+    finished(what, command, status, started)
+}
+
+/// The end of a step: its duration when it worked, an error with its command line when not.
+fn finished(
+    what: &str,
+    command: &Command,
+    status: ExitStatus,
+    started: Instant,
+) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     if !status.success() {
         bail!(
@@ -151,16 +161,7 @@ pub fn run_cargo(what: &str, command: &mut Command) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    let elapsed = started.elapsed();
-    if !status.success() {
-        bail!(
-            "{what} failed ({status}) after {:.1} s: {}",
-            elapsed.as_secs_f64(),
-            command_line(command)
-        );
-    }
-    eprintln!("    {what}: done in {:.1} s", elapsed.as_secs_f64());
-    Ok(())
+    finished(what, command, status, started)
 }
 
 /// What a line of a verbose cargo's standard error is.
