@@ -52,8 +52,9 @@ fn column_positions(step: &mut RunningStep) -> Vec<usize> {
         .collect()
 }
 
-/// Waits for the row whose namespace is `netns` and whose port is `port`: its values of `COLUMNS`.
-fn row_with(step: &mut RunningStep, netns: u64, port: u16) -> Vec<String> {
+/// Waits for the row whose namespace is `netns` and whose address and port are `addr`'s: its values
+/// of `COLUMNS`. (An IPv4 and an IPv6 listener may get the same port number.)
+fn row_with(step: &mut RunningStep, netns: u64, addr: SocketAddr) -> Vec<String> {
     let positions = column_positions(step);
     let values = |line: &str| -> Vec<String> {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -62,17 +63,21 @@ fn row_with(step: &mut RunningStep, netns: u64, port: u16) -> Vec<String> {
             .map(|&at| words.get(at).copied().unwrap_or_default().to_string())
             .collect()
     };
-    let (netns, port) = (netns.to_string(), port.to_string());
+    let (netns, ip, port) = (
+        netns.to_string(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+    );
     let line = step
         .find_line(
             Stream::Stdout,
             |line| {
                 let row = values(line);
-                row[2] == netns && row[5] == port
+                row[2] == netns && row[4] == ip && row[5] == port
             },
             std::time::Duration::from_secs(10),
         )
-        .unwrap_or_else(|| panic!("no row for port {port}; output: {:#?}", step.output));
+        .unwrap_or_else(|| panic!("no row for {addr}; output: {:#?}", step.output));
     values(&line)
 }
 
@@ -102,7 +107,7 @@ fn rows_carry_the_exact_values_on_every_attach_path() {
         });
         for addr in listened {
             assert_eq!(
-                row_with(&mut step, netns.inode, addr.port()),
+                row_with(&mut step, netns.inode, addr),
                 row_for(netns.inode, 31, addr),
                 "path {path}"
             );
@@ -126,7 +131,7 @@ fn a_socket_never_bound_has_no_port_yet_on_every_path() {
         });
         assert_ne!(picked, 0, "the kernel picked a port during listen()");
         assert_eq!(
-            row_with(&mut step, netns.inode, 0),
+            row_with(&mut step, netns.inode, (Ipv4Addr::UNSPECIFIED, 0).into()),
             row_for(netns.inode, 17, (Ipv4Addr::UNSPECIFIED, 0).into()),
             "path {path}"
         );
@@ -140,13 +145,12 @@ fn the_table_has_one_header_and_the_summary_counts_the_rows() {
     require_root();
     let netns = InNewNetns::new();
     let mut step = RunningStep::start(STEP, &[]);
-    let port = netns.run(|| {
+    let addr = netns.run(|| {
         trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 5)
             .unwrap()
             .local_addr
-            .port()
     });
-    row_with(&mut step, netns.inode, port);
+    row_with(&mut step, netns.inode, addr);
     let finished = step.stop_cleanly(Signal::SIGINT);
     let stdout = finished.stdout();
     let header = stdout.lines().next().unwrap_or_default();

@@ -95,10 +95,14 @@ fn the_table_shows_the_same_values_under_one_header() {
         .local_addr;
     for (addr, proto, ip) in [(v4, "TCPv4", "127.0.0.1"), (v6, "TCPv6", "::1")] {
         let port = addr.port().to_string();
+        // The IPv4 and IPv6 listeners may get the same port number: a row is its port and address.
         let row = step
             .find_line(
                 Stream::Stdout,
-                |line| line.split_whitespace().nth(6) == Some(&port),
+                |line| {
+                    let columns: Vec<_> = line.split_whitespace().collect();
+                    columns.get(5) == Some(&ip) && columns.get(6) == Some(&port.as_str())
+                },
                 Duration::from_secs(10),
             )
             .unwrap_or_else(|| panic!("no row for {addr}: {:#?}", step.output));
@@ -254,11 +258,13 @@ fn every_call_is_reported_once_with_its_protocol_port_and_result() {
         let (expected, _sockets) = netns.run(make_every_kind_of_listen);
         // Wait for the last call's row, then stop and read everything (rings are per CPU).
         let mut step = step;
-        let (last_port, _) = expected.last().unwrap().clone();
+        let (last_port, last_row) = expected.last().unwrap().clone();
         step.find_line(
             Stream::Stdout,
             |line| {
-                serde_json::from_str::<Value>(line).is_ok_and(|event| event["port"] == last_port)
+                serde_json::from_str::<Value>(line).is_ok_and(|event| {
+                    event["port"] == last_port && event["backlog"] == last_row["backlog"]
+                })
             },
             Duration::from_secs(10),
         );
