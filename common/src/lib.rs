@@ -2,16 +2,13 @@
 //!
 //! The crate root is `no_std` and dependency-free, because the eBPF programs compile it too: the
 //! names of the hooks, kernel constants, the structs that cross between kernel and userspace, and
-//! byte order. Two features add what only one side needs:
-//!
-//! - `kernel`: reading a kernel struct's field at an offset, for the eBPF programs;
-//! - `user`: for the step binaries, helpers whose subject is not eBPF (the words that explain an
-//!   attach failure, the BTF member-offset lookup, command-line conventions, stop signals), and the
-//!   `aya::Pod` impls of the shared structs.
+//! byte order. The `user` feature adds what only the step binaries need: helpers whose subject is
+//! not eBPF (the words that explain an attach failure, the BTF member-offset lookup, command-line
+//! conventions, stop signals), and the `aya::Pod` impls of the shared structs. What the eBPF
+//! programs need beyond these definitions (a panic handler, reading a kernel struct's field) each
+//! program has itself, so that a lesson can be copied out on its own.
 #![cfg_attr(not(any(test, feature = "user", feature = "tracefs")), no_std)]
 
-#[cfg(feature = "kernel")]
-pub mod kernel;
 #[cfg(feature = "tracefs")]
 pub mod tracefs;
 #[cfg(feature = "user")]
@@ -264,14 +261,6 @@ unsafe impl aya::Pod for ListenFilter {}
 unsafe impl aya::Pod for ListenEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenCall {}
-
-// A panic cannot unwind in the kernel: the verifier rejects any path that could reach this, so it
-// only has to exist for the eBPF programs to link.
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
 
 #[cfg(test)]
 mod tests {

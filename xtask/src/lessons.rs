@@ -100,17 +100,16 @@ fn lesson_list() -> String {
     list
 }
 
-/// Builds the step binaries (and, through their build.rs, their eBPF programs).
+/// Builds the step binaries and their eBPF programs.
 pub fn build(toolchain: &Toolchain, lessons: &[&Lesson]) -> anyhow::Result<()> {
     let mut args = vec!["build", "--release"];
     for lesson in lessons {
         args.extend(["--package", lesson.package]);
     }
     let names: Vec<_> = lessons.iter().map(|lesson| lesson.package).collect();
-    run_cargo(
-        &format!("build {}", names.join(", ")),
-        &mut toolchain.cargo(&args),
-    )
+    let mut build = toolchain.cargo(&args);
+    crate::ebpf::build_for(toolchain, &mut build, lessons, crate::ebpf::this_arch())?;
+    run_cargo(&format!("build {}", names.join(", ")), &mut build)
 }
 
 /// Replaces this process with the step binary, through sudo when we are not root, so that Ctrl-C and
@@ -167,6 +166,81 @@ mod tests {
                 "{}",
                 file.display()
             );
+            // Its build.rs builds the kernel side with the same Rust (bpf-linker's LLVM).
+            let file = workspace_root().join(lesson.package).join("build.rs");
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&format!(
+                    "const EBPF_TOOLCHAIN: &str = \"{}\";",
+                    support::PINNED_RUST
+                )),
+                "{}",
+                file.display()
+            );
+        }
+    }
+
+    /// A lesson names its dependencies itself (it builds where it is copied, with `common`), with
+    /// the versions the other lessons and the workspace use.
+    #[test]
+    fn every_lesson_names_the_same_versions() {
+        let read = |path: std::path::PathBuf| -> (std::path::PathBuf, toml::Table) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            (path, text.parse().unwrap())
+        };
+        let root = workspace_root();
+        let (_, workspace) = read(root.join("Cargo.toml"));
+        let mut seen: std::collections::HashMap<String, (String, String)> = workspace["workspace"]
+            ["dependencies"]
+            .as_table()
+            .unwrap()
+            .iter()
+            .filter_map(|(name, spec)| {
+                Some((name.clone(), (version_of(spec)?, "the workspace".into())))
+            })
+            .collect();
+        let manifests = LESSONS
+            .iter()
+            .flat_map(|lesson| {
+                let folder = root.join(lesson.package);
+                [folder.join("Cargo.toml"), folder.join("ebpf/Cargo.toml")]
+            })
+            .chain([root.join("common/Cargo.toml")]);
+        for (path, manifest) in manifests.map(read) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !text.contains("workspace = true"),
+                "{} takes something from the workspace",
+                path.display()
+            );
+            for table in ["dependencies", "build-dependencies", "dev-dependencies"] {
+                let Some(dependencies) = manifest.get(table).and_then(|table| table.as_table())
+                else {
+                    continue;
+                };
+                for (name, spec) in dependencies {
+                    let Some(version) = version_of(spec) else {
+                        continue; // a path dependency
+                    };
+                    let (first, where_first) = seen
+                        .entry(name.clone())
+                        .or_insert_with(|| (version.clone(), path.display().to_string()));
+                    assert_eq!(
+                        *first,
+                        version,
+                        "{name}: {first} in {where_first} but {version} in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    fn version_of(spec: &toml::Value) -> Option<String> {
+        match spec {
+            toml::Value::String(version) => Some(version.clone()),
+            toml::Value::Table(table) => Some(table.get("version")?.as_str()?.to_string()),
+            _ => None,
         }
     }
 

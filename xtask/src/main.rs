@@ -7,6 +7,7 @@ mod bench;
 mod check;
 mod docs;
 mod doctor;
+mod ebpf;
 mod host_packages;
 mod install_record;
 mod installed;
@@ -18,6 +19,7 @@ mod measure;
 mod mutants;
 mod pinned;
 mod setup;
+mod standalone;
 mod sudo;
 mod test;
 mod vm;
@@ -81,6 +83,9 @@ enum Command {
     Installed(installed::InstalledArgs),
     /// Apply deliberate bugs to the lessons, one at a time, and check that their tests catch each
     Mutants(mutants::MutantsArgs),
+    /// Copy each lesson out of the repository and build it there with plain cargo (as `test` does)
+    #[command(hide = true)]
+    Standalone,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +166,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Installed(args) => installed::run(&args),
         Command::Mutants(args) => mutants::run(&setup::run()?, &args),
+        Command::Standalone => {
+            setup::run()?;
+            standalone::check(&lessons::present()?)
+        }
         Command::Doctor(args) => doctor::run(&setup::run()?, &args),
         Command::VmTest(args) => vm::run(&setup::run()?, &args),
         Command::Bench(args) => bench::run(&setup::run()?, &args),

@@ -416,6 +416,13 @@ impl Scratch {
     /// The lesson's unit and kernel tests here; returns the names of those that failed.
     fn host_tests(&self, toolchain: &Toolchain, lesson: u8) -> anyhow::Result<Vec<String>> {
         let package = lessons::find(lesson)?.package;
+        let objects = crate::ebpf::build(
+            toolchain,
+            &self.tree,
+            &self.target,
+            crate::ebpf::this_arch(),
+            &[format!("{package}-ebpf")],
+        )?;
         let mut command = toolchain.cargo(&[
             "test",
             "--release",
@@ -425,6 +432,7 @@ impl Scratch {
             "--include-ignored",
             "--test-threads=1",
         ]);
+        command.env(crate::ebpf::OBJECTS_VARIABLE, objects);
         let output = self.output_of(&mut command)?;
         ensure!(
             !output.contains("error: could not compile"),

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use crate::{
-    check, docs, lessons,
+    check, docs,
+    lessons::{self, Lesson},
     pinned::{Toolchain, run_cargo, run_step},
     setup, vm,
 };
@@ -31,7 +32,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
     if let Some(number) = args.lesson {
         let lesson = lessons::find(number)?;
-        run_tests(&toolchain, &["--package", lesson.package])?;
+        run_tests(&toolchain, &["--package", lesson.package], &[lesson])?;
         eprintln!(
             "==> lesson {number}'s tests passed in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -56,13 +57,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         host.extend(["--exclude", ebpf.as_str()]);
     }
     host.extend(["--", "-D", "warnings"]);
-    run_cargo("clippy, host crates", &mut toolchain.cargo(&host))?;
+    let mut clippy = toolchain.cargo(&host);
+    crate::ebpf::build_for(&toolchain, &mut clippy, &steps, crate::ebpf::this_arch())?;
+    run_cargo("clippy, host crates", &mut clippy)?;
     for (package, features) in [
         ("common", ""),
         ("common", "user"),
         ("common", "tracefs"),
         ("support", ""),
-        ("support", "build"),
         ("support", "aya"),
     ] {
         run_cargo(
@@ -92,7 +94,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     for ebpf in &ebpf_crates {
         workspace.extend(["--exclude", ebpf.as_str()]);
     }
-    run_tests(&toolchain, &workspace)?;
+    run_tests(&toolchain, &workspace, &steps)?;
+
+    // Each lesson also builds outside this workspace, as a project of one's own.
+    eprintln!("==> each lesson copied out of the repository builds on its own");
+    crate::standalone::check(&steps)?;
 
     // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
     vm::run(&toolchain, &vm::VmTestArgs::default())?;
@@ -150,15 +156,20 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 /// `#[ignore]`: as root they run (`--include-ignored`); a user who is not root runs them through
 /// sudo, as `cargo xtask run` does; without sudo they stay ignored, and cargo's summary line counts
 /// them as such, never as passed. Under `CI` nothing may be left out.
-fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
+fn run_tests(toolchain: &Toolchain, packages: &[&str], lessons: &[&Lesson]) -> anyhow::Result<()> {
     let mut test = vec!["test", "--release"];
     test.extend(packages);
+    let test_command = |args: &[&str]| -> anyhow::Result<std::process::Command> {
+        let mut command = toolchain.cargo(args);
+        crate::ebpf::build_for(toolchain, &mut command, lessons, crate::ebpf::this_arch())?;
+        Ok(command)
+    };
     let all_tests = ["--", "--test-threads=1", "--include-ignored"];
     if nix::unistd::geteuid().is_root() {
         test.extend(all_tests);
         return run_cargo(
             "unit and kernel tests (cargo test)",
-            &mut toolchain.cargo(&test),
+            &mut test_command(&test)?,
         );
     }
     if crate::sudo::has_sudo() {
@@ -169,7 +180,7 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
         test.extend(all_tests);
         return run_cargo(
             "unit and kernel tests (cargo test, through sudo)",
-            &mut toolchain.cargo(&test),
+            &mut test_command(&test)?,
         );
     }
     if std::env::var_os("CI").is_some() {
@@ -184,7 +195,7 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str]) -> anyhow::Result<()> {
     test.extend(["--", "--test-threads=1"]);
     run_cargo(
         "unit tests (cargo test; kernel tests ignored)",
-        &mut toolchain.cargo(&test),
+        &mut test_command(&test)?,
     )
 }
 

@@ -55,3 +55,10 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// A panic cannot unwind in the kernel: the verifier rejects any path that could reach this
+/// handler, which only has to exist for the program to link.
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

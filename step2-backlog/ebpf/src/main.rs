@@ -7,11 +7,12 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
+    helpers::bpf_probe_read_kernel,
     macros::{fentry, kprobe, raw_tracepoint},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
-use common::{IPPROTO_TCP, SockOffsets, TCP_LISTEN, kernel::read_field};
+use common::{IPPROTO_TCP, SockOffsets, TCP_LISTEN};
 
 // ANCHOR: sock_offsets_global
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -75,3 +76,21 @@ fn is_tcp(sk: *const u8) -> bool {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// ANCHOR: read_field
+/// Reads the `T` that sits `offset` bytes into the kernel struct at `base`. We have no kernel types
+/// in Rust (and no CO-RE relocations): `bpf_probe_read_kernel` copies the bytes, and fails
+/// (instead of crashing) if the address is bad.
+#[inline(always)]
+fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: the helper checks the address; a bad one gives an error, never a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+// ANCHOR_END: read_field
+
+/// A panic cannot unwind in the kernel: the verifier rejects any path that could reach this
+/// handler, which only has to exist for the program to link.
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

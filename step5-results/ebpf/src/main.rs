@@ -19,7 +19,8 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::BPF_F_CURRENT_CPU,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_perf_event_output,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_perf_event_output, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerfEventArray},
@@ -33,7 +34,7 @@ use common::{
     COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE, COUNTERS as COUNTER_COUNT,
     IPPROTO_MPTCP, IPPROTO_TCP, ListenCall, ListenEvent, ListenFilter,
     SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
-    TCP_LISTEN, kernel::read_field, port_from_network_order,
+    TCP_LISTEN, port_from_network_order,
 };
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -430,3 +431,21 @@ fn sock_of(sock: *const u8) -> Result<*const u8, i32> {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// ANCHOR: read_field
+/// Reads the `T` that sits `offset` bytes into the kernel struct at `base`. We have no kernel types
+/// in Rust (and no CO-RE relocations): `bpf_probe_read_kernel` copies the bytes, and fails
+/// (instead of crashing) if the address is bad.
+#[inline(always)]
+fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: the helper checks the address; a bad one gives an error, never a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+// ANCHOR_END: read_field
+
+/// A panic cannot unwind in the kernel: the verifier rejects any path that could reach this
+/// handler, which only has to exist for the program to link.
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

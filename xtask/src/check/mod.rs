@@ -307,10 +307,18 @@ pub fn build_in_clean_checkout(
     // The checkout links with this workspace's bpf-linker (`.cargo/config.toml` names `.tools/`).
     symlink(root.join(".tools"), tree.join(".tools"))
         .context("cannot link .tools into the checkout")?;
+    let objects = crate::ebpf::build(
+        toolchain,
+        &tree,
+        &clean_checkout_target(),
+        crate::ebpf::this_arch(),
+        &[format!("{}-ebpf", lesson.package)],
+    )?;
     let mut build = toolchain.cargo(&["build", "--release", "--package", lesson.package]);
     build
         .current_dir(&tree)
-        .env("CARGO_TARGET_DIR", clean_checkout_target());
+        .env("CARGO_TARGET_DIR", clean_checkout_target())
+        .env(crate::ebpf::OBJECTS_VARIABLE, objects);
     run_cargo(
         &format!("build {} in {}", lesson.package, tree.display()),
         &mut build,

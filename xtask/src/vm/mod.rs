@@ -359,9 +359,15 @@ fn build_kernel_tests(
         target.map_or(String::new(), |target| format!(" for {target}"))
     );
     let mut command = toolchain.cargo(&args);
+    // The eBPF side reads kprobe arguments from the registers of the guest's architecture.
+    let arch = if cross {
+        "aarch64"
+    } else {
+        crate::ebpf::this_arch()
+    };
+    crate::ebpf::build_for(toolchain, &mut command, &crate::lessons::present()?, arch)?;
     if target.is_some() {
-        // Linked statically, so that the guest needs no arm64 shared libraries; the eBPF side is
-        // built by each step's build.rs for the target's pt_regs (aya-build reads the target).
+        // Linked statically, so that the guest needs no arm64 shared libraries.
         command
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",

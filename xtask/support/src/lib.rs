@@ -1,8 +1,7 @@
-//! What the lessons' tests, their build scripts and `cargo xtask` share, written once and kept away
+//! What the lessons' tests and `cargo xtask` share, written once and kept away
 //! from what learners read:
 //!
 //! - the Rust toolchain the eBPF programs are built with, and where bpf-linker lives;
-//! - `ebpf_build` (feature `build`): the `build.rs` helper that compiles a step's eBPF crate;
 //! - [`running`]: start a step binary, wait until it is attached, read its lines with time limits;
 //! - [`trigger`]: listening sockets on demand, in a network namespace or a process of their own;
 //! - [`kernel`]: what the kernel tests need to know of the kernel, and whether programs are loaded;
@@ -10,8 +9,6 @@
 //!
 //! No aya here: xtask builds on whatever toolchain `cargo` starts with, and installs the pinned one.
 
-#[cfg(feature = "build")]
-pub mod ebpf_build;
 pub mod kernel;
 pub mod running;
 pub mod transcripts;
@@ -25,5 +22,6 @@ pub mod trigger;
 pub const PINNED_RUST: &str = "1.98.0";
 
 /// Where `cargo xtask setup` installs bpf-linker, relative to the workspace root
-/// (`.cargo/config.toml` names the same file as the linker of the BPF target).
+/// (`.cargo/config.toml` names the same file as the linker of the BPF target). Each step's
+/// `build.rs` and `rust-toolchain.toml` name the pinned Rust too (a lesson builds on its own).
 pub const BPF_LINKER: &str = ".tools/bin/bpf-linker";
