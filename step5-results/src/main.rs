@@ -199,11 +199,14 @@ impl PerfBuffers {
                 reason = stop.wait() => Some(reason),
                 () = tokio::time::sleep(self.batch_pause) => None,
             };
+            let received_before = self.received;
             if let Err(error) = self.drain(sink) {
                 break closed_or_fail(error)?;
             }
             if let Some(reason) = paused_until_stop {
-                eprintln!("the stop cut a batch pause short: what had gathered is printed");
+                if self.received > received_before {
+                    eprintln!("the stop cut a batch pause short: what had gathered is printed");
+                }
                 break reason;
             }
         };

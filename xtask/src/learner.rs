@@ -16,6 +16,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -51,15 +52,23 @@ pub fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     remove_learner()?; // what an earlier run that was killed outright left
-    // Ctrl-C or SIGTERM while the flows run: the account goes too, then the run ends.
+    // Ctrl-C or SIGTERM while the flows run: the account goes too, then the run ends. Once they
+    // are over, the handler (which stays for the rest of the process) just ends the run.
+    static FLOWS_RUNNING: AtomicBool = AtomicBool::new(false);
+    FLOWS_RUNNING.store(true, Ordering::SeqCst);
     ctrlc::set_handler(|| {
-        eprintln!("stopped: removing the temporary user {LEARNER}");
-        let _ = remove_learner();
+        if FLOWS_RUNNING.load(Ordering::SeqCst) {
+            eprintln!("stopped: removing the temporary user {LEARNER}");
+            let _ = remove_learner();
+        } else {
+            eprintln!("stopped");
+        }
         std::process::exit(130);
     })
     .context("cannot watch for Ctrl-C")?;
     let flows = flows();
     let removed = remove_learner();
+    FLOWS_RUNNING.store(false, Ordering::SeqCst);
     flows?;
     removed?;
     let left = learner_leftovers();

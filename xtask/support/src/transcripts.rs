@@ -270,7 +270,7 @@ impl Transcript {
 /// The shape of a transcript's output: what the program prints, with every number masked (pids,
 /// ports, inodes, times and ids change from run to run; letters never do), runs of spaces as one
 /// (a table pads its columns to the numbers), and without what depends on the machine: the attach
-/// lines, the struct offsets, a tracefs mount, and a stop that landed in a batch pause.
+/// lines, the struct offsets and a tracefs mount.
 pub fn shape(transcript: &str) -> Vec<String> {
     transcript
         .lines()
@@ -280,13 +280,9 @@ pub fn shape(transcript: &str) -> Vec<String> {
                 .any(|path| line.starts_with(path))
         })
         .filter(|line| {
-            ![
-                "struct offsets",
-                "mounted tracefs",
-                "the stop cut a batch pause short",
-            ]
-            .iter()
-            .any(|timing| line.starts_with(timing))
+            !["struct offsets", "mounted tracefs"]
+                .iter()
+                .any(|machine| line.starts_with(machine))
         })
         .map(|line| {
             // The path a line names ("detached from the kprobe inet_listen()") depends on the
