@@ -19,11 +19,15 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+use catalogue::{MUTANTS, Mutant, Where};
+
 use crate::{
     lessons,
     pinned::{Toolchain, output_of, target_dir},
     vm, workspace_root,
 };
+
+mod catalogue;
 
 #[derive(Debug, Default, clap::Args)]
 pub struct MutantsArgs {
@@ -40,141 +44,6 @@ pub struct MutantsArgs {
     #[arg(long, conflicts_with_all = ["no_solutions", "filter", "host_only"])]
     pub solutions_only: bool,
 }
-
-/// Where the tests that catch a mutant run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Where {
-    /// Here, on the attach paths this machine has.
-    Host,
-    /// In `vm::STOCK_KERNEL` under qemu, with kprobes and fentry.
-    Guest,
-}
-
-/// One deliberate bug: in `file` of lesson `lesson`, the text `from` (found exactly once) becomes
-/// `to`.
-struct Mutant {
-    name: &'static str,
-    lesson: u8,
-    file: &'static str,
-    from: &'static str,
-    to: &'static str,
-    caught: Where,
-}
-
-const MUTANTS: [Mutant; 14] = [
-    Mutant {
-        name: "the hello says other words",
-        lesson: 1,
-        file: "step1-hello/ebpf/src/main.rs",
-        from: r#"info!(ctx, "Hello World!");"#,
-        to: r#"info!(ctx, "Hello Worlb!");"#,
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the kprobe on the wrong function (inet_release)",
-        lesson: 1,
-        file: "step1-hello/src/main.rs",
-        from: "kprobe.attach(LISTEN_FUNCTION, 0)?;",
-        to: r#"kprobe.attach("inet_release", 0)?;"#,
-        caught: Where::Guest,
-    },
-    Mutant {
-        name: "the tracepoint's backlog read 4 bytes past sk_max_ack_backlog",
-        lesson: 2,
-        file: "step2-backlog/ebpf/src/main.rs",
-        from: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog)",
-        to: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog + 4)",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the kprobe's backlog from the first argument (the socket)",
-        lesson: 2,
-        file: "step2-backlog/ebpf/src/main.rs",
-        from: "ctx.arg::<u32>(1)",
-        to: "ctx.arg::<u32>(0)",
-        caught: Where::Guest,
-    },
-    Mutant {
-        name: "the port in network byte order",
-        lesson: 3,
-        file: "step3-addr-port/ebpf/src/main.rs",
-        from: "let port = port_from_network_order(sport);",
-        to: "let port = sport;",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the IPv4 address read one byte off",
-        lesson: 3,
-        file: "step3-addr-port/ebpf/src/main.rs",
-        from: "read_field(sk, offsets.skc_rcv_saddr)?",
-        to: "read_field(sk, offsets.skc_rcv_saddr + 1)?",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the netns inode read from the socket, not from its namespace",
-        lesson: 4,
-        file: "step4-netns-perf/ebpf/src/main.rs",
-        from: "let netns: u32 = read_field(net, offsets.net_ns_inum)?;",
-        to: "let netns: u32 = read_field(sk, offsets.net_ns_inum)?;",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the IPv6 branch dropped",
-        lesson: 4,
-        file: "step4-netns-perf/ebpf/src/main.rs",
-        from: "let addr: [u8; 16] = if family == AF_INET6 {",
-        to: "let addr: [u8; 16] = if family == AF_INET6 && false {",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the IPv4 address printed with its bytes reversed",
-        lesson: 4,
-        file: "step4-netns-perf/src/main.rs",
-        from: "Ipv4Addr::new(a, b, c, d)",
-        to: "Ipv4Addr::new(d, c, b, a)",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "a lost event not counted",
-        lesson: 5,
-        file: "step5-results/ebpf/src/main.rs",
-        from: "count(COUNTER_DROPPED);",
-        to: "let _ = COUNTER_DROPPED;",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the syscall path's backlog not capped to somaxconn",
-        lesson: 5,
-        file: "step5-results/ebpf/src/main.rs",
-        from: "let backlog = if backlog > somaxconn {",
-        to: "let backlog = if backlog > somaxconn && somaxconn == 0 {",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the syscall path's result dropped (always 0)",
-        lesson: 5,
-        file: "step5-results/ebpf/src/main.rs",
-        from: "report_syscall(&ctx, sock, call.backlog, result as i32)",
-        to: "report_syscall(&ctx, sock, call.backlog, 0)",
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the exit side on the wrong tracepoint (sys_exit_bind)",
-        lesson: 5,
-        file: "step5-results/src/main.rs",
-        from: r#"("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),"#,
-        to: r#"("listen_sys_exit", Hook::Syscall("sys_exit_bind")),"#,
-        caught: Where::Host,
-    },
-    Mutant {
-        name: "the fexit program's backlog and result swapped",
-        lesson: 5,
-        file: "step5-results/ebpf/src/main.rs",
-        from: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));",
-        to: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(1));",
-        caught: Where::Guest,
-    },
-];
 
 /// What happened to one mutant.
 struct Outcome {
