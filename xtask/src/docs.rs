@@ -88,6 +88,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
                 .env("PATH", path),
         )?;
     }
+    check_fragments(&docs)?;
     eprintln!(
         "    the book: {} (English), {} (Chinese)",
         docs.join("book/html/index.html").display(),
@@ -231,6 +232,58 @@ pub fn check_pages() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Links to a place in a page (`page.md#heading`, `#heading`) whose page, as mdBook built it, has
+/// an element of that id. By hand: mdbook-linkcheck2 checks that the page exists, not the place.
+fn check_fragments(docs: &Path) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (edition, built) in editions()
+        .into_iter()
+        .zip([docs.join("book/html"), docs.join("book/zh/html")])
+    {
+        for page in pages(&edition)? {
+            let text = fs::read_to_string(&page)?;
+            for (target, fragment) in fragment_links(&text) {
+                let html_page = match target {
+                    "" => page.with_extension("html"),
+                    target => page.parent().unwrap().join(target).with_extension("html"),
+                };
+                let Ok(relative) = html_page.strip_prefix(&edition) else {
+                    continue; // a page outside the book (the sources)
+                };
+                let html = fs::read_to_string(built.join(relative)).unwrap_or_default();
+                if !html.contains(&format!("id=\"{fragment}\"")) {
+                    problems.push(format!(
+                        "{}: no place `#{fragment}` in {}",
+                        page.display(),
+                        relative.display()
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the book links to {} place(s) that do not exist:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The links of a page that name a place: (the page, `""` for this one; the fragment).
+fn fragment_links(text: &str) -> Vec<(&str, &str)> {
+    text.match_indices("](")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + 2..];
+            let target = &rest[..rest.find(')')?];
+            let (page, fragment) = target.split_once('#')?;
+            let local = !page.contains("://") && (page.is_empty() || page.ends_with(".md"));
+            local.then_some((page, fragment))
+        })
+        .collect()
+}
+
 /// The pages an edition's `SUMMARY.md` lists (the table of contents).
 fn listed_pages(edition: &Path) -> anyhow::Result<BTreeSet<String>> {
     let summary = fs::read_to_string(edition.join("SUMMARY.md"))
@@ -255,11 +308,25 @@ fn spacing_problems(page: &Path, text: &str) -> Vec<String> {
             in_code = !in_code;
             continue;
         }
-        let mut characters = line.chars().peekable();
-        while let Some(character) = characters.next() {
-            if !in_code && FULL_WIDTH.contains(character) && characters.peek() == Some(&' ') {
+        if in_code {
+            continue;
+        }
+        let characters: Vec<char> = line.chars().collect();
+        for (at, &character) in characters.iter().enumerate() {
+            if !FULL_WIDTH.contains(character) {
+                continue;
+            }
+            // A table's cell separator (`） |`, `| （`) may stand beside one with its spaces.
+            if characters.get(at + 1) == Some(&' ') && characters.get(at + 2) != Some(&'|') {
                 problems.push(format!(
                     "{}:{}: a half-width space after `{character}`",
+                    page.display(),
+                    number + 1
+                ));
+            }
+            if at > 0 && characters[at - 1] == ' ' && !(at > 1 && characters[at - 2] == '|') {
+                problems.push(format!(
+                    "{}:{}: a half-width space before `{character}`",
                     page.display(),
                     number + 1
                 ));
@@ -465,6 +532,16 @@ mod tests {
             spacing_problems(page, "第一句。 第二句\n```\n代码。 不算\n```\n"),
             ["x.md:1: a half-width space after `。`"]
         );
+        assert_eq!(
+            spacing_problems(page, "见 `x` （注）\n| （表格） |\n"),
+            ["x.md:1: a half-width space before `（`"]
+        );
+    }
+
+    #[test]
+    fn links_to_a_place_are_found() {
+        let text = "[a](x.md#one) [b](#two) [c](https://e.org/#x) [d](y.md) [e](z.html#no)";
+        assert_eq!(fragment_links(text), [("x.md", "one"), ("", "two")]);
     }
 
     #[test]
