@@ -100,7 +100,7 @@ fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts)
         ),
         AttachPath::Fentry if refused_with_eperm(error) => Some(
             "the kernel refused the fentry program (EPERM) although we are privileged: \
-             a security policy (lockdown, an LSM or a sandbox) blocks fentry here",
+             a security policy (an LSM or a sandbox) blocks fentry here",
         ),
         _ => None,
     };
