@@ -83,6 +83,8 @@ enum Command {
     Installed(installed::InstalledArgs),
     /// Apply deliberate bugs to the lessons, one at a time, and check that their tests catch each
     Mutants(mutants::MutantsArgs),
+    /// Write a lesson out as a project of your own: a workspace with its own build.rs and toolchain
+    NewProject(standalone::NewProjectArgs),
     /// Copy each lesson out of the repository and build it there with plain cargo (as `test` does)
     #[command(hide = true)]
     Standalone,
@@ -166,6 +168,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Installed(args) => installed::run(&args),
         Command::Mutants(args) => mutants::run(&setup::run()?, &args),
+        Command::NewProject(args) => standalone::new_project(&args),
         Command::Standalone => {
             setup::run()?;
             standalone::check(&lessons::present()?)

@@ -1,6 +1,11 @@
-//! A lesson copied out of the repository builds on its own, as a project made from aya-template
-//! does: its folder with `common/` beside it and the lock file, no workspace around them, bpf-linker
-//! on `PATH` and the toolchain from the lesson's `rust-toolchain.toml`.
+//! A lesson out of the repository, two ways, both built by plain cargo with the toolchain from the
+//! lesson's `rust-toolchain.toml` and bpf-linker on `PATH`, as a project made from aya-template:
+//!
+//! - copied: its folder with `common/` beside it and the lock file, no workspace around them
+//!   (`cargo xtask test` builds each lesson so);
+//! - written out as a project of one's own (`cargo xtask new-project N DIR`, the book's "Your own
+//!   project" page): a workspace of the lesson, its kernel side and `common`, with its own
+//!   toolchain file and a `.cargo/config.toml` that names a bpf-linker.
 
 use std::{
     fs,
@@ -8,47 +13,76 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 
 use crate::{
-    lessons::Lesson,
+    lessons::{self, Lesson},
     pinned::{output_of, run_cargo, target_dir},
     workspace_root,
 };
 
-/// Copies each of `lessons` to a temporary folder, builds it there with a plain `cargo build`, and
-/// runs the binary it built.
+#[derive(Debug, clap::Args)]
+pub struct NewProjectArgs {
+    /// The lesson to start from
+    #[arg(value_name = "N")]
+    number: u8,
+    /// The folder to write the project into (new, or empty)
+    #[arg(value_name = "DIR")]
+    folder: PathBuf,
+}
+
+/// `cargo xtask new-project N DIR`.
+pub fn new_project(args: &NewProjectArgs) -> anyhow::Result<()> {
+    let lesson = lessons::find(args.number)?;
+    write_project(lesson, &args.folder)?;
+    let folder = args.folder.display();
+    println!(
+        "wrote lesson {} as a project of its own in {folder}:\n  \
+         {folder}/Cargo.toml            the workspace: {package}, its kernel side, common\n  \
+         {folder}/{package}/build.rs    builds the kernel side (aya-build)\n  \
+         {folder}/rust-toolchain.toml   Rust {rust}, whose LLVM bpf-linker must share\n  \
+         {folder}/.cargo/config.toml    the bpf-linker to link with\n\
+         then: cd {folder} && cargo build && sudo ./target/debug/{package}",
+        lesson.number,
+        package = lesson.package,
+        rust = support::PINNED_RUST,
+    );
+    Ok(())
+}
+
+/// Copies each of `lessons` out of the repository and builds it there with a plain `cargo build`,
+/// first alone (its folder and `common/`), then the first and the last as written out by
+/// `new-project`; runs each binary built.
 pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
     // Outside the repository: inside, cargo would find this workspace above the copy.
     let base = std::env::temp_dir().join("listen-trace-standalone");
-    for lesson in lessons {
+    let ends = [lessons.first(), lessons.last()];
+    let projects = ends.into_iter().flatten().copied();
+    let builds = lessons
+        .iter()
+        .map(|&lesson| (lesson, false))
+        .chain(projects.map(|lesson| (lesson, true)));
+    for (lesson, as_project) in builds {
         if base.exists() {
             fs::remove_dir_all(&base)
                 .with_context(|| format!("cannot remove {}", base.display()))?;
         }
-        let folder = copy_out(lesson, &base)?;
+        let (folder, how) = if as_project {
+            write_project(lesson, &base)?;
+            (base.clone(), "written out by new-project")
+        } else {
+            (copy_lesson(lesson, &base)?, "copied out")
+        };
         // The dependencies compiled once for all the copies (and kept for the next run).
         let target = target_dir().join("standalone");
-        let mut build = Command::new("cargo");
+        let mut build = plain_cargo(&folder);
         build
             .arg("build")
-            .current_dir(&folder)
             .env("CARGO_TARGET_DIR", &target)
             .env("PATH", path_with_bpf_linker()?);
-        // What the outer cargo set for xtask would pick the toolchain, not the lesson's file.
-        for inherited in [
-            "RUSTUP_TOOLCHAIN",
-            "CARGO",
-            "RUSTC",
-            "RUSTDOC",
-            "RUSTC_WRAPPER",
-        ] {
-            build.env_remove(inherited);
-        }
-        build.env_remove(crate::ebpf::OBJECTS_VARIABLE);
         run_cargo(
             &format!(
-                "lesson {} copied out to {}: cargo build",
+                "lesson {} {how} to {}: cargo build",
                 lesson.number,
                 folder.display()
             ),
@@ -58,11 +92,11 @@ pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
             output_of(Command::new(target.join("debug").join(lesson.package)).arg("--help"))?;
         ensure!(
             help.contains("--attach"),
-            "the copied-out lesson {} built, but its --help does not offer --attach:\n{help}",
+            "lesson {} {how} built, but its --help does not offer --attach:\n{help}",
             lesson.number
         );
         eprintln!(
-            "    lesson {}: builds and runs outside the repository",
+            "    lesson {} {how}: builds and runs outside the repository",
             lesson.number
         );
     }
@@ -70,9 +104,27 @@ pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo` in `folder`, as a learner would type it there: without what the outer cargo set for
+/// xtask, which would pick the toolchain instead of the folder's `rust-toolchain.toml`.
+fn plain_cargo(folder: &Path) -> Command {
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(folder);
+    for inherited in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+    ] {
+        cargo.env_remove(inherited);
+    }
+    cargo.env_remove(crate::ebpf::OBJECTS_VARIABLE);
+    cargo
+}
+
 /// Copies `lesson`'s folder (without its kernel tests, which use the repository's test support),
 /// `common/` and the lock file into `base`; returns the lesson's folder there.
-fn copy_out(lesson: &Lesson, base: &Path) -> anyhow::Result<PathBuf> {
+fn copy_lesson(lesson: &Lesson, base: &Path) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(base)?;
     let root = workspace_root();
     for folder in [lesson.package, "common"] {
@@ -90,6 +142,61 @@ fn copy_out(lesson: &Lesson, base: &Path) -> anyhow::Result<PathBuf> {
     let text = fs::read_to_string(&manifest)?;
     fs::write(&manifest, without_dev_dependencies(&text))?;
     Ok(folder)
+}
+
+/// Writes `lesson` into `folder` as a workspace of its own (see the module's comment).
+fn write_project(lesson: &Lesson, folder: &Path) -> anyhow::Result<()> {
+    if folder.exists() && fs::read_dir(folder)?.next().is_some() {
+        bail!(
+            "{} is not empty: give a new folder for the project",
+            folder.display()
+        );
+    }
+    let step = copy_lesson(lesson, folder)?;
+    fs::rename(step.join("Cargo.lock"), folder.join("Cargo.lock"))?;
+    fs::copy(
+        step.join("rust-toolchain.toml"),
+        folder.join("rust-toolchain.toml"),
+    )?;
+    let package = lesson.package;
+    fs::write(
+        folder.join("Cargo.toml"),
+        format!(
+            r#"# Lesson {number} of listen-trace, as a project of its own: the program ({package}), its kernel
+# side ({package}/ebpf, built for the BPF target by {package}/build.rs) and what both sides agree on
+# (common).
+[workspace]
+resolver = "3"
+members = ["{package}", "{package}/ebpf", "common"]
+# The kernel side is built for the BPF target by build.rs, never for this machine.
+default-members = ["{package}", "common"]
+
+[profile.release.package.{package}-ebpf]
+# The eBPF object's debug info becomes its BTF, which the loader and the verifier read.
+debug = 2
+codegen-units = 1
+"#,
+            number = lesson.number
+        ),
+    )?;
+    let linker = workspace_root().join(support::BPF_LINKER);
+    fs::create_dir_all(folder.join(".cargo"))?;
+    fs::write(
+        folder.join(".cargo/config.toml"),
+        format!(
+            r#"[target.bpfel-unknown-none]
+# bpf-linker reads the LLVM bitcode rustc writes, so it must be built against the LLVM of the Rust
+# in rust-toolchain.toml ({rust}: LLVM 22). This is the one listen-trace's `cargo xtask setup`
+# built. On another machine: `cargo +{rust} install bpf-linker --no-default-features --features
+# llvm-22` with LLVM 22's development files (`LLVM_PREFIX` names where they are), then remove
+# this line: rustc then finds bpf-linker on PATH.
+linker = "{linker}"
+"#,
+            rust = support::PINNED_RUST,
+            linker = linker.display()
+        ),
+    )?;
+    Ok(())
 }
 
 /// The manifest without its `[dev-dependencies]` table and the comment lines right above it.

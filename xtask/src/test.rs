@@ -97,7 +97,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     run_tests(&toolchain, &workspace, &steps)?;
 
     // Each lesson also builds outside this workspace, as a project of one's own.
-    eprintln!("==> each lesson copied out of the repository builds on its own");
+    eprintln!(
+        "==> each lesson copied out of the repository builds on its own (and the first and the last as written out by new-project)"
+    );
     crate::standalone::check(&steps)?;
 
     // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
