@@ -73,10 +73,12 @@ pub struct SockOffsets {
     pub resolved: u32,
     /// `struct socket`: `sk`, the `struct sock *` behind the socket.
     pub socket_sk: u32,
+    // ANCHOR: sock_offsets_lesson_2
     /// `struct sock`: `sk_max_ack_backlog`, the backlog `listen()` set.
     pub sk_max_ack_backlog: u32,
     /// `struct sock`: `sk_protocol`, `IPPROTO_TCP` or `IPPROTO_MPTCP` for the sockets we report.
     pub sk_protocol: u32,
+    // ANCHOR_END: sock_offsets_lesson_2
     /// `struct sock`: `__sk_common.skc_family`, `AF_INET` or `AF_INET6`.
     pub skc_family: u32,
     /// `struct sock`: `__sk_common.skc_rcv_saddr`, the bound IPv4 address (network byte order).

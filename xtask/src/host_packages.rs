@@ -102,6 +102,20 @@ pub const SUDO: Package = Package {
     used_by: "test (the learner flows)",
 };
 
+/// The browser that opens the built book, to check that its pictures render.
+pub const CHROMIUM: Package = Package {
+    name: "chromium",
+    probe: Probe::Command("chromium"),
+    used_by: "docs (the book's pictures)",
+};
+
+/// A small font with Chinese characters, for the Chinese edition in that browser.
+pub const FONT_CJK: Package = Package {
+    name: "fonts-wqy-microhei",
+    probe: Probe::File("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"),
+    used_by: "docs (the Chinese edition's pictures)",
+};
+
 /// Every package above, in the order the README lists them (a test holds the README to it).
 #[cfg(test)]
 const ALL: &[Package] = &[
@@ -114,6 +128,8 @@ const ALL: &[Package] = &[
     ARM64_CROSS_LIBC,
     BPFTRACE,
     SUDO,
+    CHROMIUM,
+    FONT_CJK,
 ];
 // ANCHOR_END: host_packages
 

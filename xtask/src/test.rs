@@ -143,6 +143,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         &toolchain,
         &docs::DocsArgs {
             refresh_transcripts: false,
+            screenshots: None,
         },
     )?;
 
