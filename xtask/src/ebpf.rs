@@ -12,10 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::{
-    lessons::Lesson,
-    pinned::{Toolchain, run_cargo, target_dir},
-};
+use crate::pinned::{Toolchain, run_cargo, target_dir};
 
 /// The variable each step's `build.rs` reads (see there).
 pub const OBJECTS_VARIABLE: &str = "LISTEN_TRACE_EBPF_OBJECTS";
@@ -63,24 +60,20 @@ pub fn build(
     Ok(ebpf_target.join(BPF_TARGET).join("release"))
 }
 
-/// Builds the eBPF programs of `lessons` in this workspace for a host of architecture `arch`, and
-/// lets `command` (a cargo command in this workspace that builds them) take them.
+/// Builds the eBPF crates `packages` of this workspace for a host of architecture `arch`, and lets
+/// `command` (a cargo command in this workspace that builds their steps) take them.
 pub fn build_for(
     toolchain: &Toolchain,
     command: &mut Command,
-    lessons: &[&Lesson],
+    packages: &[String],
     arch: &str,
 ) -> anyhow::Result<()> {
-    let packages: Vec<String> = lessons
-        .iter()
-        .map(|lesson| format!("{}-ebpf", lesson.package))
-        .collect();
     let objects = build(
         toolchain,
         &crate::workspace_root(),
         &target_dir(),
         arch,
-        &packages,
+        packages,
     )?;
     command.env(OBJECTS_VARIABLE, objects);
     Ok(())

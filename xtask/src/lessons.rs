@@ -78,10 +78,15 @@ pub fn present() -> anyhow::Result<Vec<&'static Lesson>> {
 /// The eBPF crates of the present lessons: built for the BPF target only, so every host-side cargo
 /// command leaves them out.
 pub fn ebpf_crates() -> anyhow::Result<Vec<String>> {
-    Ok(present()?
+    Ok(ebpf_crates_of(&present()?))
+}
+
+/// The eBPF crates of `lessons`.
+pub fn ebpf_crates_of(lessons: &[&Lesson]) -> Vec<String> {
+    lessons
         .iter()
         .map(|lesson| format!("{}-ebpf", lesson.package))
-        .collect())
+        .collect()
 }
 
 fn lesson_list() -> String {
@@ -108,7 +113,12 @@ pub fn build(toolchain: &Toolchain, lessons: &[&Lesson]) -> anyhow::Result<()> {
     }
     let names: Vec<_> = lessons.iter().map(|lesson| lesson.package).collect();
     let mut build = toolchain.cargo(&args);
-    crate::ebpf::build_for(toolchain, &mut build, lessons, crate::ebpf::this_arch())?;
+    crate::ebpf::build_for(
+        toolchain,
+        &mut build,
+        &ebpf_crates_of(lessons),
+        crate::ebpf::this_arch(),
+    )?;
     run_cargo(&format!("build {}", names.join(", ")), &mut build)
 }
 

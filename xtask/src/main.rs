@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         arm64: bool,
     },
-    /// Check this machine for the lessons in a few seconds: kernel, BTF, attach paths, privileges
+    /// Check this machine for the lessons (a few seconds; the first run builds lessons 1 and 5): kernel, BTF, attach paths, privileges
     Doctor(doctor::DoctorArgs),
     /// Build every lesson (set-up first)
     Build,

@@ -58,7 +58,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     host.extend(["--", "-D", "warnings"]);
     let mut clippy = toolchain.cargo(&host);
-    crate::ebpf::build_for(&toolchain, &mut clippy, &steps, crate::ebpf::this_arch())?;
+    crate::ebpf::build_for(
+        &toolchain,
+        &mut clippy,
+        &ebpf_crates,
+        crate::ebpf::this_arch(),
+    )?;
     run_cargo("clippy, host crates", &mut clippy)?;
     for (package, features) in [
         ("common", ""),
@@ -164,7 +169,12 @@ fn run_tests(toolchain: &Toolchain, packages: &[&str], lessons: &[&Lesson]) -> a
     test.extend(packages);
     let test_command = |args: &[&str]| -> anyhow::Result<std::process::Command> {
         let mut command = toolchain.cargo(args);
-        crate::ebpf::build_for(toolchain, &mut command, lessons, crate::ebpf::this_arch())?;
+        crate::ebpf::build_for(
+            toolchain,
+            &mut command,
+            &lessons::ebpf_crates_of(lessons),
+            crate::ebpf::this_arch(),
+        )?;
         Ok(command)
     };
     let all_tests = ["--", "--test-threads=1", "--include-ignored"];

@@ -36,12 +36,6 @@ pub struct DocsArgs {
     pub screenshots: Option<PathBuf>,
 }
 
-/// The two editions: where their pages are.
-fn editions() -> [PathBuf; 2] {
-    let docs = workspace_root().join("docs");
-    [docs.join("src"), docs.join("zh/src")]
-}
-
 pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
     if args.refresh_transcripts {
         lessons::build(toolchain, &lessons::present()?)?;

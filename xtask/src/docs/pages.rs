@@ -9,7 +9,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::editions;
+use crate::workspace_root;
+
+/// The two editions: where their pages are.
+pub(super) fn editions() -> [PathBuf; 2] {
+    let docs = workspace_root().join("docs");
+    [docs.join("src"), docs.join("zh/src")]
+}
 
 /// The checks on the pages that need no program to run, which no checker does for us: mdBook only
 /// logs an include whose file is missing and includes nothing for a missing anchor, and the two

@@ -365,7 +365,7 @@ fn build_kernel_tests(
     } else {
         crate::ebpf::this_arch()
     };
-    crate::ebpf::build_for(toolchain, &mut command, &crate::lessons::present()?, arch)?;
+    crate::ebpf::build_for(toolchain, &mut command, &ebpf_crates, arch)?;
     if target.is_some() {
         // Linked statically, so that the guest needs no arm64 shared libraries.
         command
