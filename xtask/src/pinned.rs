@@ -54,14 +54,32 @@ impl Toolchain {
         command
             .arg(format!("+{}", self.name))
             .args(args)
-            .current_dir(workspace_root())
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO")
-            .env_remove("RUSTC")
-            .env_remove("RUSTDOC")
-            .env_remove("RUSTC_WRAPPER");
+            .current_dir(workspace_root());
+        without_outer_cargo(&mut command);
         command
     }
+}
+
+/// Removes from `command` what the outer `cargo` (the one running xtask) set for us, which would
+/// otherwise leak into a cargo that xtask starts and pick its toolchain.
+pub fn without_outer_cargo(command: &mut Command) -> &mut Command {
+    for inherited in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+    ] {
+        command.env_remove(inherited);
+    }
+    command
+}
+
+/// `PATH` with `folder` first.
+pub fn path_with(folder: &Path) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(folder.to_path_buf()).chain(std::env::split_paths(&path)))
+        .expect("PATH holds no separator in a folder name")
 }
 
 /// Runs `command`, printing it first and its duration after; fails when it fails, naming the

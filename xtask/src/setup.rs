@@ -188,15 +188,12 @@ pub fn install_tool(toolchain: &Toolchain, name: &str, version: &str, features: 
         .arg(&tools);
     // With the tools' folder on PATH, cargo does not suggest adding it: xtask and
     // `.cargo/config.toml` find the tools there themselves.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(
-        std::iter::once(tools.join("bin")).chain(std::env::split_paths(&path)),
-    )
-    .expect("PATH holds no separator in a folder name");
-    install.env("PATH", path).env(
-        "CARGO_TARGET_DIR",
-        crate::pinned::target_dir().join(format!("{name}-build")),
-    );
+    install
+        .env("PATH", crate::pinned::path_with(&tools.join("bin")))
+        .env(
+            "CARGO_TARGET_DIR",
+            crate::pinned::target_dir().join(format!("{name}-build")),
+        );
     install
 }
 

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::{
     lessons::{self, Lesson},
-    pinned::{output_of, run_cargo, target_dir},
+    pinned::{output_of, path_with, run_cargo, target_dir, without_outer_cargo},
     workspace_root,
 };
 
@@ -79,7 +79,7 @@ pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
         build
             .arg("build")
             .env("CARGO_TARGET_DIR", &target)
-            .env("PATH", path_with_bpf_linker()?);
+            .env("PATH", path_with(&bpf_linker_folder()?));
         run_cargo(
             &format!(
                 "lesson {} {how} to {}: cargo build",
@@ -109,16 +109,7 @@ pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
 fn plain_cargo(folder: &Path) -> Command {
     let mut cargo = Command::new("cargo");
     cargo.current_dir(folder);
-    for inherited in [
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTC_WRAPPER",
-    ] {
-        cargo.env_remove(inherited);
-    }
-    cargo.env_remove(crate::ebpf::OBJECTS_VARIABLE);
+    without_outer_cargo(&mut cargo).env_remove(crate::ebpf::OBJECTS_VARIABLE);
     cargo
 }
 
@@ -219,15 +210,14 @@ fn without_dev_dependencies(manifest: &str) -> String {
     kept.join("\n") + "\n"
 }
 
-/// `PATH` with this workspace's bpf-linker first, as `cargo install bpf-linker` would put one there.
-fn path_with_bpf_linker() -> anyhow::Result<std::ffi::OsString> {
-    let tools = workspace_root().join(support::BPF_LINKER);
-    let tools = tools.parent().context("bpf-linker has a folder")?;
-    let mut paths = vec![tools.to_path_buf()];
-    paths.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    Ok(std::env::join_paths(paths)?)
+/// The folder of this workspace's bpf-linker, put first on `PATH` as `cargo install bpf-linker`
+/// would put one there.
+fn bpf_linker_folder() -> anyhow::Result<PathBuf> {
+    let linker = workspace_root().join(support::BPF_LINKER);
+    Ok(linker
+        .parent()
+        .context("bpf-linker has a folder")?
+        .to_path_buf())
 }
 
 #[cfg(test)]

@@ -40,10 +40,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let steps = lessons::present()?;
-    let ebpf_crates: Vec<String> = steps
-        .iter()
-        .map(|lesson| format!("{}-ebpf", lesson.package))
-        .collect();
+    let ebpf_crates = lessons::ebpf_crates_of(&steps);
 
     run_step(
         "format check (cargo fmt --check)",

@@ -79,15 +79,11 @@ document.getElementById("page").onload = function () {{
             page = page.display()
         ),
     )?;
-    let output = Command::new("chromium")
+    let output = headless_chromium()
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
             "--allow-file-access-from-files",
             "--enable-logging=stderr",
             "--v=0",
-            &format!("--virtual-time-budget={PAGE_BUDGET_MS}"),
             &format!("--user-data-dir={}", folder.join("profile").display()),
             "--dump-dom",
         ])
@@ -131,17 +127,23 @@ document.getElementById("page").onload = function () {{
     Ok(pictures)
 }
 
+/// Chromium without a screen (`--no-sandbox`: root may run it), with `PAGE_BUDGET_MS` to load a
+/// page.
+fn headless_chromium() -> Command {
+    let mut chromium = Command::new("chromium");
+    chromium.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        &format!("--virtual-time-budget={PAGE_BUDGET_MS}"),
+    ]);
+    chromium
+}
+
 /// A picture of `page` as the browser shows it, for a person to look at.
 pub fn screenshot(page: &Path, png: &Path) -> anyhow::Result<()> {
-    let status = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1280,2000",
-            &format!("--virtual-time-budget={PAGE_BUDGET_MS}"),
-        ])
+    let status = headless_chromium()
+        .args(["--hide-scrollbars", "--window-size=1280,2000"])
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display()))
         .output()

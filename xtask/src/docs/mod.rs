@@ -66,11 +66,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
     for book in [docs.clone(), docs.join("zh")] {
         // mdBook finds its backends on PATH; this one is required here (in `book.toml` it is
         // optional, for a plain `mdbook build` without it).
-        let path = std::env::join_paths(
-            std::iter::once(linkcheck.parent().unwrap().to_path_buf()).chain(
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-            ),
-        )?;
+        let path = crate::pinned::path_with(linkcheck.parent().unwrap());
         run_step(
             &format!(
                 "mdbook build {} (HTML, then the link check)",
