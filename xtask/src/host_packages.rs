@@ -116,6 +116,13 @@ pub const FONT_CJK: Package = Package {
     used_by: "docs (the Chinese edition's pictures)",
 };
 
+/// cloud-init's own schema check, for the cloud-init file of fallback VMs.
+pub const CLOUD_INIT: Package = Package {
+    name: "cloud-init",
+    probe: Probe::Command("cloud-init"),
+    used_by: "test (the cloud-init file's schema check)",
+};
+
 /// Every package above, in the order the README lists them (a test holds the README to it).
 #[cfg(test)]
 const ALL: &[Package] = &[
@@ -130,6 +137,7 @@ const ALL: &[Package] = &[
     SUDO,
     CHROMIUM,
     FONT_CJK,
+    CLOUD_INIT,
 ];
 // ANCHOR_END: host_packages
 

@@ -17,6 +17,7 @@ mod lima;
 mod listen;
 mod measure;
 mod mutants;
+mod offline_kit;
 mod pinned;
 mod setup;
 mod standalone;
@@ -85,6 +86,10 @@ enum Command {
     Mutants(mutants::MutantsArgs),
     /// Write a lesson out as a project of your own: a workspace with its own build.rs and toolchain
     NewProject(standalone::NewProjectArgs),
+    /// Write an offline kit (crates, toolchain, bpf-linker, the book) for a room without internet
+    OfflineKit(offline_kit::OfflineKitArgs),
+    /// Write contrib/cloud-init/listen-trace.yaml (fallback VMs) from the Lima template's provisioning
+    CloudInit,
     /// Copy each lesson out of the repository and build it there with plain cargo (as `test` does)
     #[command(hide = true)]
     Standalone,
@@ -169,6 +174,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Installed(args) => installed::run(&args),
         Command::Mutants(args) => mutants::run(&setup::run()?, &args),
         Command::NewProject(args) => standalone::new_project(&args),
+        Command::CloudInit => lima::write_cloud_init(),
+        Command::OfflineKit(args) => offline_kit::run(&setup::run()?, &args),
         Command::Standalone => {
             setup::run()?;
             standalone::check(&lessons::present()?)

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The bpf-linker release we build; its `llvm-NN` feature must match the pinned rustc's LLVM.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the pinned toolchain must include: `rust-src` to build `core` for the BPF target, and the
 /// tools that `cargo xtask test` runs.
 const COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
@@ -106,10 +106,11 @@ impl BpfLinker {
     fn stamp(&self) -> PathBuf {
         self.tools.join("bpf-linker.stamp")
     }
-    /// What the stamp must say for the installed bpf-linker to fit the pinned toolchain.
+    /// What the stamp must say for the installed bpf-linker to fit the pinned toolchain (and to
+    /// find its libLLVM beside it, in `../llvm/lib`, wherever `.tools` is).
     fn wanted(toolchain: &Toolchain) -> String {
         format!(
-            "bpf-linker {BPF_LINKER_VERSION} for Rust {}",
+            "bpf-linker {BPF_LINKER_VERSION} for Rust {}, libLLVM from ../llvm/lib",
             toolchain.name
         )
     }
@@ -147,6 +148,9 @@ fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
         &format!("llvm-{}", llvm.major),
     );
     install.env("LLVM_PREFIX", &llvm.prefix);
+    // bpf-linker records `$LLVM_PREFIX/lib` as where its libLLVM is, an absolute path; this adds
+    // the same folder relative to the binary, so that a copied `.tools` (the offline kit) works.
+    install.env("RUSTFLAGS", "-C link-arg=-Wl,-rpath,$ORIGIN/../llvm/lib");
     run_step("cargo install bpf-linker", &mut install)?;
     fs::write(
         linker.stamp(),
@@ -305,7 +309,7 @@ mod tests {
     fn the_stamp_names_the_linker_and_the_toolchain() {
         assert_eq!(
             BpfLinker::wanted(&Toolchain::pinned()),
-            format!("bpf-linker 0.13.0 for Rust {PINNED_RUST}")
+            format!("bpf-linker 0.13.0 for Rust {PINNED_RUST}, libLLVM from ../llvm/lib")
         );
     }
 }

@@ -126,6 +126,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
     // The macOS laptops' virtual machine: its provisioning runs here too.
     crate::lima::check_template()?;
+    crate::lima::check_cloud_init()?;
 
     // What a learner who is not root does, done by a temporary user who is not root but has sudo
     // rights, removed afterwards.
@@ -148,6 +149,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             screenshots: None,
         },
     )?;
+
+    // A room without internet: the offline kit, and lesson 1 built from it alone.
+    crate::offline_kit::check(&toolchain)?;
 
     eprintln!(
         "==> all checks passed in {:.1} s",

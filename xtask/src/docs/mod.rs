@@ -60,26 +60,10 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
         )?;
     }
     pages::check_pages()?;
-    let mdbook = ensure_tool(toolchain, "mdbook", MDBOOK_VERSION, "search")?;
-    let linkcheck = ensure_tool(toolchain, "mdbook-linkcheck2", LINKCHECK_VERSION, "")?;
+    let [english, chinese] = build_books(toolchain)?;
     let docs = workspace_root().join("docs");
-    for book in [docs.clone(), docs.join("zh")] {
-        // mdBook finds its backends on PATH; this one is required here (in `book.toml` it is
-        // optional, for a plain `mdbook build` without it).
-        let path = crate::pinned::path_with(linkcheck.parent().unwrap());
-        run_step(
-            &format!(
-                "mdbook build {} (HTML, then the link check)",
-                book.display()
-            ),
-            Command::new(&mdbook)
-                .arg("build")
-                .arg(&book)
-                .env("PATH", path),
-        )?;
-    }
     pages::check_fragments(&docs)?;
-    for built in [docs.join("book/html"), docs.join("book/zh/html")] {
+    for built in [english, chinese] {
         let (pages, pictures) = browser::check(&built)?;
         eprintln!(
             "    {}: {pictures} picture(s) on {pages} page(s) render in Chromium, with no console error",
@@ -103,6 +87,29 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
         docs.join("book/zh/html/index.html").display()
     );
     Ok(())
+}
+
+/// Builds both editions with mdBook and its link checker; returns their HTML folders, English first.
+pub fn build_books(toolchain: &Toolchain) -> anyhow::Result<[PathBuf; 2]> {
+    let mdbook = ensure_tool(toolchain, "mdbook", MDBOOK_VERSION, "search")?;
+    let linkcheck = ensure_tool(toolchain, "mdbook-linkcheck2", LINKCHECK_VERSION, "")?;
+    let docs = workspace_root().join("docs");
+    for book in [docs.clone(), docs.join("zh")] {
+        // mdBook finds its backends on PATH; this one is required here (in `book.toml` it is
+        // optional, for a plain `mdbook build` without it).
+        let path = crate::pinned::path_with(linkcheck.parent().unwrap());
+        run_step(
+            &format!(
+                "mdbook build {} (HTML, then the link check)",
+                book.display()
+            ),
+            Command::new(&mdbook)
+                .arg("build")
+                .arg(&book)
+                .env("PATH", path),
+        )?;
+    }
+    Ok([docs.join("book/html"), docs.join("book/zh/html")])
 }
 
 /// Runs each lesson and writes what it prints into `docs/src/transcripts/` (as root: the lessons
