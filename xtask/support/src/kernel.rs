@@ -67,12 +67,23 @@ pub fn release_below(major: u32, minor: u32) -> bool {
     running < (major, minor)
 }
 
-/// The ids of every BPF program loaded in the kernel, as `bpftool prog show` lists them.
+/// The ids of every BPF program loaded in the kernel, as `bpftool prog show` lists them. The
+/// kernel lists the ids first, then each is opened: a program freed in between (another test's
+/// step, exiting) is gone, not an error.
 #[cfg(feature = "aya")]
 pub fn loaded_program_ids() -> io::Result<Vec<u32>> {
-    aya::programs::loaded_programs()
-        .map(|program| program.map(|info| info.id()).map_err(io::Error::other))
-        .collect()
+    let mut ids = Vec::new();
+    for program in aya::programs::loaded_programs() {
+        match program {
+            Ok(info) => ids.push(info.id()),
+            Err(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                io_error,
+                ..
+            })) if io_error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io::Error::other(error)),
+        }
+    }
+    Ok(ids)
 }
 
 #[cfg(feature = "aya")]
