@@ -195,9 +195,14 @@ impl PerfBuffers {
                 break reason;
             }
             // `--batch-pause`: let events gather before draining; a stop ends the pause at once.
-            let paused_until_stop = tokio::select! {
-                reason = stop.wait() => Some(reason),
-                () = tokio::time::sleep(self.batch_pause) => None,
+            // A pause of 0 drains at once (tokio would round a zero sleep up to its next tick).
+            let paused_until_stop = if self.batch_pause.is_zero() {
+                None
+            } else {
+                tokio::select! {
+                    reason = stop.wait() => Some(reason),
+                    () = tokio::time::sleep(self.batch_pause) => None,
+                }
             };
             let received_before = self.received;
             if let Err(error) = self.drain(sink) {
@@ -559,7 +564,7 @@ struct Cli {
     buffer_pages: usize,
     /// After a wake-up, how long events gather before they are read: fewer wake-ups for the
     /// programs that call listen(), at the price of this much delay (0: read each at once)
-    #[arg(long, value_name = "MS", default_value = "10", value_parser = milliseconds)]
+    #[arg(long, value_name = "MS", default_value = "1", value_parser = milliseconds)]
     batch_pause: Duration,
 }
 // ANCHOR_END: cli
@@ -599,7 +604,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("`3` is not a power of two"), "{error}");
-        assert_eq!(cli.batch_pause, Duration::from_millis(10));
+        assert_eq!(cli.batch_pause, Duration::from_millis(1));
         let cli = Cli::try_parse_from(["step5", "--batch-pause", "0"]).unwrap();
         assert_eq!(cli.batch_pause, Duration::ZERO);
         let error = Cli::try_parse_from(["step5", "--batch-pause", "5s"])
