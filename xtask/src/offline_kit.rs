@@ -54,14 +54,7 @@ fn make(toolchain: &Toolchain, args: &OfflineKitArgs) -> anyhow::Result<PathBuf>
     }
     fs::create_dir_all(&kit)?;
 
-    let sysroot = output_of(Command::new("rustup").args([
-        "run",
-        toolchain.name,
-        "rustc",
-        "--print",
-        "sysroot",
-    ]))?;
-    let sysroot = PathBuf::from(sysroot.trim());
+    let sysroot = toolchain.sysroot()?;
 
     // With every crate taken from the kit, the BPF target's `core` (built from rust-src) takes its
     // dependencies from there too: the standard library's workspace is vendored with ours.

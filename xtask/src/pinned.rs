@@ -3,7 +3,7 @@
 use std::{
     collections::HashSet,
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::OnceLock,
     time::Instant,
@@ -15,7 +15,7 @@ use support::PINNED_RUST;
 use crate::workspace_root;
 
 /// Set in the run through sudo: the target folder of the user's builds.
-static BUILT_IN: OnceLock<std::path::PathBuf> = OnceLock::new();
+static BUILT_IN: OnceLock<PathBuf> = OnceLock::new();
 
 /// Records that this run continues a command through sudo, whose builds are in `target`.
 pub fn continue_built(target: &Path) {
@@ -29,7 +29,7 @@ pub fn built_in() -> Option<&'static Path> {
 
 /// Where cargo puts what it builds (`CARGO_TARGET_DIR` is honoured, as cargo does; a run through
 /// sudo uses the folder of the builds it continues).
-pub fn target_dir() -> std::path::PathBuf {
+pub fn target_dir() -> PathBuf {
     if let Some(built) = built_in() {
         return built.to_path_buf();
     }
@@ -57,6 +57,14 @@ impl Toolchain {
             .current_dir(workspace_root());
         without_outer_cargo(&mut command);
         command
+    }
+
+    /// The toolchain's sysroot (`rustc --print sysroot`): its libLLVM, its `rust-src`.
+    pub fn sysroot(&self) -> anyhow::Result<PathBuf> {
+        let sysroot = output_of(
+            Command::new("rustup").args(["run", self.name, "rustc", "--print", "sysroot"]),
+        )?;
+        Ok(PathBuf::from(sysroot.trim()))
     }
 }
 

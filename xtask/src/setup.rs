@@ -214,8 +214,7 @@ fn find_llvm(toolchain: &Toolchain, tools: &Path) -> anyhow::Result<Llvm> {
     let version = rustup(&["run", toolchain.name, "rustc", "--version", "--verbose"])?;
     let major = llvm_major(&version).context("rustc does not say which LLVM it uses")?;
 
-    let sysroot = rustup(&["run", toolchain.name, "rustc", "--print", "sysroot"])?;
-    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let sysroot_lib = toolchain.sysroot()?.join("lib");
     if let Some(libllvm) = find_libllvm(&sysroot_lib)? {
         // bpf-linker links `-lLLVM` from `$LLVM_PREFIX/lib` and records that folder as its rpath, so
         // the folder needs the link-time name and the library's own soname.
