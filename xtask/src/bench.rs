@@ -1,7 +1,9 @@
-//! `cargo xtask bench`: what lesson 5 costs per `listen()`, next to no tracer, exercise 5's ring
-//! buffer and bpftrace on the same tracepoint, measured side by side in one run; how long a lone
-//! listen takes to show in each; what the others pay; and how fast each step is ready. It writes its
-//! figures to `docs/src/benchmark-results.md`, which both editions' benchmarks page include.
+//! `cargo xtask bench`: what lessons 4 and 5 cost per `listen()`, next to no tracer, the probe
+//! alone, exercise 5's ring buffer (and other solutions of it, given as patches) and bpftrace on the
+//! same tracepoint, measured side by side in one run; how long a lone listen, and the first listen
+//! after a burst, take to show in each; what the others pay; and how fast each step is ready. It
+//! writes its figures to `docs/src/benchmark-results.md`, which both editions' benchmarks page
+//! include.
 //!
 //! A run is a loop of socket + bind(127.0.0.1:0) + listen + close in this process, timed as a
 //! whole; the configurations alternate within each round, so that a machine that gets busier or
@@ -19,10 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use support::{
     running::{RunningStep, Stream},
     trigger,
@@ -30,7 +29,10 @@ use support::{
 
 use crate::{
     check, host_packages, lessons,
-    measure::{BPFTRACE_PROGRAM, Run, Tracer, median, run_once, spawn_to_files, wait_until_ready},
+    measure::{
+        BPFTRACE_PROGRAM, Run, Tracer, interrupt, median, run_once, spawn_to_files,
+        wait_until_ready,
+    },
     pinned::{Toolchain, target_dir},
     workspace_root,
 };
@@ -46,6 +48,10 @@ pub struct BenchArgs {
     /// Where to write the results (markdown, included by the benchmarks pages)
     #[arg(long, default_value = "docs/src/benchmark-results.md")]
     output: PathBuf,
+    /// Also measure this solution of exercise 5 (a patch against lesson 5, like
+    /// docs/exercises/5-ring-buffer.patch), next to the reference; may be repeated
+    #[arg(long = "exercise-5-patch", value_name = "PATCH")]
+    exercise_5_patches: Vec<PathBuf>,
 }
 
 /// The attach path the bench compares on: the state tracepoint, which every kernel here has and
@@ -53,19 +59,37 @@ pub struct BenchArgs {
 const BENCH_PATH: &str = "tracepoint";
 
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
+    let step4 = lessons::find(4)?;
     let step5 = lessons::find(5)?;
     lessons::build(toolchain, &lessons::present()?)?;
-    let exercise5 = check::build(toolchain, 5, check::Attempt::Solution)?;
     let work = target_dir().join("bench");
     fs::create_dir_all(&work)?;
+    // Each other solution of exercise 5 is built in the clean checkout, then copied aside.
+    let mut solutions = Vec::new();
+    for patch in &args.exercise_5_patches {
+        let patch = fs::canonicalize(patch)
+            .with_context(|| format!("no exercise 5 patch {}", patch.display()))?;
+        let name = patch
+            .file_stem()
+            .map_or_else(|| "patch".into(), |stem| stem.to_string_lossy());
+        let built = check::build_in_clean_checkout(toolchain, step5, Some(&patch))?;
+        let copy = work.join(format!("exercise-5-{name}"));
+        fs::copy(&built, &copy).with_context(|| format!("cannot copy {}", built.display()))?;
+        let name: &'static str = format!("exercise 5, {name} --json, to a file").leak();
+        solutions.push((Tracer::Exercise5Patch(name), copy));
+    }
+    let exercise5 = check::build(toolchain, 5, check::Attempt::Solution)?;
 
     let mut tracers = vec![
         Tracer::None,
         Tracer::Step5FilteredOut,
+        Tracer::Step4Table,
         Tracer::Step5Table,
         Tracer::Step5Json,
+        Tracer::Step5JsonNoPause,
         Tracer::Exercise5,
     ];
+    tracers.extend(solutions.iter().map(|(tracer, _)| *tracer));
     // Measured next to bpftrace when it can be installed; without it otherwise, said below.
     let _ = host_packages::ensure("bench", &[host_packages::BPFTRACE]);
     let bpftrace = which::which("bpftrace").ok();
@@ -77,9 +101,15 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
             "    bpftrace is not installed: measuring without it (apt-get install bpftrace adds it)"
         );
     }
+    let step4_binary = target_dir().join("release").join(step4.package);
     let step5_binary = target_dir().join("release").join(step5.package);
     let binary_of = |tracer| match tracer {
+        Tracer::Step4Table => step4_binary.as_path(),
         Tracer::Exercise5 => exercise5.as_path(),
+        Tracer::Exercise5Patch(_) => solutions
+            .iter()
+            .find(|(solution, _)| *solution == tracer)
+            .map_or(step5_binary.as_path(), |(_, binary)| binary.as_path()),
         _ => step5_binary.as_path(),
     };
 
@@ -98,7 +128,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         for (index, &tracer) in tracers.iter().enumerate() {
             let run = run_once(tracer, binary_of(tracer), BENCH_PATH, args.listens, &work)?;
             eprintln!(
-                "    round {round}: {:<28} {:>7.2} us per listen, {} of {} received, {} lost",
+                "    round {round}: {:<44} {:>7.2} us per listen, {} of {} received, {} lost",
                 tracer.name(),
                 run.nanos_per_listen / 1000.0,
                 run.received,
@@ -114,14 +144,16 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|tracer| !matches!(tracer, Tracer::None | Tracer::Step5FilteredOut))
     {
-        let (p50, p99) = measure_latency(tracer, binary_of(tracer))?;
+        let latency = measure_latency(tracer, binary_of(tracer))?;
         eprintln!(
-            "    latency: {:<42} p50 {:.1} ms, p99 {:.1} ms",
+            "    latency: {:<44} lone p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; after a burst p50 {:.2} ms",
             tracer.name(),
-            p50 * 1000.0,
-            p99 * 1000.0
+            latency.lone_p50 * 1000.0,
+            latency.lone_p99 * 1000.0,
+            latency.lone_p999 * 1000.0,
+            latency.after_burst_p50 * 1000.0,
         );
-        latencies.push((tracer, p50, p99));
+        latencies.push((tracer, latency));
     }
     let unrelated = measure_unrelated_syscall(&step5_binary, args.rounds, &work)?;
     let startup = measure_startup(&step5_binary, bpftrace.is_some())?;
@@ -133,15 +165,37 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lone listens, one every 20 ms, for each tracer: from `listen()` to its line in the tracer's
-/// output, as a person watching it would wait.
-const LATENCY_LISTENS: usize = 200;
+/// Lone listens per tracer, one every 10 ms: from `listen()` to its line in the tracer's output,
+/// as a person watching it would wait.
+const LONE_LISTENS: usize = 1000;
 
-/// The median and the 99th percentile, in seconds, of the delay from a lone `listen()` to its line.
-fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> {
+/// Bursts per tracer, each of `BURST_LISTENS` listens, then one listen once the burst is printed:
+/// what the first event after a storm waits, when the reader may still be pausing.
+const BURSTS: usize = 50;
+const BURST_LISTENS: usize = 2000;
+
+/// Delays from a `listen()` to its line, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    lone_p50: f64,
+    lone_p99: f64,
+    lone_p999: f64,
+    after_burst_p50: f64,
+    after_burst_max: f64,
+}
+
+/// The `p`-th quantile (0 to 1) of `samples`, sorted in place: the smallest sample that at least
+/// that share of the samples does not exceed.
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = (samples.len() as f64 * p).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<Latency> {
     let mut command = tracer.command(binary, BENCH_PATH).context("no tracer")?;
     let mut running = RunningStep::try_spawn(&mut command).map_err(|error| anyhow!(error))?;
-    let ready = running.find_line(
+    let ready = running.wait_for_line(
         if tracer == Tracer::Bpftrace {
             Stream::Stdout
         } else {
@@ -155,14 +209,14 @@ fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> 
     }
     // bpftrace prints before it attaches: give it the time to finish.
     thread::sleep(Duration::from_millis(1500));
-    let mut delays = Vec::with_capacity(LATENCY_LISTENS);
-    for _ in 0..LATENCY_LISTENS {
-        thread::sleep(Duration::from_millis(20));
+    // One listen, timed to its line: only lines read after it count, so an old line of a port
+    // the kernel hands out again cannot answer.
+    let one_listen = |running: &mut RunningStep| -> anyhow::Result<f64> {
         let started = Instant::now();
         let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
         let port = listener.local_addr.port();
         running
-            .find_line(
+            .wait_for_line(
                 Stream::Stdout,
                 |line| tracer.is_own_event(line, Some(port)),
                 Duration::from_secs(5),
@@ -170,12 +224,41 @@ fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<(f64, f64)> 
             .with_context(|| {
                 format!("{}: the listen on port {port} did not show", tracer.name())
             })?;
-        delays.push(started.elapsed().as_secs_f64());
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let mut lone = Vec::with_capacity(LONE_LISTENS);
+    for _ in 0..LONE_LISTENS {
+        thread::sleep(Duration::from_millis(10));
+        lone.push(one_listen(&mut running)?);
+    }
+    let mut after_burst = Vec::with_capacity(BURSTS);
+    for _ in 0..BURSTS {
+        thread::sleep(Duration::from_millis(50));
+        for _ in 0..BURST_LISTENS {
+            trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 7)?;
+        }
+        // The burst is printed: every one of its lines has been read.
+        let mut shown = 0;
+        while shown < BURST_LISTENS {
+            match running.next_line(Duration::from_secs(5)) {
+                Some((Stream::Stdout, line)) if tracer.is_own_event(&line, None) => shown += 1,
+                Some(_) => {}
+                None => bail!(
+                    "{}: {shown} of a burst of {BURST_LISTENS} listens showed",
+                    tracer.name()
+                ),
+            }
+        }
+        after_burst.push(one_listen(&mut running)?);
     }
     let _ = running.try_stop(Signal::SIGINT);
-    delays.sort_by(f64::total_cmp);
-    let percentile = |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).saturating_sub(1)];
-    Ok((percentile(0.5), percentile(0.99)))
+    Ok(Latency {
+        lone_p50: percentile(&mut lone, 0.5),
+        lone_p99: percentile(&mut lone, 0.99),
+        lone_p999: percentile(&mut lone, 0.999),
+        after_burst_p50: percentile(&mut after_burst, 0.5),
+        after_burst_max: percentile(&mut after_burst, 1.0),
+    })
 }
 
 /// How many calls of the unrelated system call a run makes.
@@ -198,8 +281,7 @@ fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::
         let mut step = spawn_to_files(Command::new(step5).arg("--attach=tracepoint"), &out, &err)?;
         wait_until_ready(Tracer::Step5Table, &out, &err)?;
         traced.push(getppid_loop());
-        kill(Pid::from_raw(step.id() as i32), Signal::SIGINT)?;
-        step.wait()?;
+        interrupt(&mut step, "step5-results")?;
         eprintln!(
             "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 5 attached",
             untraced.last().unwrap(),
@@ -284,7 +366,7 @@ fn report(
     args: &BenchArgs,
     tracers: &[Tracer],
     runs: &[Vec<Run>],
-    latencies: &[(Tracer, f64, f64)],
+    latencies: &[(Tracer, Latency)],
     (untraced, traced): &(f64, f64),
     startup: &Startup,
 ) -> anyhow::Result<String> {
@@ -314,6 +396,10 @@ fn report(
         })
         .collect();
     let baseline = medians[0];
+    let floor = tracers
+        .iter()
+        .position(|tracer| *tracer == Tracer::Step5FilteredOut)
+        .map(|index| medians[index]);
 
     let mut text = String::new();
     writeln!(
@@ -340,9 +426,9 @@ fn report(
     writeln!(text, "### The cost per listen()\n")?;
     writeln!(
         text,
-        "| configuration | median per listen | ratio to no tracer | own events received (median) | lost (median) |"
+        "| configuration | median per listen | ratio to no tracer | ratio to the probe alone | own events received (median) | lost (median) |"
     )?;
-    writeln!(text, "|---|---|---|---|---|")?;
+    writeln!(text, "|---|---|---|---|---|---|")?;
     for ((tracer, runs), median_nanos) in tracers.iter().zip(runs).zip(&medians) {
         let received = median(
             &mut runs
@@ -361,9 +447,13 @@ fn report(
         } else {
             format!("{lost:.0}")
         };
+        let to_floor = match (tracer, floor) {
+            (Tracer::None, _) | (_, None) => String::new(),
+            (_, Some(floor)) => format!("{:.2}x", median_nanos / floor),
+        };
         writeln!(
             text,
-            "| {} | {:.2} us | {:.2}x | {received} | {lost} |",
+            "| {} | {:.2} us | {:.2}x | {to_floor} | {received} | {lost} |",
             tracer.name(),
             median_nanos / 1000.0,
             median_nanos / baseline,
@@ -371,20 +461,29 @@ fn report(
     }
     writeln!(
         text,
-        "\n### From listen() to the printed line ({LATENCY_LISTENS} lone listens, one every 20 ms)\n"
+        "\n### From listen() to the printed line\n\n{LONE_LISTENS} lone listens, one every 10 ms; \
+         then {BURSTS} bursts of {BURST_LISTENS} listens, each followed by one listen once the \
+         burst is printed (\"after a burst\").\n"
     )?;
-    writeln!(text, "| tracer | p50 | p99 |")?;
-    writeln!(text, "|---|---|---|")?;
-    for (tracer, p50, p99) in latencies {
+    writeln!(
+        text,
+        "| tracer | lone p50 | lone p99 | lone p99.9 | after a burst p50 | after a burst max |"
+    )?;
+    writeln!(text, "|---|---|---|---|---|---|")?;
+    for (tracer, latency) in latencies {
+        let ms = |seconds: f64| format!("{:.2} ms", seconds * 1000.0);
         writeln!(
             text,
-            "| {} | {:.1} ms | {:.1} ms |",
+            "| {} | {} | {} | {} | {} | {} |",
             tracer
                 .name()
                 .trim_end_matches(", to a file")
                 .trim_end_matches(" to a file"),
-            p50 * 1000.0,
-            p99 * 1000.0
+            ms(latency.lone_p50),
+            ms(latency.lone_p99),
+            ms(latency.lone_p999),
+            ms(latency.after_burst_p50),
+            ms(latency.after_burst_max),
         )?;
     }
     writeln!(
@@ -417,6 +516,17 @@ fn ensure_tracefs() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_samples_at_their_rank() {
+        let mut samples: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut samples, 0.5), 500.0);
+        assert_eq!(percentile(&mut samples, 0.99), 990.0);
+        assert_eq!(percentile(&mut samples, 0.999), 999.0);
+        assert_eq!(percentile(&mut samples, 1.0), 1000.0);
+        assert_eq!(percentile(&mut [7.0], 0.5), 7.0);
+        assert_eq!(percentile(&mut [3.0, 1.0], 0.0), 1.0);
+    }
 
     #[test]
     fn the_median_of_odd_and_even_samples() {

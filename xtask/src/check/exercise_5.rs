@@ -28,6 +28,10 @@ pub(super) const MAX_OVER_FLOOR: f64 = 1.25;
 
 pub(super) const MAX_LONE_DELAY: Duration = Duration::from_millis(100);
 
+/// The stretch target for a lone listen's delay, printed but not judged: what a reader that is
+/// woken when it waits, and only then, reaches (the reference solution does).
+pub(super) const STRETCH_LONE_DELAY: Duration = Duration::from_millis(1);
+
 /// How many alternating rounds (floor, then the learner's program) the cost is the median of.
 pub(super) const ROUNDS: usize = 3;
 
@@ -126,16 +130,17 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
     eprintln!(
         "    exercise 5: a burst of {burst_listens} listens costs {:.2}x lesson 5 with every event filtered \
          in the kernel (median of {} rounds, from {:.2}x to {:.2}x; target {MAX_OVER_FLOOR}x), \
-         {:.2}x an untraced loop (for information); a lone listen shows after {} ms (median of \
-         20; worst {} ms; target {} ms)",
+         {:.2}x an untraced loop (for information); a lone listen shows after {:.2} ms (median of \
+         20; worst {:.2} ms; target {} ms, stretch goal {} ms)",
         verdict.ratio,
         ratios.len(),
         verdict.lowest,
         verdict.highest,
         verdict.untraced_ratio,
-        lone_median.as_millis(),
-        lone_worst.as_millis(),
-        MAX_LONE_DELAY.as_millis()
+        millis(lone_median),
+        millis(lone_worst),
+        MAX_LONE_DELAY.as_millis(),
+        STRETCH_LONE_DELAY.as_millis()
     );
     if timings == Timings::Decide {
         if verdict.ratio > MAX_OVER_FLOOR {
@@ -143,13 +148,18 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
         }
         if lone_median > MAX_LONE_DELAY {
             return Err(format!(
-                "a lone listen shows after {} ms: more than {} ms (how often is the ring drained?)",
-                lone_median.as_millis(),
+                "a lone listen shows after {:.2} ms: more than {} ms (how often is the ring drained?)",
+                millis(lone_median),
                 MAX_LONE_DELAY.as_millis()
             ));
         }
     }
     Ok(())
+}
+
+/// A delay in milliseconds, with its fraction: the stretch goal is below one.
+fn millis(delay: Duration) -> f64 {
+    delay.as_secs_f64() * 1000.0
 }
 
 /// Exercise 5's rounds, summed up.

@@ -77,7 +77,7 @@ pub const EXERCISES: [Exercise; 5] = [
     Exercise {
         number: 5,
         lesson: 5,
-        title: "a ring buffer with batched wake-ups",
+        title: "a ring buffer with wake-ups that adapt",
         patch: "5-ring-buffer.patch",
         page: "exercise-5-ring-buffer.md",
         // The ring buffer's reader drains on a timer: the perf buffer's batch pause, and the line
