@@ -33,6 +33,13 @@ pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 /// The line a step prints once it is attached and reading; the tests and xtask wait for it.
 pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
+/// What lesson 5 prints before its ready line when it pairs the `listen()` system call's
+/// tracepoints: what that costs the whole machine, and the path that costs nothing.
+pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
+    machine while it is attached (a syscall tracepoint makes each one take the slow path: about \
+    1.2x the time of a getppid()); `--attach sockops` taxes none, but reports no failed listen() \
+    other than EADDRINUSE, nor a listen() that only changes the backlog";
+
 /// `TCP_LISTEN` from the kernel's `include/net/tcp_states.h`.
 pub const TCP_LISTEN: i32 = 10;
 
@@ -107,6 +114,13 @@ pub struct SockOffsets {
     pub file_private_data: u32,
     /// `struct socket`: `file`, which points back to the file of a real socket.
     pub socket_file: u32,
+    /// Who called, for lesson 5's sockops path, whose programs may not ask the helpers:
+    /// `struct task_struct`: `tgid`, the process.
+    pub task_tgid: u32,
+    /// `struct task_struct`: `pid`, the thread.
+    pub task_pid: u32,
+    /// `struct task_struct`: `comm`, the thread's name.
+    pub task_comm: u32,
 }
 // ANCHOR_END: sock_offsets
 
@@ -130,6 +144,9 @@ impl SockOffsets {
         fdtable_fd: 0,
         file_private_data: 0,
         socket_file: 0,
+        task_tgid: 0,
+        task_pid: 0,
+        task_comm: 0,
     };
 }
 
@@ -160,7 +177,8 @@ pub struct ListenEvent {
     pub port: u16,
     /// `AF_INET` or `AF_INET6`.
     pub family: u16,
-    /// The attach path that saw it: [`ATTACH_KPROBE`], [`ATTACH_FENTRY`] or [`ATTACH_TRACEPOINT`].
+    /// The attach path that saw it: [`ATTACH_KPROBE`], [`ATTACH_FENTRY`], [`ATTACH_TRACEPOINT`] or
+    /// [`ATTACH_SOCKOPS`].
     pub attach: u8,
     /// 1 where the program saw `listen()` finish (every path does for a `listen()` system call); 0
     /// for a socket that started listening without a call the program could follow to its end
@@ -175,6 +193,13 @@ pub struct ListenEvent {
 pub const ATTACH_KPROBE: u8 = 1;
 pub const ATTACH_FENTRY: u8 = 2;
 pub const ATTACH_TRACEPOINT: u8 = 3;
+/// Lesson 5's sockops path: a cgroup's `sock_ops` program.
+pub const ATTACH_SOCKOPS: u8 = 4;
+
+/// `EADDRINUSE` from `include/uapi/asm-generic/errno.h` (the same on x86-64 and arm64): the error
+/// of a `listen()` whose port another socket holds, which the sockops path reports from the
+/// state tracepoint.
+pub const EADDRINUSE: i32 = 98;
 
 /// Lesson 5's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
 /// Events a perf buffer had no room for.
@@ -213,6 +238,17 @@ impl ListenCall {
             padding: 0,
         }
     }
+}
+
+/// A socket that entered `TCP_LISTEN`, kept per thread by lesson 5's sockops path until the kernel
+/// says the start succeeded (`sock_ops`) or the socket leaves `TCP_LISTEN` (it failed). `sk` is the
+/// `struct sock *` (0 while only an MPTCP socket started), `mptcp` the MPTCP socket whose TCP
+/// subflow it is (0 for a plain TCP socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenStart {
+    pub sk: u64,
+    pub mptcp: u64,
 }
 
 /// Lesson 5's filters, applied in the kernel; 0 keeps every value.
@@ -263,6 +299,8 @@ unsafe impl aya::Pod for ListenFilter {}
 unsafe impl aya::Pod for ListenEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenCall {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenStart {}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@
 //! - MPTCP sockets, which listen through `mptcp_listen()`, are reported once, as MPTCP;
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
 //! - filters the kernel applies (`--pid`, `--netns`), a reader that batches its wake-ups
-//!   (`--batch-pause`), and JSON output (in `output.rs`).
+//!   (`--batch-pause`), and JSON output (in `output.rs`);
+//! - a fourth attach path, `--attach sockops`, for kernels where only the tracepoints work: a
+//!   cgroup's `sock_ops` program, which taxes no system call but sees fewer calls.
 
 mod output;
 
@@ -19,7 +21,7 @@ use aya::{
         MapData, PerCpuArray, PerfEventArray,
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
-    programs::Program,
+    programs::{CgroupAttachMode, Program},
     util::online_cpus,
 };
 use clap::Parser;
@@ -28,11 +30,12 @@ use common::{
     LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION, ListenCall, ListenEvent, ListenFilter,
     MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_ENTER_TRACEPOINT,
-    SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SockOffsets,
+    SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SYSCALL_TAX_LINE, SockOffsets,
     user::{
-        AttachMode, AttachPath, Options, Report, StopReason, StopSignals, attached_line,
-        check_privileges, check_tracepoint_field, explain_attach_failure, explain_load_failure,
-        lift_memlock_limit, mount_tracefs, no_path_attached,
+        AttachPath, Options, Report, StopReason, StopSignals, ToolAttachMode, ToolPath,
+        attached_line, check_privileges, check_tracepoint_field, explain_load_failure,
+        explain_tool_attach_failure, lift_memlock_limit, mount_tracefs, no_tool_path_attached,
+        open_cgroup2_root,
     },
 };
 use futures_util::future::select_all;
@@ -74,6 +77,9 @@ async fn main() -> Result<(), Report> {
 
     // 3. Attach: the first path in `--attach` that this kernel accepts, now with return probes.
     let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
+    if path == ToolPath::Exact(AttachPath::Tracepoint) {
+        eprintln!("{SYSCALL_TAX_LINE}");
+    }
 
     // 4. Print each event as a table row or a JSON line until Ctrl-C, SIGTERM, the end of
     //    `--duration`, or a closed output.
@@ -358,7 +364,7 @@ impl fmt::Display for EventCounts {
 // ANCHOR: attach
 /// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the
 /// first that this kernel accepts, saying for each one that failed why.
-fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<AttachPath> {
+fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: ToolAttachMode) -> anyhow::Result<ToolPath> {
     let mut failures = Vec::new();
     for &path in mode.candidates() {
         match load_and_attach(ebpf, path) {
@@ -370,13 +376,13 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Re
                 // Only the programs in use stay in the kernel.
                 unload(ebpf, programs(path));
                 unload(ebpf, mptcp_programs(path));
-                let reason = explain_attach_failure(path, &error);
+                let reason = explain_tool_attach_failure(path, &error);
                 eprintln!("{path}: not available: {reason}");
                 failures.push((path, reason));
             }
         }
     }
-    Err(no_path_attached(mode, &failures))
+    Err(no_tool_path_attached(mode, &failures))
 }
 
 /// Where a program of the kernel side is attached.
@@ -388,11 +394,24 @@ enum Hook {
     Syscall(&'static str),
     /// A raw tracepoint.
     RawTracepoint(&'static str),
+    /// The root of the cgroup2 hierarchy: every socket of the machine.
+    Cgroup2Root,
 }
 
 /// The kernel side's programs for each path (`ebpf/src/main.rs`) and where each goes. New: every
 /// path follows each call to its end, to see `listen()`'s result and the final port.
-fn programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
+fn programs(path: ToolPath) -> &'static [(&'static str, Hook)] {
+    let path = match path {
+        ToolPath::Exact(path) => path,
+        // New: the kernel calls the sock_ops program once a socket listens; the state change tells
+        // a start that failed. Attached in this order, a start is seen before its end.
+        ToolPath::Sockops => {
+            return &[
+                ("sockops_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
+                ("listen_sockops", Hook::Cgroup2Root),
+            ];
+        }
+    };
     match path {
         // Each return side is attached before its entry side: otherwise a call that passed the
         // new entry side before its return side was attached would leave an entry no return takes.
@@ -413,7 +432,10 @@ fn programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
 
 /// MPTCP sockets listen through `mptcp_listen()`, not `inet_listen()`: the kprobe and fentry paths
 /// hook it too, where the kernel has MPTCP. (The tracepoint path sees their system calls.)
-fn mptcp_programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
+fn mptcp_programs(path: ToolPath) -> &'static [(&'static str, Hook)] {
+    let ToolPath::Exact(path) = path else {
+        return &[]; // the sockops path tells an MPTCP socket by its start
+    };
     match path {
         AttachPath::Kprobe => &[
             ("mptcp_kretprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
@@ -429,8 +451,8 @@ fn mptcp_programs(path: AttachPath) -> &'static [(&'static str, Hook)] {
 
 /// Loads and attaches the programs of `path`, then those for MPTCP where this kernel has it.
 /// Returns the names and the kernel's ids.
-fn load_and_attach(ebpf: &mut Ebpf, path: AttachPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
-    if path == AttachPath::Tracepoint {
+fn load_and_attach(ebpf: &mut Ebpf, path: ToolPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    if path == ToolPath::Exact(AttachPath::Tracepoint) {
         prepare_syscall_tracepoints()?;
     }
     let mut attached = load_and_attach_programs(ebpf, programs(path))?;
@@ -481,6 +503,13 @@ fn load_and_attach_programs(
                 tracepoint.load()?;
                 tracepoint.attach(name)?;
             }
+            // New: a cgroup's sock_ops program. From Linux 5.7 aya attaches it with a BPF link,
+            // which sits beside the cgroup's other programs whatever the mode (the kernel takes no
+            // mode flag for a link) and holds the cgroup, so its directory can be closed at once.
+            (Program::SockOps(sock_ops), Hook::Cgroup2Root) => {
+                sock_ops.load()?;
+                sock_ops.attach(open_cgroup2_root()?, CgroupAttachMode::Single)?;
+            }
             (program, _) => bail!("{name} is a {:?} program", program.prog_type()),
         }
         let id = ebpf
@@ -500,6 +529,7 @@ fn unload(ebpf: &mut Ebpf, programs: &[(&'static str, Hook)]) {
             Some(Program::FExit(fexit)) => fexit.unload(),
             Some(Program::TracePoint(tracepoint)) => tracepoint.unload(),
             Some(Program::RawTracePoint(tracepoint)) => tracepoint.unload(),
+            Some(Program::SockOps(sock_ops)) => sock_ops.unload(),
             _ => Ok(()),
         };
     }
@@ -546,7 +576,7 @@ fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(flatten)]
-    options: Options,
+    options: Options<ToolAttachMode>,
     /// Print one JSON object per line instead of a table
     #[arg(long)]
     json: bool,

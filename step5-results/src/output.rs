@@ -7,7 +7,8 @@ use std::{
 };
 
 use common::{
-    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, IPPROTO_MPTCP, ListenEvent,
+    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, IPPROTO_MPTCP,
+    ListenEvent,
 };
 use serde::Serialize;
 
@@ -62,6 +63,7 @@ fn attach_path(event: &ListenEvent) -> &'static str {
         ATTACH_KPROBE => "kprobe",
         ATTACH_FENTRY => "fentry",
         ATTACH_TRACEPOINT => "tracepoint",
+        ATTACH_SOCKOPS => "sockops",
         _ => "?",
     }
 }

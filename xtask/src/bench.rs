@@ -88,6 +88,8 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         Tracer::Step5Json,
         Tracer::Step5JsonNoPause,
         Tracer::Exercise5,
+        Tracer::Step5SockopsFilteredOut,
+        Tracer::Step5SockopsJson,
     ];
     tracers.extend(solutions.iter().map(|(tracer, _)| *tracer));
     // Measured next to bpftrace when it can be installed; without it otherwise, said below.
@@ -142,7 +144,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for &tracer in tracers
         .iter()
-        .filter(|tracer| !matches!(tracer, Tracer::None | Tracer::Step5FilteredOut))
+        .filter(|tracer| **tracer != Tracer::None && !tracer.filters_everything())
     {
         let latency = measure_latency(tracer, binary_of(tracer))?;
         eprintln!(
@@ -264,9 +266,16 @@ fn measure_latency(tracer: Tracer, binary: &Path) -> anyhow::Result<Latency> {
 /// How many calls of the unrelated system call a run makes.
 const UNRELATED_CALLS: u32 = 2_000_000;
 
+/// The medians of [`measure_unrelated_syscall`], in nanoseconds per call.
+struct Unrelated {
+    untraced: f64,
+    tracepoint: f64,
+    sockops: f64,
+}
+
 /// Nanoseconds per `getppid()` (a cheap system call that has nothing to do with `listen()`), with no
-/// tracer and with lesson 5 attached on the tracepoint path, alternating: the medians.
-fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::Result<(f64, f64)> {
+/// tracer, with lesson 5 attached on the tracepoint path, and on the sockops path, alternating.
+fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::Result<Unrelated> {
     let getppid_loop = || {
         let started = Instant::now();
         for _ in 0..UNRELATED_CALLS {
@@ -274,21 +283,36 @@ fn measure_unrelated_syscall(step5: &Path, rounds: u32, work: &Path) -> anyhow::
         }
         started.elapsed().as_nanos() as f64 / f64::from(UNRELATED_CALLS)
     };
-    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    let (mut untraced, mut tracepoint, mut sockops) = (Vec::new(), Vec::new(), Vec::new());
+    let traced_on = |path: &str| -> anyhow::Result<f64> {
+        let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
+        let mut step = spawn_to_files(
+            Command::new(step5).arg(format!("--attach={path}")),
+            &out,
+            &err,
+        )?;
+        wait_until_ready(Tracer::Step5Table, &out, &err)?;
+        let nanos = getppid_loop();
+        interrupt(&mut step, "step5-results")?;
+        Ok(nanos)
+    };
     for round in 1..=rounds {
         untraced.push(getppid_loop());
-        let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
-        let mut step = spawn_to_files(Command::new(step5).arg("--attach=tracepoint"), &out, &err)?;
-        wait_until_ready(Tracer::Step5Table, &out, &err)?;
-        traced.push(getppid_loop());
-        interrupt(&mut step, "step5-results")?;
+        tracepoint.push(traced_on("tracepoint")?);
+        sockops.push(traced_on("sockops")?);
         eprintln!(
-            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 5 attached",
+            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 5 on the \
+             tracepoint path, {:.1} ns on the sockops path",
             untraced.last().unwrap(),
-            traced.last().unwrap()
+            tracepoint.last().unwrap(),
+            sockops.last().unwrap()
         );
     }
-    Ok((median(&mut untraced), median(&mut traced)))
+    Ok(Unrelated {
+        untraced: median(&mut untraced),
+        tracepoint: median(&mut tracepoint),
+        sockops: median(&mut sockops),
+    })
 }
 
 /// Start-up figures: (what, median seconds).
@@ -367,7 +391,7 @@ fn report(
     tracers: &[Tracer],
     runs: &[Vec<Run>],
     latencies: &[(Tracer, Latency)],
-    (untraced, traced): &(f64, f64),
+    unrelated: &Unrelated,
     startup: &Startup,
 ) -> anyhow::Result<String> {
     let uname = nix::sys::utsname::uname()?
@@ -396,10 +420,21 @@ fn report(
         })
         .collect();
     let baseline = medians[0];
-    let floor = tracers
-        .iter()
-        .position(|tracer| *tracer == Tracer::Step5FilteredOut)
-        .map(|index| medians[index]);
+    // Each path's own floor: the probe alone on the path the tracer uses.
+    let floor_of = |tracer: &Tracer| {
+        let floor = if matches!(
+            tracer,
+            Tracer::Step5SockopsFilteredOut | Tracer::Step5SockopsJson
+        ) {
+            Tracer::Step5SockopsFilteredOut
+        } else {
+            Tracer::Step5FilteredOut
+        };
+        tracers
+            .iter()
+            .position(|tracer| *tracer == floor)
+            .map(|index| medians[index])
+    };
 
     let mut text = String::new();
     writeln!(
@@ -439,7 +474,7 @@ fn report(
         let lost = median(&mut runs.iter().map(|run| run.lost as f64).collect::<Vec<_>>());
         let received = match tracer {
             Tracer::None => "n/a".to_string(),
-            Tracer::Step5FilteredOut => "none sent (filtered)".to_string(),
+            tracer if tracer.filters_everything() => "none sent (filtered)".to_string(),
             _ => format!("{received:.0} of {}", args.listens),
         };
         let lost = if *tracer == Tracer::None {
@@ -447,7 +482,7 @@ fn report(
         } else {
             format!("{lost:.0}")
         };
-        let to_floor = match (tracer, floor) {
+        let to_floor = match (tracer, floor_of(tracer)) {
             (Tracer::None, _) | (_, None) => String::new(),
             (_, Some(floor)) => format!("{:.2}x", median_nanos / floor),
         };
@@ -492,11 +527,21 @@ fn report(
     )?;
     writeln!(text, "| configuration | median per getppid() | ratio |")?;
     writeln!(text, "|---|---|---|")?;
+    let Unrelated {
+        untraced,
+        tracepoint,
+        sockops,
+    } = unrelated;
     writeln!(text, "| no tracer | {untraced:.1} ns | 1.00x |")?;
     writeln!(
         text,
-        "| lesson 5 attached (tracepoint path) | {traced:.1} ns | {:.2}x |",
-        traced / untraced
+        "| lesson 5 attached (tracepoint path) | {tracepoint:.1} ns | {:.2}x |",
+        tracepoint / untraced
+    )?;
+    writeln!(
+        text,
+        "| lesson 5 attached (sockops path) | {sockops:.1} ns | {:.2}x |",
+        sockops / untraced
     )?;
     writeln!(text, "\n### Start-up (median of 5)\n")?;
     writeln!(text, "| what | median |")?;

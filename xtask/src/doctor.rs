@@ -6,7 +6,7 @@
 //! kernel's BTF, the syscall tracepoints lesson 5's fallback needs, and MPTCP. Exit 0 only when
 //! lesson 1 will run.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{fs, path::Path, process::Command, time::Duration};
 
 use anyhow::Context as _;
 use common::{KERNEL_BTF, READY_LINE};
@@ -67,6 +67,7 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
         findings.push(memlock);
     }
     findings.push(tracefs());
+    findings.push(cgroup2());
     findings.push(Finding::good(
         "toolchain",
         format!("Rust {PINNED_RUST} and {BPF_LINKER} (set up by this command when missing)"),
@@ -88,14 +89,27 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
             .iter()
             .any(|finding| finding.item == wanted && finding.ok)
     };
-    let lesson5 = if can_load {
+    let (lesson5, sockops) = if can_load {
         let lesson = lessons::find(5)?;
         lessons::build(toolchain, &[lesson])?;
-        try_lesson_5(&target_dir().join("release").join(lesson.package))
+        let binary = target_dir().join("release").join(lesson.package);
+        (
+            try_lesson_5(&binary, "auto"),
+            try_lesson_5(&binary, "sockops"),
+        )
     } else {
-        Err("not tried (no privileges)".to_string())
+        let not_tried = || Err("not tried (no privileges)".to_string());
+        (not_tried(), not_tried())
     };
-    let lessons = lesson_verdicts(&lesson5, can_load, path_works);
+    let mut lessons = lesson_verdicts(&lesson5, can_load, path_works);
+    if let Some(lesson5) = lessons.iter_mut().find(|lesson| lesson.number == 5) {
+        lesson5.seen.push_str(&match sockops {
+            Ok(_) => {
+                "; `--attach sockops` attaches here (it taxes no other system call)".to_string()
+            }
+            Err(said) => format!("; `--attach sockops` does not attach here: {said}"),
+        });
+    }
     let lessons_ready = lessons.iter().filter(|lesson| lesson.ready).count();
     let verdict = if ready && lessons_ready == lessons.len() {
         format!("ready: lessons 1 to {} will run here", lessons.len())
@@ -277,9 +291,9 @@ fn as_root(binary: &Path) -> Command {
 
 /// Runs lesson 5 for a moment with `--attach auto`: its status lines (stderr) when it got ready,
 /// else the error it ended with.
-fn try_lesson_5(binary: &Path) -> Result<String, String> {
+fn try_lesson_5(binary: &Path, attach: &str) -> Result<String, String> {
     let mut command = as_root(binary);
-    command.args(["--duration", "0.2"]);
+    command.args(["--attach", attach, "--duration", "0.2"]);
     let finished = RunningStep::try_spawn(&mut command)?.try_wait(Duration::from_secs(30))?;
     let stderr = finished.stderr();
     if stderr.lines().any(|line| line == READY_LINE) {
@@ -389,6 +403,25 @@ fn tracefs() -> Finding {
             "mounted"
         } else {
             "not mounted: lesson 5's tracepoint path mounts it itself"
+        },
+    )
+}
+
+/// Where cgroup2 is mounted, which lesson 5's sockops path attaches to (it mounts it for a moment
+/// where it is not).
+fn cgroup2() -> Finding {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mount = mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        filesystem
+            .starts_with("cgroup2 ")
+            .then(|| mount.split(' ').nth(4).unwrap_or("?").to_string())
+    });
+    Finding::good(
+        "cgroup2",
+        match mount {
+            Some(point) => format!("mounted at {point} (lesson 5's `--attach sockops` uses it)"),
+            None => "not mounted: lesson 5's `--attach sockops` mounts it for a moment".to_string(),
         },
     )
 }

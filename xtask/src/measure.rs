@@ -36,6 +36,10 @@ pub enum Tracer {
     Exercise5,
     /// Another solution of exercise 5, named by its patch, `--json`.
     Exercise5Patch(&'static str),
+    /// Lesson 5 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step5SockopsFilteredOut,
+    /// Lesson 5 on its sockops path, `--json`.
+    Step5SockopsJson,
     Bpftrace,
 }
 
@@ -50,6 +54,8 @@ impl Tracer {
             Self::Step5JsonNoPause => "step 5 --json --batch-pause 0, to a file",
             Self::Exercise5 => "exercise 5 (ring buffer) --json, to a file",
             Self::Exercise5Patch(name) => name,
+            Self::Step5SockopsFilteredOut => "step 5 --attach sockops, all filtered in the kernel",
+            Self::Step5SockopsJson => "step 5 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -58,18 +64,28 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step5Json | Self::Step5JsonNoPause | Self::Exercise5 | Self::Exercise5Patch(_)
+            Self::Step5Json
+                | Self::Step5JsonNoPause
+                | Self::Exercise5
+                | Self::Exercise5Patch(_)
+                | Self::Step5SockopsJson
         )
     }
 
+    /// Whether the tracer sends nothing (every event filtered in the kernel): the probe alone.
+    pub fn filters_everything(self) -> bool {
+        matches!(self, Self::Step5FilteredOut | Self::Step5SockopsFilteredOut)
+    }
+
     /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
-    /// `attach` (`--attach`; bpftrace uses the state tracepoint).
+    /// `attach` (`--attach`; bpftrace uses the state tracepoint, the sockops rows their path).
     pub fn command(self, binary: &Path, attach: &str) -> Option<Command> {
-        let lesson = |args: &[&str]| {
+        let lesson_on = |attach: &str, args: &[&str]| {
             let mut command = Command::new(binary);
             command.arg(format!("--attach={attach}")).args(args);
             Some(command)
         };
+        let lesson = |args: &[&str]| lesson_on(attach, args);
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
@@ -77,6 +93,8 @@ impl Tracer {
             Self::Step4Table | Self::Step5Table => lesson(&[]),
             Self::Step5Json | Self::Exercise5 | Self::Exercise5Patch(_) => lesson(&["--json"]),
             Self::Step5JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step5SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step5SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);

@@ -59,6 +59,60 @@ impl fmt::Display for AttachPath {
     }
 }
 
+/// Lesson 5's `--attach`: lessons 1–4's modes, and a path that only the tool offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolAttachMode {
+    /// Try kprobe, then fentry, then the tracepoints: the paths that follow every listen() call
+    Auto,
+    /// A kprobe and a kretprobe on inet_listen()
+    Kprobe,
+    /// fexit on inet_listen(), which needs BTF
+    Fentry,
+    /// The listen() system call's tracepoints, with sock:inet_sock_set_state; while attached, every
+    /// system call of the machine pays for them
+    Tracepoint,
+    /// A sock_ops program on the cgroup2 root, with sock:inet_sock_set_state: no system call pays
+    /// for it, but it sees only listen() calls that start a listener (EADDRINUSE is the one
+    /// failure it reports; not EINVAL and the like, nor a listen() that only changes the backlog)
+    Sockops,
+}
+
+impl ToolAttachMode {
+    /// The attach paths to try, in order: `auto` never picks the sockops path, which misses calls.
+    pub fn candidates(self) -> &'static [ToolPath] {
+        use ToolPath::{Exact, Sockops};
+        match self {
+            Self::Auto => &[
+                Exact(AttachPath::Kprobe),
+                Exact(AttachPath::Fentry),
+                Exact(AttachPath::Tracepoint),
+            ],
+            Self::Kprobe => &[Exact(AttachPath::Kprobe)],
+            Self::Fentry => &[Exact(AttachPath::Fentry)],
+            Self::Tracepoint => &[Exact(AttachPath::Tracepoint)],
+            Self::Sockops => &[Sockops],
+        }
+    }
+}
+
+/// One of lesson 5's attach paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolPath {
+    /// A path of lessons 1–4, which follows each `listen()` call to its end.
+    Exact(AttachPath),
+    /// A `sock_ops` program on the cgroup2 root, which the kernel calls once a socket listens.
+    Sockops,
+}
+
+impl fmt::Display for ToolPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(path) => path.fmt(f),
+            Self::Sockops => write!(f, "sock_ops program on the cgroup2 root"),
+        }
+    }
+}
+
 /// What we know of the kernel when an attach fails, to name the cause.
 #[derive(Debug, Clone, Copy)]
 struct KernelFacts {
@@ -77,7 +131,7 @@ impl KernelFacts {
 
 /// What a step says once a path is attached: each program's name and the kernel's id for it
 /// (`bpftool prog show id N`).
-pub fn attached_line(path: AttachPath, programs: &[(&str, u32)]) -> String {
+pub fn attached_line(path: impl fmt::Display, programs: &[(&str, u32)]) -> String {
     let programs: Vec<_> = programs
         .iter()
         .map(|(name, id)| format!("program {name}, id {id}"))
@@ -110,6 +164,33 @@ fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts)
     }
 }
 
+/// Why one of lesson 5's paths failed.
+pub fn explain_tool_attach_failure(path: ToolPath, error: &anyhow::Error) -> String {
+    match path {
+        ToolPath::Exact(path) => explain_attach_failure(path, error),
+        ToolPath::Sockops => explain_sockops_failure(error),
+    }
+}
+
+fn explain_sockops_failure(error: &anyhow::Error) -> String {
+    let refused_helper = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ProgramError>(),
+            Some(ProgramError::LoadError { verifier_log, .. })
+                if verifier_log.to_string().contains("unknown func")
+        )
+    });
+    if refused_helper {
+        format!(
+            "this kernel does not let a sock_ops program call bpf_get_current_task() or \
+             bpf_probe_read_kernel(), which the sockops path needs to name the caller and read the \
+             socket; `--attach auto` picks a path that works here [{error:#}]"
+        )
+    } else {
+        format!("{error:#}")
+    }
+}
+
 /// Whether the kernel answered the program load with EPERM.
 fn refused_with_eperm(error: &anyhow::Error) -> bool {
     error
@@ -127,14 +208,23 @@ fn refused_with_eperm(error: &anyhow::Error) -> bool {
 
 /// The error when no path of `mode` attached; `failures` holds each path with its reason.
 pub fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> anyhow::Error {
-    anyhow::anyhow!(no_path_attached_words(mode, failures))
+    anyhow::anyhow!(no_path_attached_words(mode == AttachMode::Auto, failures))
 }
 
-fn no_path_attached_words(mode: AttachMode, failures: &[(AttachPath, String)]) -> String {
-    match (mode, failures) {
-        (AttachMode::Auto, _) => {
-            "none of the attach paths works on this kernel (see the lines above)".into()
-        }
+/// The same for lesson 5's paths.
+pub fn no_tool_path_attached(
+    mode: ToolAttachMode,
+    failures: &[(ToolPath, String)],
+) -> anyhow::Error {
+    anyhow::anyhow!(no_path_attached_words(
+        mode == ToolAttachMode::Auto,
+        failures
+    ))
+}
+
+fn no_path_attached_words(auto: bool, failures: &[(impl fmt::Display, String)]) -> String {
+    match (auto, failures) {
+        (true, _) => "none of the attach paths works on this kernel (see the lines above)".into(),
         (_, [(path, reason)]) => {
             format!("cannot attach the {path}: {reason}; `--attach auto` tries the other paths")
         }
@@ -297,11 +387,35 @@ mod tests {
     }
 
     #[test]
-    fn a_single_mode_that_fails_suggests_auto() {
-        let message = no_path_attached_words(
-            AttachMode::Kprobe,
-            &[(AttachPath::Kprobe, "no kprobes".into())],
+    fn the_tools_auto_mode_never_picks_the_sockops_path() {
+        use ToolPath::*;
+        let exact = [
+            Exact(AttachPath::Kprobe),
+            Exact(AttachPath::Fentry),
+            Exact(AttachPath::Tracepoint),
+        ];
+        assert_eq!(ToolAttachMode::Auto.candidates(), exact);
+        assert_eq!(ToolAttachMode::Sockops.candidates(), [Sockops]);
+        assert_eq!(
+            ToolAttachMode::Tracepoint.candidates(),
+            [Exact(AttachPath::Tracepoint)]
         );
+        assert_eq!(Sockops.to_string(), "sock_ops program on the cgroup2 root");
+        assert_eq!(
+            Exact(AttachPath::Kprobe).to_string(),
+            AttachPath::Kprobe.to_string()
+        );
+        let message = no_path_attached_words(false, &[(Sockops, "no cgroup2".into())]);
+        assert_eq!(
+            message,
+            "cannot attach the sock_ops program on the cgroup2 root: no cgroup2; `--attach auto` \
+             tries the other paths"
+        );
+    }
+
+    #[test]
+    fn a_single_mode_that_fails_suggests_auto() {
+        let message = no_path_attached_words(false, &[(AttachPath::Kprobe, "no kprobes".into())]);
         assert_eq!(
             message,
             "cannot attach the kprobe inet_listen(): no kprobes; `--attach auto` tries the other paths"
@@ -311,8 +425,7 @@ mod tests {
             (AttachPath::Fentry, "b".into()),
         ];
         assert!(
-            no_path_attached_words(AttachMode::Auto, &failures)
-                .starts_with("none of the attach paths works")
+            no_path_attached_words(true, &failures).starts_with("none of the attach paths works")
         );
     }
 }

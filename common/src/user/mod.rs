@@ -1,8 +1,9 @@
 //! For the step binaries: helpers whose subject is not eBPF, so that each step's `main.rs` shows
 //! every aya call it makes and little else. The words that explain why an attach path failed, the
-//! struct offsets from the kernel's BTF, the command line every step shares, the signals that stop
+//! struct offsets from the kernel's BTF, the command line every step shares, the cgroup2 root, the signals that stop
 //! a step, and the one-line error report.
 
+mod cgroup;
 mod explain;
 mod offsets;
 mod options;
@@ -10,9 +11,11 @@ mod report;
 mod stop;
 
 pub use crate::tracefs::{check_tracepoint_field, mount_tracefs};
+pub use cgroup::open_cgroup2_root;
 pub use explain::{
-    AttachMode, AttachPath, attached_line, check_privileges, explain_attach_failure,
-    explain_load_failure, lift_memlock_limit, no_path_attached,
+    AttachMode, AttachPath, ToolAttachMode, ToolPath, attached_line, check_privileges,
+    explain_attach_failure, explain_load_failure, explain_tool_attach_failure, lift_memlock_limit,
+    no_path_attached, no_tool_path_attached,
 };
 pub use offsets::field_offset_in_running_kernel;
 pub use options::Options;

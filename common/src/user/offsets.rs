@@ -40,6 +40,9 @@ impl SockOffsets {
             fdtable_fd: field(&btf, "fdtable", &["fd"], POINTER)?,
             file_private_data: field(&btf, "file", &["private_data"], POINTER)?,
             socket_file: field(&btf, "socket", &["file"], POINTER)?,
+            task_tgid: field(&btf, "task_struct", &["tgid"], 4)?,
+            task_pid: field(&btf, "task_struct", &["pid"], 4)?,
+            task_comm: field(&btf, "task_struct", &["comm"], 16)?,
         };
         log::debug!(
             "struct offsets from {} in {:?}: {offsets:?}",

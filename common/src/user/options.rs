@@ -1,15 +1,16 @@
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use super::AttachMode;
 
-/// The command line every step accepts.
+/// The command line every step accepts. `M` is what `--attach` offers: lessons 1–4's
+/// [`AttachMode`], or lesson 5's own, which adds a path; its default value is `auto`.
 #[derive(Debug, Parser)]
-pub struct Options {
+pub struct Options<M: ValueEnum + Clone + Send + Sync + 'static = AttachMode> {
     /// How to hook inet_listen(): `auto` tries kprobe, then fentry, then the tracepoint
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: M,
 
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM)
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -28,7 +29,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
-        Options::try_parse_from(std::iter::once("step").chain(args.iter().copied()))
+        Options::<AttachMode>::try_parse_from(std::iter::once("step").chain(args.iter().copied()))
     }
 
     #[test]

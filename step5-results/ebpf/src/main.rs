@@ -1,7 +1,8 @@
 //! Lesson 5, kernel side: lesson 4's structured events, with every path now following each
 //! `listen()` call to its end, to report its result and the port the kernel picked. The kprobe and
 //! fentry paths hook the return of `inet_listen()` (and of `mptcp_listen()`, which MPTCP sockets
-//! use instead); the tracepoint path pairs the `listen()` system call's entry and exit.
+//! use instead); the tracepoint path pairs the `listen()` system call's entry and exit. The sockops
+//! path, which taxes no system call, hears from the kernel when a socket has started listening.
 #![no_std]
 #![no_main]
 // The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
@@ -17,24 +18,24 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::BPF_F_CURRENT_CPU,
+    bindings::{BPF_F_CURRENT_CPU, BPF_SOCK_OPS_TCP_LISTEN_CB},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_perf_event_output, bpf_probe_read_kernel,
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, sock_ops, tracepoint},
     maps::{HashMap, PerCpuArray, PerfEventArray},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
-        TracePointContext,
+        SockOpsContext, TracePointContext,
     },
 };
 use common::{
-    AF_INET, AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_TRACEPOINT, COUNTER_DROPPED,
-    COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE, COUNTERS as COUNTER_COUNT,
-    IPPROTO_MPTCP, IPPROTO_TCP, ListenCall, ListenEvent, ListenFilter,
-    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
-    TCP_LISTEN, port_from_network_order,
+    AF_INET, AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT,
+    COUNTER_DROPPED, COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE,
+    COUNTERS as COUNTER_COUNT, EADDRINUSE, IPPROTO_MPTCP, IPPROTO_TCP, ListenCall, ListenEvent,
+    ListenFilter, ListenStart, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
+    SYSCALL_EXIT_RET_OFFSET, SockOffsets, TCP_LISTEN, port_from_network_order,
 };
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -69,11 +70,24 @@ fn send_event(
     attach: u8,
     result: Option<i32>,
 ) -> Result<(), i32> {
+    send_event_of(ctx, Caller::current()?, sk, backlog, attach, result, None)
+}
+
+/// The same for the thread `caller`; `protocol` replaces the socket's own where it is the TCP
+/// subflow of an MPTCP socket (the sockops path). Inlined: a BPF function takes at most 5 arguments.
+#[inline(always)]
+fn send_event_of(
+    ctx: &impl EbpfContext,
+    caller: Caller,
+    sk: *const u8,
+    backlog: u32,
+    attach: u8,
+    result: Option<i32>,
+    protocol: Option<u16>,
+) -> Result<(), i32> {
     let offsets = offsets()?;
     let filter = LISTEN_FILTER.load();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32; // the upper half is the process, the lower the thread
-    if filter.pid != 0 && filter.pid != pid {
+    if filter.pid != 0 && filter.pid != caller.pid {
         return Ok(());
     }
     // sk->__sk_common.skc_net.net->ns.inum: the number `ls -l /proc/PID/ns/net` shows.
@@ -84,7 +98,10 @@ fn send_event(
     }
     // Only TCP and MPTCP, over IPv4 or IPv6: never another protocol shown as TCP.
     let family: u16 = read_field(sk, offsets.skc_family)?;
-    let protocol: u16 = read_field(sk, offsets.sk_protocol)?;
+    let protocol: u16 = match protocol {
+        Some(protocol) => protocol,
+        None => read_field(sk, offsets.sk_protocol)?,
+    };
     if (family != AF_INET && family != AF_INET6)
         || (protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP)
     {
@@ -102,12 +119,12 @@ fn send_event(
         return Ok(());
     }
     let event = ListenEvent {
-        pid,
-        tid: pid_tgid as u32,
+        pid: caller.pid,
+        tid: caller.tid,
         netns,
         backlog,
         addr,
-        comm: bpf_get_current_comm()?,
+        comm: caller.comm,
         result: result.unwrap_or(0),
         port,
         family,
@@ -118,6 +135,40 @@ fn send_event(
     // No argument limit here: the whole struct goes to the ring of this CPU.
     output_counting_drops(ctx, &event);
     Ok(())
+}
+
+/// The thread that called `listen()`: its process, itself, and its name.
+#[derive(Clone, Copy)]
+struct Caller {
+    pid: u32,
+    tid: u32,
+    comm: [u8; 16],
+}
+
+impl Caller {
+    /// From the helpers that every tracing program may call.
+    fn current() -> Result<Self, i32> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Ok(Self {
+            pid: (pid_tgid >> 32) as u32, // the upper half is the process, the lower the thread
+            tid: pid_tgid as u32,
+            comm: bpf_get_current_comm()?,
+        })
+    }
+
+    /// From the current task's fields, for a `sock_ops` program: Linux lets those call
+    /// `bpf_get_current_pid_tgid()` only from 6.10, and `bpf_get_current_comm()` not at all.
+    fn of_current_task() -> Result<Self, i32> {
+        let offsets = offsets()?;
+        // SAFETY: the helper only returns the address of the current task; we read it with
+        // `bpf_probe_read_kernel`, never directly.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        Ok(Self {
+            pid: read_field(task, offsets.task_tgid)?,
+            tid: read_field(task, offsets.task_pid)?,
+            comm: read_field(task, offsets.task_comm)?,
+        })
+    }
 }
 
 /// The offsets userspace wrote, or an error if it did not: a program never reads with unset ones.
@@ -420,6 +471,102 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
     }
     0
 }
+
+// ANCHOR: sockops
+/// The sockops path's starts of listening on their way, per thread (`common::ListenStart`), kept
+/// by `sockops_tracepoint` for `listen_sockops`, or for the same thread's failure.
+#[map]
+static STARTS: HashMap<u64, ListenStart> = HashMap::with_max_entries(10_240, 0);
+
+/// The sockops path: the kernel runs the `sock_ops` programs of the socket's cgroup (here the
+/// cgroup2 root, so every socket's) with `BPF_SOCK_OPS_TCP_LISTEN_CB` inside `inet_listen()`, once
+/// the socket listens: its port is final and the call succeeded. No system call pays for it.
+#[sock_ops]
+pub fn listen_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        count_unreadable(report_sockops(&ctx));
+    }
+    1 // what a sock_ops program answers when it has nothing to refuse
+}
+
+fn report_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
+    let offsets = offsets()?;
+    // The context is the kernel's `struct bpf_sock_ops_kern`, whose first field is the socket:
+    // read as an address, it can be read through like on the other paths (the context's `sk` field
+    // is a typed pointer, which the verifier lets no program add an offset to).
+    let sk: *const u8 = read_field(ctx.as_ptr().cast(), 0)?;
+    let backlog: u32 = read_field(sk, offsets.sk_max_ack_backlog)?;
+    let caller = Caller::of_current_task()?;
+    // The key `bpf_get_current_pid_tgid()` gives the state tracepoint: process, then thread.
+    let thread = (u64::from(caller.pid) << 32) | u64::from(caller.tid);
+    // The TCP subflow of an MPTCP socket: the state tracepoint saw the MPTCP socket start first.
+    let protocol = take_start(thread)
+        .filter(|start| start.sk == sk as u64 && start.mptcp != 0)
+        .map(|_| IPPROTO_MPTCP);
+    send_event_of(ctx, caller, sk, backlog, ATTACH_SOCKOPS, Some(0), protocol)
+}
+
+/// The sockops path's view of `sock:inet_sock_set_state`: a socket that enters `TCP_LISTEN` is a
+/// start, which `listen_sockops` reports if it succeeds; if the same thread sees it leave
+/// `TCP_LISTEN` before, the port was taken (`inet_csk_listen_start()` failed with `EADDRINUSE`),
+/// and that failure is reported here.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
+    let (sk, oldstate, newstate): (*const u8, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if newstate == TCP_LISTEN && oldstate != TCP_LISTEN {
+        let protocol = offsets().and_then(|offsets| read_field::<u16>(sk, offsets.sk_protocol));
+        let thread = bpf_get_current_pid_tgid();
+        let start = if protocol == Ok(IPPROTO_MPTCP) {
+            // An MPTCP socket starts: its TCP subflow starts next, in the same thread.
+            ListenStart {
+                sk: 0,
+                mptcp: sk as u64,
+            }
+        } else {
+            // A TCP socket starts: on its own, or as the subflow of the MPTCP socket just seen.
+            // SAFETY: one field is copied out at once.
+            let mptcp = match unsafe { STARTS.get(&thread) } {
+                Some(earlier) if earlier.sk == 0 => earlier.mptcp,
+                _ => 0,
+            };
+            ListenStart {
+                sk: sk as u64,
+                mptcp,
+            }
+        };
+        if STARTS.insert(&thread, &start, 0).is_err() {
+            count(COUNTER_END_MISSED); // the map is full: a failure of this start would be missed
+        }
+    } else if oldstate == TCP_LISTEN && newstate != TCP_LISTEN {
+        let thread = bpf_get_current_pid_tgid();
+        // SAFETY: the value is copied out at once.
+        let start = unsafe { STARTS.get(&thread) }.copied();
+        if let Some(start) = start
+            && start.sk == sk as u64
+        {
+            let _ = take_start(thread);
+            let protocol = (start.mptcp != 0).then_some(IPPROTO_MPTCP);
+            let sent = offsets()
+                .and_then(|offsets| read_field(sk, offsets.sk_max_ack_backlog))
+                .and_then(|backlog| {
+                    let caller = Caller::current()?;
+                    let result = Some(-EADDRINUSE);
+                    send_event_of(&ctx, caller, sk, backlog, ATTACH_SOCKOPS, result, protocol)
+                });
+            count_unreadable(sent);
+        }
+    }
+    0
+}
+
+/// The start of listening `thread` has on its way, removed from `STARTS`.
+fn take_start(thread: u64) -> Option<ListenStart> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let start = unsafe { STARTS.get(&thread) }.copied()?;
+    let _ = STARTS.remove(&thread);
+    Some(start)
+}
+// ANCHOR_END: sockops
 
 /// `sock->sk`: the `struct sock` behind a `struct socket`.
 fn sock_of(sock: *const u8) -> Result<*const u8, i32> {

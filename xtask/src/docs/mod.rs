@@ -53,7 +53,7 @@ pub fn run(toolchain: &Toolchain, args: &DocsArgs) -> anyhow::Result<()> {
             &vm::VmTestArgs {
                 filter: Some(vm::TRANSCRIPT_TESTS.to_string()),
                 kernel: Some(vm::STOCK_KERNEL.to_string()),
-                expect: "kprobe,fentry,tracepoint".to_string(),
+                expect: "kprobe,fentry,tracepoint,sockops".to_string(),
                 write: true,
                 ..vm::VmTestArgs::default()
             },

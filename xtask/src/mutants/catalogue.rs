@@ -20,7 +20,7 @@ pub(super) struct Mutant {
     pub(super) caught: Where,
 }
 
-pub(super) const MUTANTS: [Mutant; 14] = [
+pub(super) const MUTANTS: [Mutant; 16] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -132,5 +132,21 @@ pub(super) const MUTANTS: [Mutant; 14] = [
         from: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));",
         to: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(1));",
         caught: Where::Guest,
+    },
+    Mutant {
+        name: "the sockops path's failed start reported as a success",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "let result = Some(-EADDRINUSE);",
+        to: "let result = Some(0);",
+        caught: Where::Host,
+    },
+    Mutant {
+        name: "the sockops path's thread taken for its process",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "tid: read_field(task, offsets.task_pid)?,",
+        to: "tid: read_field(task, offsets.task_tgid)?,",
+        caught: Where::Host,
     },
 ];

@@ -326,7 +326,7 @@ impl Scratch {
             "--suite",
             vm::DEFAULT_SUITE,
             "--expect",
-            "kprobe,fentry,tracepoint",
+            "kprobe,fentry,tracepoint,sockops",
             "--filter",
             &format!("{package}::"),
         ]);

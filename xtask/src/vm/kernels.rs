@@ -89,28 +89,28 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
     GuestKernel {
         package: "linux-image-5.10.0-32-cloud-amd64",
         about: "Debian 11 (bullseye) cloud kernel: before 5.11, BPF maps count against RLIMIT_MEMLOCK; no MPTCP",
-        attach_paths: "kprobe,fentry,tracepoint",
+        attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bullseye",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.1.0-56-cloud-amd64",
         about: "Debian 12 (bookworm) stock cloud kernel",
-        attach_paths: "kprobe,fentry,tracepoint",
+        attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-amd64",
         about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
-        attach_paths: "kprobe,fentry,tracepoint",
+        attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
         package: "linux-image-6.12.117+deb12-cloud-arm64",
         about: "Debian 12's 6.12 cloud kernel for arm64 (another pt_regs layout for kprobe arguments)",
-        attach_paths: "kprobe,fentry,tracepoint",
+        attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
         arch: Arch::Arm64,
     },
@@ -298,7 +298,10 @@ mod tests {
         for kernel in GUEST_KERNELS {
             assert!(kernel.package.starts_with("linux-image-"));
             for path in kernel.attach_paths.split(',') {
-                assert!(["kprobe", "fentry", "tracepoint"].contains(&path), "{path}");
+                assert!(
+                    ["kprobe", "fentry", "tracepoint", "sockops"].contains(&path),
+                    "{path}"
+                );
             }
         }
     }

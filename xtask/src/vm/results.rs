@@ -70,6 +70,8 @@ pub(super) struct MatrixRow {
     pub(super) arch: Arch,
     pub(super) release: String,
     pub(super) paths: Vec<(&'static str, bool)>,
+    /// Whether lesson 5 said that this kernel refused its sockops path.
+    pub(super) sockops_refused: bool,
     pub(super) mptcp: &'static str,
     pub(super) passed: usize,
     pub(super) cases: usize,
@@ -90,7 +92,12 @@ impl MatrixRow {
                     "tracepoint",
                     said("tracepoint sock:inet_sock_set_state: attached"),
                 ),
+                (
+                    "sockops",
+                    said("sock_ops program on the cgroup2 root: attached"),
+                ),
             ],
+            sockops_refused: said("sock_ops program on the cgroup2 root: not available"),
             mptcp: if said("program mptcp_") {
                 "yes"
             } else if said("has no MPTCP") {
@@ -116,23 +123,29 @@ pub(super) fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
     )?;
     writeln!(
         text,
-        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | MPTCP | cases | boot | whole run |"
+        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | sockops (lesson 5) | MPTCP | cases | boot | whole run |"
     )?;
-    writeln!(text, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for row in rows {
         let mark = |wanted: &str| {
             let attached = row.paths.iter().any(|&(path, seen)| path == wanted && seen);
             if attached { "attached" } else { "not seen" }
         };
+        let sockops = if row.sockops_refused && mark("sockops") == "not seen" {
+            "refused"
+        } else {
+            mark("sockops")
+        };
         writeln!(
             text,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} of {} passed | {:.1} s | {:.1} s |",
             row.package,
             row.arch.debian(),
             row.release,
             mark("kprobe"),
             mark("fentry"),
             mark("tracepoint"),
+            sockops,
             row.mptcp,
             row.passed,
             row.cases,

@@ -56,6 +56,19 @@ pub fn attach_paths_here() -> Vec<&'static str> {
     paths
 }
 
+/// Lesson 5's attach paths exercised here: [`attach_paths_here`], and the sockops path wherever
+/// it is expected to work: where the VM runner lists it for the guest kernel, and on any other
+/// kernel from Linux 5.10 on (the oldest kernel the VM runner proves it on).
+pub fn tool_attach_paths_here() -> Vec<&'static str> {
+    let mut paths = attach_paths_here();
+    let listed = std::env::var("LISTEN_TRACE_EXPECT_ATTACH").is_ok();
+    if attach_must_work("sockops") || (!listed && !release_below(5, 10)) {
+        paths.push("sockops");
+    }
+    eprintln!("lesson 5 also tests: {}", paths.join(", "));
+    paths
+}
+
 /// Whether the running kernel's release (`uname -r`) is below `major.minor`.
 pub fn release_below(major: u32, minor: u32) -> bool {
     let uname = nix::sys::utsname::uname().expect("uname");
