@@ -611,21 +611,33 @@ mod hardening {
     #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
     fn sigterm_and_duration_end_with_a_summary_and_nothing_loaded() {
         require_root();
-        let step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
-        let ids = step.program_ids();
-        let finished = step.stop(Signal::SIGTERM);
-        assert!(finished.status.success(), "{}", finished.stderr());
-        assert!(
-            finished.stderr().contains(" events received, "),
-            "{}",
-            finished.stderr()
-        );
-        assert!(
-            finished
-                .stderr()
-                .contains("stopped by SIGTERM: detached from the tracepoint")
-        );
-        assert_programs_unloaded(&ids);
+        // The sockops path's link to the cgroup goes with its program.
+        for path in tool_attach_paths_here()
+            .into_iter()
+            .filter(|path| ["tracepoint", "sockops"].contains(path))
+        {
+            let step = RunningStep::start(STEP, &["--attach", path]);
+            let ids = step.program_ids();
+            let finished = step.stop(Signal::SIGTERM);
+            assert!(finished.status.success(), "{}", finished.stderr());
+            assert!(
+                finished.stderr().contains(" events received, "),
+                "{}",
+                finished.stderr()
+            );
+            let detached = match path {
+                "sockops" => {
+                    "stopped by SIGTERM: detached from the sock_ops program on the cgroup2"
+                }
+                _ => "stopped by SIGTERM: detached from the tracepoint",
+            };
+            assert!(
+                finished.stderr().contains(detached),
+                "{}",
+                finished.stderr()
+            );
+            assert_programs_unloaded(&ids);
+        }
 
         let step = RunningStep::start(STEP, &["--attach", "tracepoint", "--duration", "0.5"]);
         let ids = step.program_ids();
