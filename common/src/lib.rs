@@ -10,6 +10,8 @@
 #![cfg_attr(not(any(test, feature = "user", feature = "tracefs")), no_std)]
 
 #[cfg(feature = "tracefs")]
+pub mod cgroup2;
+#[cfg(feature = "tracefs")]
 pub mod tracefs;
 #[cfg(feature = "user")]
 pub mod user;

@@ -411,16 +411,14 @@ fn tracefs() -> Finding {
 /// where it is not).
 fn cgroup2() -> Finding {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mount = mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        filesystem
-            .starts_with("cgroup2 ")
-            .then(|| mount.split(' ').nth(4).unwrap_or("?").to_string())
-    });
+    let mount = common::cgroup2::mount_point(&mountinfo);
     Finding::good(
         "cgroup2",
         match mount {
-            Some(point) => format!("mounted at {point} (lesson 5's `--attach sockops` uses it)"),
+            Some(point) => format!(
+                "mounted at {} (lesson 5's `--attach sockops` uses it)",
+                point.display()
+            ),
             None => "not mounted: lesson 5's `--attach sockops` mounts it for a moment".to_string(),
         },
     )

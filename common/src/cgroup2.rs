@@ -13,7 +13,7 @@ use nix::mount::{MntFlags, MsFlags};
 pub fn open_cgroup2_root() -> anyhow::Result<File> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo to find the cgroup2 hierarchy")?;
-    if let Some(root) = cgroup2_mount(&mountinfo) {
+    if let Some(root) = mount_point(&mountinfo) {
         return File::open(&root).with_context(|| format!("cannot open {}", root.display()));
     }
     let dir = std::env::temp_dir().join(format!("listen-trace-cgroup2-{}", std::process::id()));
@@ -43,7 +43,7 @@ pub fn open_cgroup2_root() -> anyhow::Result<File> {
 }
 
 /// Where `mountinfo` (the format of `/proc/self/mountinfo`) has cgroup2 mounted, if anywhere.
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub fn mount_point(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // `36 25 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw`: the mount point is
         // the fifth field, the file system type the first after the ` - `.
@@ -68,17 +68,14 @@ mod tests {
 34 32 0:29 / /sys/fs/cgroup/cpu rw,nosuid shared:12 - cgroup cgroup rw,cpu
 ";
         assert_eq!(
-            cgroup2_mount(hybrid),
+            mount_point(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified =
             "36 25 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            cgroup2_mount(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(mount_point(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         let legacy = "34 32 0:29 / /sys/fs/cgroup/cpu rw,nosuid shared:12 - cgroup cgroup rw,cpu\n";
-        assert_eq!(cgroup2_mount(legacy), None);
-        assert_eq!(cgroup2_mount(""), None);
+        assert_eq!(mount_point(legacy), None);
+        assert_eq!(mount_point(""), None);
     }
 }
