@@ -404,11 +404,12 @@ fn programs(path: ToolPath) -> &'static [(&'static str, Hook)] {
     let path = match path {
         ToolPath::Exact(path) => path,
         // New: the kernel calls the sock_ops program once a socket listens; the state change tells
-        // a start that failed. Attached in this order, a start is seen before its end.
+        // a start that failed. The sock_ops program first: a start the state change keeps then
+        // always finds it attached, and never waits in `STARTS` for a call that will not come.
         ToolPath::Sockops => {
             return &[
-                ("sockops_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
                 ("listen_sockops", Hook::Cgroup2Root),
+                ("sockops_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
             ];
         }
     };
