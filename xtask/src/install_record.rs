@@ -40,6 +40,17 @@ pub fn record_path() -> PathBuf {
     state.join("listen-trace/installed")
 }
 
+/// Where the tools built from crates.io (bpf-linker, mdBook, its link checker) live, once per
+/// machine: `$XDG_CACHE_HOME/listen-trace/tools`, by default `~/.cache/...`. Every checkout's
+/// `.tools` links to the folder of its pinned toolchain in there (see `setup::tools_folder`).
+pub fn tools_cache() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    cache.join("listen-trace/tools")
+}
+
 /// Notes that a command installed `names` (each once). A record that cannot be written is
 /// reported, never fatal: the install itself worked.
 pub fn note(kind: Kind, names: &[&str]) {

@@ -37,8 +37,10 @@ pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
     let in_checkout: Vec<PathBuf> = [".tools", "target/vm"]
         .iter()
         .map(|path| workspace_root().join(path))
-        .filter(|path| path.exists())
+        .filter(|path| path.symlink_metadata().is_ok())
         .collect();
+    let tools_cache = crate::install_record::tools_cache();
+    let tools_cache = tools_cache.exists().then_some(tools_cache);
     let learner = crate::learner::learner_leftovers();
     println!(
         "What listen-trace's commands installed here (noted in {}):",
@@ -71,9 +73,20 @@ pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
             .map(|path| path.display().to_string())
             .collect(),
     );
+    list(
+        "tools built once for every checkout (bpf-linker, mdBook, its link checker)",
+        tools_cache
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect(),
+    );
     list("a temporary learner account, left behind", learner.clone());
     if !args.remove {
-        if !record.is_empty() || !in_checkout.is_empty() || !learner.is_empty() {
+        if !record.is_empty()
+            || !in_checkout.is_empty()
+            || tools_cache.is_some()
+            || !learner.is_empty()
+        {
             println!("`cargo xtask installed --remove` removes it all.");
         }
         return Ok(());
@@ -107,6 +120,16 @@ pub fn run(args: &InstalledArgs) -> anyhow::Result<()> {
         }
     }
     for path in &in_checkout {
+        // `.tools` is usually a link to the tools' cache: the link goes, then the cache below.
+        if path.is_symlink() {
+            fs::remove_file(path)
+        } else {
+            fs::remove_dir_all(path)
+        }
+        .with_context(|| format!("cannot remove {}", path.display()))?;
+        eprintln!("    removed {}", path.display());
+    }
+    if let Some(path) = &tools_cache {
         fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))?;
         eprintln!("    removed {}", path.display());
     }

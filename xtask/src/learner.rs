@@ -35,11 +35,6 @@ use crate::{pinned::run_step, sudo, workspace_root};
 /// The user the flows run as.
 const LEARNER: &str = "listen-trace-learner";
 
-/// Whether `cargo xtask test` runs the flows: when asked, and always under `CI`.
-pub fn wanted(asked: bool) -> bool {
-    asked || std::env::var_os("CI").is_some()
-}
-
 pub fn run() -> anyhow::Result<()> {
     if !sudo::is_root() {
         if std::env::var_os("CI").is_some() {
@@ -264,7 +259,12 @@ fn prepare() -> anyhow::Result<PathBuf> {
     let cargo_home = home.join(".cargo");
     fs::create_dir_all(&cargo_home)?;
     for (from, to) in [
-        (root.join(".tools"), checkout.join(".tools")),
+        // `.tools` links to the tools' cache in root's home, which the learner cannot read: the
+        // learner's checkout gets a copy of what it leads to.
+        (
+            fs::canonicalize(root.join(".tools"))?,
+            checkout.join(".tools"),
+        ),
         (
             PathBuf::from("/root/.cargo/registry"),
             cargo_home.join("registry"),

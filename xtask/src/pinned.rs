@@ -36,6 +36,21 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), Into::into)
 }
 
+/// cargo's build folder, where its intermediate files go (`CARGO_BUILD_BUILD_DIR` is honoured, as
+/// cargo does; by default the target folder). A build in another tree (a scratch copy, a clean
+/// checkout) keeps its own target folder for what it makes, and takes this build folder through
+/// [`share_build_dir`], so that what this workspace compiled is reused there, not compiled again.
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("CARGO_BUILD_BUILD_DIR").map_or_else(target_dir, Into::into)
+}
+
+/// Lets `command`, a cargo build in another tree, keep its intermediate files in `build_dir`
+/// (this workspace's): the dependencies it shares with this workspace are compiled once. Its own
+/// packages live at other paths, so cargo keeps them apart from ours.
+pub fn share_build_dir<'a>(command: &'a mut Command, build_dir: &Path) -> &'a mut Command {
+    command.env("CARGO_BUILD_BUILD_DIR", build_dir)
+}
+
 /// What `setup` established: the pinned toolchain and the bpf-linker built for it.
 #[derive(Debug, Clone)]
 pub struct Toolchain {

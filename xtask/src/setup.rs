@@ -28,6 +28,7 @@ pub fn run() -> anyhow::Result<Toolchain> {
     eprintln!("==> setup: Rust {PINNED_RUST}, bpf-linker {BPF_LINKER_VERSION}");
     let toolchain = Toolchain::pinned();
     ensure_toolchain(&toolchain)?;
+    tools_folder(&toolchain)?;
     ensure_bpf_linker(&toolchain)?;
     eprintln!(
         "    [3/3] tracefs: lesson 5 mounts it itself when its tracepoint path needs it (the other paths do not)"
@@ -89,6 +90,28 @@ fn rustup(args: &[&str]) -> anyhow::Result<String> {
     crate::pinned::output_of(Command::new("rustup").args(args))
 }
 
+/// The folder of the tools built from crates.io, `.tools` in the checkout (the path that
+/// `.cargo/config.toml` and the offline kit name). It links to a folder per pinned toolchain in the
+/// machine's cache (`install_record::tools_cache`), so that they are built once per machine and
+/// version, not once per clone; a `.tools` that is a folder of its own (an offline kit's
+/// `install.sh` puts bpf-linker there) is used as it is.
+pub fn tools_folder(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
+    let link = workspace_root().join(".tools");
+    if link.is_dir() && !link.is_symlink() {
+        return Ok(link);
+    }
+    let cache = crate::install_record::tools_cache().join(format!("rust-{}", toolchain.name));
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    if fs::read_link(&link).ok().as_deref() != Some(cache.as_path()) {
+        if link.is_symlink() {
+            fs::remove_file(&link)?;
+        }
+        symlink(&cache, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), cache.display()))?;
+    }
+    Ok(link)
+}
+
 /// The bpf-linker of this workspace: `.tools/bin/bpf-linker`, with a stamp saying what it was built for.
 struct BpfLinker {
     tools: PathBuf,
@@ -128,13 +151,19 @@ impl BpfLinker {
 fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
     let linker = BpfLinker::new();
     if linker.is_ready(toolchain) {
-        eprintln!("    [2/3] bpf-linker {BPF_LINKER_VERSION}: installed in .tools/bin");
+        eprintln!(
+            "    [2/3] bpf-linker {BPF_LINKER_VERSION}: installed in {}",
+            shown_tools_folder()
+        );
         return Ok(());
     }
     let llvm = find_llvm(toolchain, &linker.tools)?;
     eprintln!(
-        "    [2/3] bpf-linker {BPF_LINKER_VERSION}: building it against LLVM {} ({}); about a minute",
-        llvm.major, llvm.source
+        "    [2/3] bpf-linker {BPF_LINKER_VERSION}: building it against LLVM {} ({}) into {}; \
+         about a minute, once per machine",
+        llvm.major,
+        llvm.source,
+        shown_tools_folder()
     );
     if Command::new("cc").arg("--version").output().is_err() {
         bail!(
@@ -168,6 +197,16 @@ fn ensure_bpf_linker(toolchain: &Toolchain) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where `.tools` leads, as the progress lines name it.
+pub fn shown_tools_folder() -> String {
+    let link = workspace_root().join(".tools");
+    fs::canonicalize(&link)
+        .unwrap_or(link)
+        .join("bin")
+        .display()
+        .to_string()
 }
 
 /// `cargo install` of a tool from crates.io, at an exact version and with only `features`, into

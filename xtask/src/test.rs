@@ -17,14 +17,93 @@ pub struct TestArgs {
     /// Only the unit and kernel tests of lesson N (no formatting, clippy, VMs or book)
     #[arg(long, value_name = "N")]
     pub lesson: Option<u8>,
+    /// Everything: also every guest kernel, the mutants, the learner flows, the lessons copied
+    /// out, the book's build with its browser check and the offline kit (what CI runs)
+    #[arg(long, conflicts_with = "lesson")]
+    pub full: bool,
     /// Also run the learner flows: a temporary user with sudo rights runs lesson 1 and exercise 1,
-    /// and is removed afterwards (always on under `CI`)
+    /// and is removed afterwards (part of --full)
     #[arg(long, conflicts_with = "lesson")]
     pub learner_flows: bool,
-    /// Also apply the deliberate bugs of `cargo xtask mutants` and check that the tests catch each
-    /// (always on under `CI`)
+    /// Also apply the deliberate bugs of `cargo xtask mutants` and check that the tests named for
+    /// each catch it (part of --full)
     #[arg(long, conflicts_with = "lesson")]
     pub mutants: bool,
+}
+
+/// The phases of a run, each timed, with its result; a failed phase does not stop the phases that
+/// do not depend on it, and the run ends with a table of them all.
+struct Phases {
+    started: Instant,
+    rows: Vec<(String, f64, Result<(), String>)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Runs one phase; returns whether it passed.
+    fn run(&mut self, name: &str, phase: impl FnOnce() -> anyhow::Result<()>) -> bool {
+        let started = Instant::now();
+        let result = phase().map_err(|error| format!("{error:#}"));
+        if let Err(error) = &result {
+            eprintln!("==> FAILED: {name}: {error}");
+        }
+        let passed = result.is_ok();
+        self.rows
+            .push((name.to_string(), started.elapsed().as_secs_f64(), result));
+        passed
+    }
+
+    /// Prints where the time went, and fails with every failure listed.
+    fn finish(self, level: &str) -> anyhow::Result<()> {
+        let total = self.started.elapsed().as_secs_f64();
+        eprintln!("\n{}", time_table(&self.rows, total));
+        let failed: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|(name, _, result)| {
+                result
+                    .as_ref()
+                    .err()
+                    .map(|error| format!("{name}: {error}"))
+            })
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!(
+                "{level}: {} of {} phases failed:\n  {}",
+                failed.len(),
+                self.rows.len(),
+                failed.join("\n  ")
+            );
+        }
+        eprintln!(
+            "==> {level}: all {} phases passed in {total:.1} s",
+            self.rows.len()
+        );
+        Ok(())
+    }
+}
+
+/// The end-of-run table: phase, seconds, result.
+fn time_table(rows: &[(String, f64, Result<(), String>)], total: f64) -> String {
+    let width = rows
+        .iter()
+        .map(|(name, ..)| name.chars().count())
+        .chain(["phase".len(), "total".len()])
+        .max()
+        .unwrap_or(0);
+    let mut table = format!("{:<width$}  {:>8}  result\n", "phase", "seconds");
+    for (name, seconds, result) in rows {
+        let result = if result.is_ok() { "ok" } else { "FAILED" };
+        table.push_str(&format!("{name:<width$}  {seconds:>8.1}  {result}\n"));
+    }
+    table.push_str(&format!("{:<width$}  {total:>8.1}", "total"));
+    table
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
@@ -41,24 +120,130 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     let steps = lessons::present()?;
     let ebpf_crates = lessons::ebpf_crates_of(&steps);
+    let toolchain = &toolchain;
+    let mut phases = Phases::new();
+    phases.rows.push((
+        "set-up (toolchain, bpf-linker)".to_string(),
+        started.elapsed().as_secs_f64(),
+        Ok(()),
+    ));
 
-    run_step(
-        "format check (cargo fmt --check)",
-        &mut toolchain.cargo(&["fmt", "--all", "--check"]),
-    )?;
+    phases.run("format check", || {
+        run_step(
+            "format check (cargo fmt --check)",
+            &mut toolchain.cargo(&["fmt", "--all", "--check"]),
+        )
+    });
+    phases.run("clippy, host and eBPF crates", || {
+        clippy(toolchain, &ebpf_crates)
+    });
+    let tests_pass = phases.run("unit and kernel tests, this kernel", || {
+        let mut workspace = vec!["--workspace"];
+        for ebpf in &ebpf_crates {
+            workspace.extend(["--exclude", ebpf.as_str()]);
+        }
+        run_tests(toolchain, &workspace, &steps)
+    });
+    // The learner's preflight must find this machine ready (CI runs on the kind of machine the
+    // lessons are taught on).
+    phases.run("doctor", || {
+        eprintln!("==> doctor: this machine is ready for the lessons");
+        crate::doctor::run(toolchain, &crate::doctor::DoctorArgs { json: false })
+    });
+    phases.run("exercises (solutions pass, starters fail)", || {
+        check_exercises(toolchain)
+    });
+    // The book's pages: includes, anchors, both editions, and transcripts with the format the
+    // lessons print today.
+    phases.run("book pages and transcripts", || {
+        eprintln!("==> the book's pages");
+        docs::check_pages()?;
+        docs::check_transcripts()
+    });
 
-    // Clippy as the builds compile each crate: the workspace together (as `cargo build` and the
-    // tests do), and the shared crates alone with each set of features a build gives them.
+    if !args.full {
+        // The stock guest kernel, where kprobes and fentry work: the kernel the book's first
+        // transcripts come from.
+        phases.run("kernel tests in the stock guest kernel", || {
+            vm::run(toolchain, &vm::VmTestArgs::stock())
+        });
+        if args.mutants {
+            phases.run("mutants", || {
+                crate::mutants::run(toolchain, &crate::mutants::MutantsArgs::default())
+            });
+        }
+        if args.learner_flows {
+            phases.run("learner flows", crate::learner::run);
+        }
+        eprintln!(
+            "==> NOT RUN at this level: the other guest kernels, {}{}the lessons copied out, the \
+             book's build and browser check, the offline kit: `cargo xtask test --full` runs them all",
+            if args.mutants { "" } else { "the mutants, " },
+            if args.learner_flows {
+                ""
+            } else {
+                "the learner flows, "
+            },
+        );
+        return phases.finish("cargo xtask test");
+    }
+
+    // Every guest kernel (the stock one included), where kprobes and fentry work.
+    phases.run("kernel tests in every guest kernel", || {
+        vm::run(toolchain, &vm::VmTestArgs::default())
+    });
+    // Proof that the tests can fail: deliberate bugs, each caught by the tests named for it.
+    if tests_pass {
+        phases.run("mutants", || {
+            crate::mutants::run(toolchain, &crate::mutants::MutantsArgs::default())
+        });
+    } else {
+        eprintln!("==> NOT RUN: the mutants, whose baseline is the tests that failed above");
+    }
+    // Each lesson also builds outside this workspace, as a project of one's own.
+    phases.run("lessons copied out build on their own", || {
+        eprintln!(
+            "==> each lesson copied out of the repository builds on its own (and the first and \
+             the last as written out by new-project)"
+        );
+        crate::standalone::check(&steps)
+    });
+    // The macOS laptops' virtual machine: its provisioning runs here too.
+    phases.run("Lima template and cloud-init", || {
+        crate::lima::check_template()?;
+        crate::lima::check_cloud_init()
+    });
+    // What a learner who is not root does, done by a temporary user who is not root but has sudo
+    // rights, removed afterwards.
+    phases.run("learner flows", crate::learner::run);
+    phases.run("the book: build, links, browser", || {
+        docs::run(
+            toolchain,
+            &docs::DocsArgs {
+                refresh_transcripts: false,
+                screenshots: None,
+            },
+        )
+    });
+    // A room without internet: the offline kit, and lesson 1 built from it alone.
+    phases.run("offline kit", || crate::offline_kit::check(toolchain));
+    phases.finish("cargo xtask test --full")
+}
+
+/// Clippy as the builds compile each crate: the workspace together (as `cargo build` and the tests
+/// do), the shared crates alone with each set of features a build gives them, and the kernel side
+/// for the BPF target.
+fn clippy(toolchain: &Toolchain, ebpf_crates: &[String]) -> anyhow::Result<()> {
     let mut host = vec!["clippy", "--release", "--workspace", "--all-targets"];
-    for ebpf in &ebpf_crates {
+    for ebpf in ebpf_crates {
         host.extend(["--exclude", ebpf.as_str()]);
     }
     host.extend(["--", "-D", "warnings"]);
     let mut clippy = toolchain.cargo(&host);
     crate::ebpf::build_for(
-        &toolchain,
+        toolchain,
         &mut clippy,
-        &ebpf_crates,
+        ebpf_crates,
         crate::ebpf::this_arch(),
     )?;
     run_cargo("clippy, host crates", &mut clippy)?;
@@ -86,78 +271,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             ]),
         )?;
     }
-
     run_cargo(
         "clippy, eBPF crates",
-        &mut clippy_ebpf(&toolchain, &ebpf_crates),
-    )?;
-
-    let mut workspace = vec!["--workspace"];
-    for ebpf in &ebpf_crates {
-        workspace.extend(["--exclude", ebpf.as_str()]);
-    }
-    run_tests(&toolchain, &workspace, &steps)?;
-
-    // Each lesson also builds outside this workspace, as a project of one's own.
-    eprintln!(
-        "==> each lesson copied out of the repository builds on its own (and the first and the last as written out by new-project)"
-    );
-    crate::standalone::check(&steps)?;
-
-    // The same kernel tests in the kernels of `vm::GUEST_KERNELS`, where kprobes and fentry work.
-    vm::run(&toolchain, &vm::VmTestArgs::default())?;
-
-    // The learner's preflight must find this machine ready (CI runs on the kind of machine the
-    // lessons are taught on).
-    eprintln!("==> doctor: this machine is ready for the lessons");
-    crate::doctor::run(&toolchain, &crate::doctor::DoctorArgs { json: false })?;
-
-    check_exercises(&toolchain)?;
-
-    // Proof that the tests can fail: deliberate bugs, each caught by a test.
-    if args.mutants || std::env::var_os("CI").is_some() {
-        crate::mutants::run(&toolchain, &crate::mutants::MutantsArgs::default())?;
-    } else {
-        eprintln!(
-            "==> NOT RUN: the mutants (deliberate bugs the tests must catch, about 15 minutes); \
-             `cargo xtask test --mutants` or `cargo xtask mutants` runs them, and CI always does"
-        );
-    }
-
-    // The macOS laptops' virtual machine: its provisioning runs here too.
-    crate::lima::check_template()?;
-    crate::lima::check_cloud_init()?;
-
-    // What a learner who is not root does, done by a temporary user who is not root but has sudo
-    // rights, removed afterwards.
-    if crate::learner::wanted(args.learner_flows) {
-        crate::learner::run()?;
-    } else {
-        eprintln!(
-            "==> NOT RUN: the learner flows (they create a temporary user with sudo rights); \
-             `cargo xtask test --learner-flows` runs them, and CI always does"
-        );
-    }
-
-    // The book: includes, anchors and links, transcripts that match the programs, and the build.
-    eprintln!("==> the book");
-    docs::check_transcripts()?;
-    docs::run(
-        &toolchain,
-        &docs::DocsArgs {
-            refresh_transcripts: false,
-            screenshots: None,
-        },
-    )?;
-
-    // A room without internet: the offline kit, and lesson 1 built from it alone.
-    crate::offline_kit::check(&toolchain)?;
-
-    eprintln!(
-        "==> all checks passed in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+        &mut clippy_ebpf(toolchain, ebpf_crates),
+    )
 }
 
 /// The unit tests and the kernel tests, one test at a time (as the VM runner does), so that one

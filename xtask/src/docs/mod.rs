@@ -12,6 +12,8 @@ use support::transcripts::{TRANSCRIPTS, Transcript, shape};
 mod browser;
 mod pages;
 
+pub use pages::check_pages;
+
 use crate::{
     check, lessons,
     pinned::{Toolchain, run_step, target_dir},
@@ -189,8 +191,8 @@ fn shorten_verifier_log(text: &str) -> Option<String> {
     Some(shown.join("\n") + "\n")
 }
 
-/// A tool of the book (mdBook, its link checker), built once from crates.io into `.tools/` like
-/// bpf-linker; returns its binary.
+/// A tool of the book (mdBook, its link checker), built once per machine from crates.io into
+/// `.tools/` like bpf-linker; returns its binary.
 fn ensure_tool(
     toolchain: &Toolchain,
     name: &str,
@@ -203,7 +205,8 @@ fn ensure_tool(
         return Ok(tool);
     }
     eprintln!(
-        "    {name} {version}: building it from crates.io into .tools/ (a few minutes, once)"
+        "    {name} {version}: building it from crates.io into {} (a few minutes, once per machine)",
+        crate::setup::shown_tools_folder()
     );
     let mut install = crate::setup::install_tool(toolchain, name, version, features);
     run_step(&format!("cargo install {name}"), &mut install)?;

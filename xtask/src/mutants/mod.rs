@@ -352,6 +352,7 @@ impl Scratch {
         let output = command
             .current_dir(&self.tree)
             .env("CARGO_TARGET_DIR", &self.target)
+            .env("CARGO_BUILD_BUILD_DIR", crate::pinned::build_dir())
             .output()
             .with_context(|| format!("cannot run {command:?}"))?;
         let text = format!(

@@ -85,6 +85,16 @@ impl Default for VmTestArgs {
 }
 
 impl VmTestArgs {
+    /// Only the stock kernel (`STOCK_KERNEL`), with every attach path required: the guest of
+    /// `cargo xtask test`, whose kernel the book's first transcripts come from.
+    pub fn stock() -> Self {
+        Self {
+            kernel: Some(STOCK_KERNEL.to_string()),
+            expect: "kprobe,fentry,tracepoint,sockops".to_string(),
+            ..Self::default()
+        }
+    }
+
     /// The kernels to boot: the built-in list, or the one given with `--kernel`.
     fn kernels(&self) -> Vec<GuestKernel> {
         match &self.kernel {
