@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::pinned::{Toolchain, build_dir, run_cargo, share_build_dir, target_dir};
+use crate::pinned::{Toolchain, run_cargo, share_build_dir, target_dir};
 
 /// The variable each step's `build.rs` reads (see there).
 pub const OBJECTS_VARIABLE: &str = "LISTEN_TRACE_EBPF_OBJECTS";
@@ -22,9 +22,11 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the eBPF crates `packages` of the workspace at `tree` for a host of architecture `arch`
 /// (`x86_64` or `aarch64`: the eBPF side reads kprobe arguments from that architecture's registers),
-/// with `target_dir/ebpf/ARCH` as cargo's target folder, and this workspace's build folder for that
-/// architecture as cargo's build folder: the BPF target's `core` is compiled once for every tree.
-/// Returns the folder of the objects.
+/// with `target_dir/ebpf/ARCH` as cargo's target and build folder. Returns the folder of the objects.
+///
+/// Each tree keeps its own build folder here: every BPF unit, `core` included, is compiled with the
+/// tree's own linker path (`.cargo/config.toml` names `.tools/bin/bpf-linker` relative to the tree),
+/// so two trees sharing one folder would rebuild `core` each time they take turns.
 pub fn build(
     toolchain: &Toolchain,
     tree: &Path,
@@ -52,7 +54,7 @@ pub fn build(
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         )
         .env_remove(OBJECTS_VARIABLE);
-    share_build_dir(&mut command, &build_dir().join("ebpf").join(arch));
+    share_build_dir(&mut command, &ebpf_target);
     run_cargo(
         &format!(
             "build the eBPF programs for {arch} ({})",

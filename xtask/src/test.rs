@@ -188,14 +188,27 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         return phases.finish("cargo xtask test");
     }
 
-    // Every guest kernel (the stock one included), where kprobes and fentry work.
-    phases.run("kernel tests in every guest kernel", || {
-        vm::run(toolchain, &vm::VmTestArgs::default())
+    // Proof that the tests can fail: deliberate bugs, each caught by the tests named for it. The
+    // mutants of the kprobe and fentry code run in the stock guest's boot below, as extra cases.
+    let mutants = crate::mutants::MutantsArgs::default();
+    let mut guest_mutants = None;
+    phases.run("mutants: build the guest mutants' kernel tests", || {
+        guest_mutants = Some(crate::mutants::build_guest_mutants(toolchain, &mutants)?);
+        Ok(())
     });
-    // Proof that the tests can fail: deliberate bugs, each caught by the tests named for it.
+    // Every guest kernel (the stock one included), where kprobes and fentry work.
+    let mut stock_results = None;
+    phases.run("kernel tests in every guest kernel", || {
+        let extra = guest_mutants
+            .as_ref()
+            .map(crate::mutants::GuestMutants::cases)
+            .unwrap_or_default();
+        stock_results = Some(vm::run_with(toolchain, &vm::VmTestArgs::default(), &extra)?);
+        Ok(())
+    });
     if tests_pass {
         phases.run("mutants", || {
-            crate::mutants::run(toolchain, &crate::mutants::MutantsArgs::default())
+            crate::mutants::run_with_guest(toolchain, &mutants, guest_mutants.zip(stock_results))
         });
     } else {
         eprintln!("==> NOT RUN: the mutants, whose baseline is the tests that failed above");

@@ -18,6 +18,9 @@ pub(super) struct Mutant {
     pub(super) from: &'static str,
     pub(super) to: &'static str,
     pub(super) caught: Where,
+    /// The tests expected to catch it (as `cargo test` names them, module path included): they
+    /// must pass without the mutant and at least one must fail with it.
+    pub(super) tests: &'static [&'static str],
 }
 
 pub(super) const MUTANTS: [Mutant; 16] = [
@@ -28,6 +31,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: r#"info!(ctx, "Hello World!");"#,
         to: r#"info!(ctx, "Hello Worlb!");"#,
         caught: Where::Host,
+        tests: &["the_tracepoint_says_hello_for_every_listen"],
     },
     Mutant {
         name: "the kprobe on the wrong function (inet_release)",
@@ -36,6 +40,10 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "kprobe.attach(LISTEN_FUNCTION, 0)?;",
         to: r#"kprobe.attach("inet_release", 0)?;"#,
         caught: Where::Guest,
+        tests: &[
+            "an_explicit_kprobe_says_hello_or_names_the_missing_config",
+            "auto_attaches_the_first_path_this_kernel_accepts",
+        ],
     },
     Mutant {
         name: "the tracepoint's backlog read 4 bytes past sk_max_ack_backlog",
@@ -44,6 +52,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog)",
         to: "read_field::<u32>(sk, SOCK_OFFSETS.load().sk_max_ack_backlog + 4)",
         caught: Where::Host,
+        tests: &["the_backlog_is_exact_on_every_attach_path"],
     },
     Mutant {
         name: "the kprobe's backlog from the first argument (the socket)",
@@ -52,6 +61,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "ctx.arg::<u32>(1)",
         to: "ctx.arg::<u32>(0)",
         caught: Where::Guest,
+        tests: &["the_backlog_is_exact_on_every_attach_path"],
     },
     Mutant {
         name: "the port in network byte order",
@@ -60,6 +70,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "let port = port_from_network_order(sport);",
         to: "let port = sport;",
         caught: Where::Host,
+        tests: &["addresses_and_ports_are_exact_on_every_attach_path"],
     },
     Mutant {
         name: "the IPv4 address read one byte off",
@@ -68,6 +79,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "read_field(sk, offsets.skc_rcv_saddr)?",
         to: "read_field(sk, offsets.skc_rcv_saddr + 1)?",
         caught: Where::Host,
+        tests: &["addresses_and_ports_are_exact_on_every_attach_path"],
     },
     Mutant {
         name: "the netns inode read from the socket, not from its namespace",
@@ -76,6 +88,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "let netns: u32 = read_field(net, offsets.net_ns_inum)?;",
         to: "let netns: u32 = read_field(sk, offsets.net_ns_inum)?;",
         caught: Where::Host,
+        tests: &["rows_carry_the_exact_values_on_every_attach_path"],
     },
     Mutant {
         name: "the IPv6 branch dropped",
@@ -84,6 +97,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "let addr: [u8; 16] = if family == AF_INET6 {",
         to: "let addr: [u8; 16] = if family == AF_INET6 && false {",
         caught: Where::Host,
+        tests: &["rows_carry_the_exact_values_on_every_attach_path"],
     },
     Mutant {
         name: "the IPv4 address printed with its bytes reversed",
@@ -92,6 +106,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "Ipv4Addr::new(a, b, c, d)",
         to: "Ipv4Addr::new(d, c, b, a)",
         caught: Where::Host,
+        tests: &["rows_carry_the_exact_values_on_every_attach_path"],
     },
     Mutant {
         name: "a lost event not counted",
@@ -100,6 +115,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "count(COUNTER_DROPPED);",
         to: "let _ = COUNTER_DROPPED;",
         caught: Where::Host,
+        tests: &["a_storm_of_listens_is_counted_exactly_with_a_small_buffer"],
     },
     Mutant {
         name: "the syscall path's backlog not capped to somaxconn",
@@ -108,6 +124,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "let backlog = if backlog > somaxconn {",
         to: "let backlog = if backlog > somaxconn && somaxconn == 0 {",
         caught: Where::Host,
+        tests: &["every_call_is_reported_once_with_its_protocol_port_and_result"],
     },
     Mutant {
         name: "the syscall path's result dropped (always 0)",
@@ -116,6 +133,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "report_syscall(&ctx, sock, call.backlog, result as i32)",
         to: "report_syscall(&ctx, sock, call.backlog, 0)",
         caught: Where::Host,
+        tests: &["every_call_is_reported_once_with_its_protocol_port_and_result"],
     },
     Mutant {
         name: "the exit side on the wrong tracepoint (sys_exit_bind)",
@@ -124,6 +142,10 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: r#"("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),"#,
         to: r#"("listen_sys_exit", Hook::Syscall("sys_exit_bind")),"#,
         caught: Where::Host,
+        tests: &[
+            "events_carry_the_exact_values_on_every_attach_path",
+            "every_call_is_reported_once_with_its_protocol_port_and_result",
+        ],
     },
     Mutant {
         name: "the fexit program's backlog and result swapped",
@@ -132,6 +154,10 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));",
         to: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(1));",
         caught: Where::Guest,
+        tests: &[
+            "events_carry_the_exact_values_on_every_attach_path",
+            "every_call_is_reported_once_with_its_protocol_port_and_result",
+        ],
     },
     Mutant {
         name: "the sockops path's failed start reported as a success",
@@ -140,6 +166,7 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "let result = Some(-EADDRINUSE);",
         to: "let result = Some(0);",
         caught: Where::Host,
+        tests: &["every_call_is_reported_once_with_its_protocol_port_and_result"],
     },
     Mutant {
         name: "the sockops path's thread taken for its process",
@@ -148,5 +175,6 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         from: "tid: read_field(task, offsets.task_pid)?,",
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,
+        tests: &["events_carry_the_exact_values_on_every_attach_path"],
     },
 ];

@@ -66,6 +66,7 @@ pub(super) fn build_initramfs(
     build: GuestBuild,
     tests: &[KernelTests],
     exercise_5: bool,
+    extra: &[&ExtraCases],
     dir: &Path,
     vm_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -118,6 +119,18 @@ pub(super) fn build_initramfs(
         )?;
         fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
         writeln!(cases, "exercise-5 /exercise-5-check solution")?;
+    }
+    for extra in extra {
+        for (binary, inside) in &extra.binaries {
+            copy(binary, Some(inside))?;
+        }
+        let runner = staging.join(extra.runner.strip_prefix("/").unwrap_or(&extra.runner));
+        fs::create_dir_all(runner.parent().expect("the runner is in a folder"))?;
+        fs::write(&runner, &extra.runner_script)?;
+        fs::set_permissions(&runner, fs::Permissions::from_mode(0o755))?;
+        for case in &extra.cases {
+            writeln!(cases, "{} {} {case}", extra.label, extra.runner.display())?;
+        }
     }
     fs::write(staging.join("cases"), cases)?;
     let init = staging.join("init");

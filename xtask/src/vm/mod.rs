@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use cargo_metadata::{Artifact, Message, TargetKind};
 
 mod initramfs;
@@ -46,7 +46,8 @@ pub struct VmTestArgs {
     /// How qemu runs the guests
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
-    /// Run only the tests whose `step::test` name contains this text
+    /// Run only the tests whose `step::test` name contains this text (or one of these texts,
+    /// separated by commas)
     #[arg(long)]
     pub filter: Option<String>,
     /// Test in this Debian kernel package instead of the built-in list (for example a room's
@@ -119,7 +120,39 @@ struct KernelTests {
     cases: Vec<String>,
 }
 
+/// Cases from outside this workspace's own test binaries (the mutants' kernel tests), run in the
+/// stock kernel's guest in the same boot as its own cases. `binaries` are copied into the guest
+/// with their libraries (host path, guest path), `runner_script` is written at `runner`, and each
+/// case runs `runner CASE` there as a test binary's case runs.
+#[derive(Debug)]
+pub struct ExtraCases {
+    /// One word, unique among the extra cases (`mutant-3`): results are named `LABEL::CASE`.
+    pub label: String,
+    pub binaries: Vec<(PathBuf, PathBuf)>,
+    pub runner: PathBuf,
+    pub runner_script: String,
+    pub cases: Vec<String>,
+}
+
+/// What the stock kernel's guest found: every case of its own (`step::test`, passed) and the
+/// extra cases' (`LABEL::CASE`, passed), kept apart.
+#[derive(Debug, Default)]
+pub struct StockResults {
+    pub own: Vec<(String, bool)>,
+    pub extra: Vec<(String, bool)>,
+}
+
 pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
+    run_with(toolchain, args, &[]).map(drop)
+}
+
+/// `run`, with `extra` cases in the stock kernel's guest (which must be among the kernels); returns
+/// what the stock guest found. Only the workspace's own cases decide whether the run passed.
+pub fn run_with(
+    toolchain: &Toolchain,
+    args: &VmTestArgs,
+    extra: &[&ExtraCases],
+) -> anyhow::Result<StockResults> {
     let started = Instant::now();
     let host = Arch::of_host(std::env::consts::ARCH).with_context(|| {
         format!(
@@ -161,7 +194,12 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
     if exercise_5 {
         crate::check::build(toolchain, 5, crate::check::Attempt::Solution)?;
     }
+    ensure!(
+        extra.is_empty() || kernels.iter().any(|kernel| kernel.package == STOCK_KERNEL),
+        "the extra cases run in the stock kernel {STOCK_KERNEL}, which this run does not boot"
+    );
     let vm_dir = target_dir().join("vm");
+    let mut stock = StockResults::default();
     let mut failures = Vec::new();
     let mut out_of_date = Vec::new();
     let mut matrix = Vec::new();
@@ -178,17 +216,40 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
             Arch::Arm64 => Accel::Tcg,
         };
-        let with_exercise_5 = exercise_5 && kernel.package == STOCK_KERNEL;
+        let is_stock = kernel.package == STOCK_KERNEL;
+        let with_exercise_5 = exercise_5 && is_stock;
+        let extra_here = if is_stock { extra } else { &[] };
         let initramfs = build_initramfs(
             kernel,
             build,
             tests,
             with_exercise_5,
+            extra_here,
             &vm_dir.join(kernel.package),
             &vm_dir,
         )?;
-        let kernel_cases = case_count + usize::from(with_exercise_5);
-        let (results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, kernel_cases)?;
+        let extra_count: usize = extra_here.iter().map(|extra| extra.cases.len()).sum();
+        let kernel_cases = case_count + usize::from(with_exercise_5) + extra_count;
+        let (mut results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, kernel_cases)?;
+        let is_extra = |result: &CaseResult| {
+            extra_here
+                .iter()
+                .any(|extra| result.name.starts_with(&format!("{}::", extra.label)))
+        };
+        let (extra_results, own): (Vec<CaseResult>, Vec<CaseResult>) =
+            results.drain(..).partition(is_extra);
+        let results = own;
+        let kernel_cases = kernel_cases - extra_count;
+        if is_stock {
+            stock.own = results
+                .iter()
+                .map(|result| (result.name.clone(), result.passed))
+                .collect();
+            stock.extra = extra_results
+                .iter()
+                .map(|result| (result.name.clone(), result.passed))
+                .collect();
+        }
         total += kernel_cases;
         eprintln!(
             "    {}: {} of {kernel_cases} cases passed, {:.1} s with the download and the initramfs",
@@ -212,11 +273,19 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s",
+        "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s{}",
         total - failures.len(),
         failures.len(),
         kernels.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if stock.extra.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (and {} extra case(s) in {STOCK_KERNEL}, judged by their caller)",
+                stock.extra.len()
+            )
+        }
     );
     if !failures.is_empty() {
         bail!("vm-test failed: {}", failures.join(", "));
@@ -246,7 +315,7 @@ pub fn run(toolchain: &Toolchain, args: &VmTestArgs) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(stock)
 }
 
 /// `setup --arm64`: what the arm64 guests need on this machine, ahead of their first `vm-test`.
@@ -438,7 +507,8 @@ fn build_kernel_tests(
             .lines()
             .filter_map(|line| line.strip_suffix(": test"))
             .filter(|name| {
-                filter.is_none_or(|filter| format!("{}::{name}", test.step).contains(filter))
+                let full = format!("{}::{name}", test.step);
+                filter.is_none_or(|filter| filter.split(',').any(|text| full.contains(text)))
             })
             .map(String::from)
             .collect();
