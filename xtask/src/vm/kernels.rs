@@ -71,6 +71,12 @@ pub(super) const ARM64_LINKER: &str = "aarch64-linux-gnu-gcc";
 /// installed on the host), and the attach paths it must accept.
 #[derive(Debug, Clone)]
 pub struct GuestKernel {
+    /// The series: a package name with `*` where the version goes. Each run takes the newest
+    /// package of the series that the suite's index offers now, so that a point release, which
+    /// removes the package before it, never leaves the guest without a kernel.
+    pub series: &'static str,
+    /// The package this run boots: the series' newest once `resolve` has asked the index (or the
+    /// exact package given with `--kernel`).
     pub package: &'static str,
     pub about: &'static str,
     /// Every path listed here must attach in this kernel; the tests read the list from
@@ -87,28 +93,32 @@ pub struct GuestKernel {
 /// The kernels `vm-test` boots. Adding a kernel is one entry.
 pub const GUEST_KERNELS: &[GuestKernel] = &[
     GuestKernel {
-        package: "linux-image-5.10.0-32-cloud-amd64",
+        series: "linux-image-5.10.0-*-cloud-amd64",
+        package: "linux-image-5.10.0-*-cloud-amd64",
         about: "Debian 11 (bullseye) cloud kernel: before 5.11, BPF maps count against RLIMIT_MEMLOCK; no MPTCP",
         attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bullseye",
         arch: Arch::X86_64,
     },
     GuestKernel {
-        package: "linux-image-6.1.0-56-cloud-amd64",
+        series: "linux-image-6.1.0-*-cloud-amd64",
+        package: "linux-image-6.1.0-*-cloud-amd64",
         about: "Debian 12 (bookworm) stock cloud kernel",
         attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
-        package: "linux-image-6.12.117+deb12-cloud-amd64",
+        series: "linux-image-6.12.*+deb12-cloud-amd64",
+        package: "linux-image-6.12.*+deb12-cloud-amd64",
         about: "Debian 12's newer 6.12 cloud kernel (other struct layouts)",
         attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
         arch: Arch::X86_64,
     },
     GuestKernel {
-        package: "linux-image-6.12.117+deb12-cloud-arm64",
+        series: "linux-image-6.12.*+deb12-cloud-arm64",
+        package: "linux-image-6.12.*+deb12-cloud-arm64",
         about: "Debian 12's 6.12 cloud kernel for arm64 (another pt_regs layout for kprobe arguments)",
         attach_paths: "kprobe,fentry,tracepoint,sockops",
         suite: "bookworm",
@@ -120,8 +130,83 @@ pub const GUEST_KERNELS: &[GuestKernel] = &[
 /// The Debian suite of `--kernel` packages, and of the guests' busybox.
 pub const DEFAULT_SUITE: &str = "bookworm";
 
-/// The stock distribution kernel whose guest records the book's first transcripts (kprobes work).
-pub const STOCK_KERNEL: &str = "linux-image-6.1.0-56-cloud-amd64";
+/// The stock distribution kernel whose guest records the book's first transcripts (kprobes work):
+/// Debian 12's 6.1 cloud kernel, the newest of its series.
+pub const STOCK_KERNEL: &str = "linux-image-6.1.0-*-cloud-amd64";
+
+/// The newest package of `series` (a name with one `*` where the version goes) among `names`:
+/// the `*` must stand for digits, dots and dashes only (so `-dbg` and `-unsigned` packages are not
+/// taken), and versions compare as numbers (`6.12.118` after `6.12.99`).
+pub(super) fn newest_in_series<'a>(
+    series: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let (prefix, suffix) = series.split_once('*')?;
+    let version = |name: &'a str| -> Option<Vec<u64>> {
+        let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        if middle.is_empty()
+            || !middle
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+        {
+            return None;
+        }
+        middle
+            .split(['.', '-'])
+            .map(|number| number.parse().ok())
+            .collect()
+    };
+    names
+        .into_iter()
+        .filter_map(|name| Some((version(name)?, name)))
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// Sets `kernel.package` to the newest package of its series that the suite's index offers now
+/// (the index is refreshed when it is older than a day). A kernel given by its exact package name
+/// stays as it is.
+pub(super) fn resolve(kernel: &mut GuestKernel, vm_dir: &Path) -> anyhow::Result<()> {
+    if !kernel.series.contains('*') {
+        kernel.package = kernel.series;
+        return Ok(());
+    }
+    if which::which("apt-get").is_err() || which::which("apt-cache").is_err() {
+        bail!(
+            "vm-test reads Debian's package index with apt-get and apt-cache, which this machine lacks"
+        );
+    }
+    let apt = AptSources::for_guest(kernel.suite, kernel.arch, vm_dir)?;
+    apt.refresh_if_older_than(std::time::Duration::from_secs(24 * 3600))?;
+    let names = apt.package_names("linux-image-")?;
+    // Newest first: the index may name a package it no longer has a version of.
+    let mut candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+    while let Some(newest) = newest_in_series(kernel.series, candidates.iter().copied()) {
+        if apt.has_version(newest)? {
+            kernel.package = newest.to_string().leak();
+            return Ok(());
+        }
+        candidates.retain(|name| *name != newest);
+    }
+    let near: Vec<&String> = names
+        .iter()
+        .filter(|name| name.contains("cloud") && name.ends_with(kernel.arch.debian()))
+        .collect();
+    bail!(
+        "Debian {} ({}) offers no package of the series {}; its index holds: {}",
+        kernel.suite,
+        kernel.arch.debian(),
+        kernel.series,
+        if near.is_empty() {
+            "no cloud kernel".to_string()
+        } else {
+            near.iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    )
+}
 
 /// The kernels this machine can run (`.0`) and the ones it skips (`.1`), in the order given.
 pub(super) fn kernels_for_host(
@@ -165,6 +250,7 @@ pub(super) fn fetch_kernel(kernel: &GuestKernel, vm_dir: &Path) -> anyhow::Resul
 /// same packages come on any host.
 pub(super) struct AptSources {
     options: Vec<String>,
+    dir: PathBuf,
 }
 
 impl AptSources {
@@ -193,7 +279,48 @@ impl AptSources {
         options.extend(option("Dir::Cache::Archives", &path(dir.join("archives"))));
         options.extend(option("APT::Architecture", arch.debian()));
         options.extend(option("APT::Architectures", arch.debian()));
-        Ok(Self { options })
+        // No binary caches: apt-cache would otherwise write them over the host's own.
+        options.extend(option("Dir::Cache::pkgcache", ""));
+        options.extend(option("Dir::Cache::srcpkgcache", ""));
+        Ok(Self { options, dir })
+    }
+
+    /// `apt-get update` of these lists when they were last updated longer than `age` ago (or
+    /// never).
+    pub(super) fn refresh_if_older_than(&self, age: std::time::Duration) -> anyhow::Result<()> {
+        let stamp = self.dir.join("updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|updated| updated.elapsed().is_ok_and(|elapsed| elapsed < age));
+        if fresh {
+            return Ok(());
+        }
+        run_step(
+            &format!("apt-get update ({})", self.dir.display()),
+            Command::new("apt-get").arg("update").args(&self.options),
+        )?;
+        fs::write(&stamp, "")?;
+        Ok(())
+    }
+
+    /// The names of the packages in the index that start with `prefix`.
+    pub(super) fn package_names(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let listed = crate::pinned::output_of(
+            Command::new("apt-cache")
+                .args(&self.options)
+                .args(["pkgnames", prefix]),
+        )?;
+        Ok(listed.lines().map(String::from).collect())
+    }
+
+    /// Whether the index has a version of `package` to download (it may only be named by another).
+    pub(super) fn has_version(&self, package: &str) -> anyhow::Result<bool> {
+        let shown = Command::new("apt-cache")
+            .args(&self.options)
+            .args(["show", "--no-all-versions", package])
+            .output()
+            .context("cannot run apt-cache")?;
+        Ok(shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains("Version: "))
     }
 
     /// Downloads `package` into `dir` (refreshing the lists once if the first try fails), unpacks
@@ -293,10 +420,52 @@ mod tests {
         assert!(skipped.is_empty());
     }
 
+    /// Package names from Debian's index (bookworm and bookworm-security, amd64, 7 December 2026).
+    const RECORDED_INDEX: &str = include_str!("testdata/bookworm-amd64-linux-images.txt");
+
+    #[test]
+    fn the_newest_package_of_each_series_is_chosen() {
+        let names = || RECORDED_INDEX.lines();
+        assert_eq!(
+            newest_in_series("linux-image-6.1.0-*-cloud-amd64", names()),
+            Some("linux-image-6.1.0-57-cloud-amd64")
+        );
+        assert_eq!(
+            newest_in_series("linux-image-6.12.*+deb12-cloud-amd64", names()),
+            Some("linux-image-6.12.118+deb12-cloud-amd64")
+        );
+        assert_eq!(
+            newest_in_series(
+                "linux-image-6.12.*+deb12-cloud-amd64",
+                [
+                    "linux-image-6.12.99+deb12-cloud-amd64",
+                    "linux-image-6.12.118+deb12-cloud-amd64"
+                ]
+            ),
+            Some("linux-image-6.12.118+deb12-cloud-amd64"),
+            "versions compare as numbers"
+        );
+        // Neither -dbg nor -unsigned, nor the meta-package without a version.
+        assert!(names().any(|name| name == "linux-image-6.1.0-57-cloud-amd64-dbg"));
+        assert_eq!(
+            newest_in_series(
+                "linux-image-6.12.*-cloud-amd64",
+                ["linux-image-6.12-cloud-amd64"]
+            ),
+            None
+        );
+        assert_eq!(
+            newest_in_series("linux-image-7.0.*-cloud-amd64", names()),
+            None,
+            "a series the index does not have"
+        );
+    }
+
     #[test]
     fn every_guest_kernel_names_its_attach_paths() {
         for kernel in GUEST_KERNELS {
-            assert!(kernel.package.starts_with("linux-image-"));
+            assert!(kernel.series.starts_with("linux-image-") && kernel.series.contains('*'));
+            assert_eq!(kernel.package, kernel.series, "resolved at run time");
             for path in kernel.attach_paths.split(',') {
                 assert!(
                     ["kprobe", "fentry", "tracepoint", "sockops"].contains(&path),

@@ -23,7 +23,7 @@ mod results;
 
 use initramfs::{build_initramfs, copy_into, pack_initramfs};
 use kernels::{
-    ARM64_LINKER, ARM64_TARGET, GuestBuild, fetch_kernel, guest_busybox, kernels_for_host,
+    ARM64_LINKER, ARM64_TARGET, GuestBuild, fetch_kernel, guest_busybox, kernels_for_host, resolve,
 };
 pub use kernels::{Arch, DEFAULT_SUITE, GUEST_KERNELS, GuestKernel, STOCK_KERNEL};
 pub use qemu::Accel;
@@ -51,7 +51,8 @@ pub struct VmTestArgs {
     #[arg(long)]
     pub filter: Option<String>,
     /// Test in this Debian kernel package instead of the built-in list (for example a room's
-    /// kernel: `--kernel linux-image-6.12.117+deb12-amd64`)
+    /// kernel: `--kernel linux-image-6.12.117+deb12-amd64`); a `*` where the version goes takes
+    /// the newest of that series (`--kernel 'linux-image-6.12.*+deb12-amd64'`)
     #[arg(long, value_name = "PACKAGE")]
     pub kernel: Option<String>,
     /// With --kernel: the attach paths that kernel must accept (comma-separated); by default none
@@ -102,6 +103,7 @@ impl VmTestArgs {
             None => GUEST_KERNELS.to_vec(),
             // Lives as long as the program does, like the built-in entries.
             Some(package) => vec![GuestKernel {
+                series: package.clone().leak(),
                 package: package.clone().leak(),
                 about: "given with --kernel",
                 attach_paths: self.expect.clone().leak(),
@@ -160,7 +162,17 @@ pub fn run_with(
             std::env::consts::ARCH
         )
     })?;
-    let (kernels, skipped) = kernels_for_host(host, args.kernels());
+    let (mut kernels, skipped) = kernels_for_host(host, args.kernels());
+    let vm_dir = target_dir().join("vm");
+    for kernel in &mut kernels {
+        resolve(kernel, &vm_dir)?;
+        if kernel.package != kernel.series {
+            eprintln!(
+                "    vm-test: {} is the newest of {} in Debian {}",
+                kernel.package, kernel.series, kernel.suite
+            );
+        }
+    }
     for kernel in &skipped {
         eprintln!(
             "    vm-test: skipping {} ({}): x86-64 guests run on an x86-64 machine only; this arm64 \
@@ -190,33 +202,33 @@ pub fn run_with(
     // Exercise 5's reference solution is checked in the stock kernel too, where the kprobes work
     // (here it is checked on this machine's path): in a run of every case.
     let exercise_5 =
-        args.filter.is_none() && kernels.iter().any(|kernel| kernel.package == STOCK_KERNEL);
+        args.filter.is_none() && kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL);
     if exercise_5 {
         crate::check::build(toolchain, 5, crate::check::Attempt::Solution)?;
     }
     ensure!(
-        extra.is_empty() || kernels.iter().any(|kernel| kernel.package == STOCK_KERNEL),
+        extra.is_empty() || kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL),
         "the extra cases run in the stock kernel {STOCK_KERNEL}, which this run does not boot"
     );
-    let vm_dir = target_dir().join("vm");
     let mut stock = StockResults::default();
     let mut failures = Vec::new();
     let mut out_of_date = Vec::new();
     let mut matrix = Vec::new();
     let mut total = 0;
+    // Each guest's kernel and initramfs, one after the other (downloads, packing).
+    let mut prepared = Vec::new();
     for kernel in &kernels {
         let build = GuestBuild::for_guest(host, kernel.arch);
         let tests = match build {
             GuestBuild::CrossArm64 => cross_tests.as_ref().expect("built above"),
             _ => &host_tests,
         };
-        let kernel_started = Instant::now();
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
         let accel = match kernel.arch {
             Arch::X86_64 => choose_accel(args.accel, &vmlinuz, &vm_dir)?,
             Arch::Arm64 => Accel::Tcg,
         };
-        let is_stock = kernel.package == STOCK_KERNEL;
+        let is_stock = kernel.series == STOCK_KERNEL;
         let with_exercise_5 = exercise_5 && is_stock;
         let extra_here = if is_stock { extra } else { &[] };
         let initramfs = build_initramfs(
@@ -229,18 +241,38 @@ pub fn run_with(
             &vm_dir,
         )?;
         let extra_count: usize = extra_here.iter().map(|extra| extra.cases.len()).sum();
-        let kernel_cases = case_count + usize::from(with_exercise_5) + extra_count;
-        let (mut results, run) = boot_and_run(kernel, &vmlinuz, &initramfs, accel, kernel_cases)?;
+        prepared.push(PreparedGuest {
+            kernel,
+            vmlinuz,
+            initramfs,
+            accel,
+            is_stock,
+            extra: extra_here,
+            own_cases: case_count + usize::from(with_exercise_5),
+            extra_count,
+        });
+    }
+    // The boots, as many at once as this machine has cores (each guest has one emulated CPU).
+    let booted = boot_all(&prepared);
+    for (guest, booted) in prepared.iter().zip(booted) {
+        let kernel = guest.kernel;
+        let (mut results, run) = match booted {
+            Ok(booted) => booted,
+            Err(error) => {
+                failures.push(format!("{} ({error:#})", kernel.package));
+                continue;
+            }
+        };
         let is_extra = |result: &CaseResult| {
-            extra_here
+            guest
+                .extra
                 .iter()
                 .any(|extra| result.name.starts_with(&format!("{}::", extra.label)))
         };
         let (extra_results, own): (Vec<CaseResult>, Vec<CaseResult>) =
             results.drain(..).partition(is_extra);
         let results = own;
-        let kernel_cases = kernel_cases - extra_count;
-        if is_stock {
+        if guest.is_stock {
             stock.own = results
                 .iter()
                 .map(|result| (result.name.clone(), result.passed))
@@ -250,14 +282,14 @@ pub fn run_with(
                 .map(|result| (result.name.clone(), result.passed))
                 .collect();
         }
-        total += kernel_cases;
+        total += guest.own_cases;
         eprintln!(
-            "    {}: {} of {kernel_cases} cases passed, {:.1} s with the download and the initramfs",
+            "    {}: {} of {} cases passed",
             kernel.package,
             results.iter().filter(|result| result.passed).count(),
-            kernel_started.elapsed().as_secs_f64()
+            guest.own_cases
         );
-        if kernel.package == STOCK_KERNEL {
+        if guest.is_stock {
             if args.write {
                 write_stock_transcripts(&results)?;
             } else {
@@ -316,6 +348,63 @@ pub fn run_with(
         }
     }
     Ok(stock)
+}
+
+/// A guest ready to boot: its kernel, its initramfs, and what it will run.
+struct PreparedGuest<'a> {
+    kernel: &'a GuestKernel,
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+    accel: Accel,
+    is_stock: bool,
+    extra: &'a [&'a ExtraCases],
+    /// The workspace's cases (with exercise 5's check in the stock guest).
+    own_cases: usize,
+    extra_count: usize,
+}
+
+/// Boots every guest, as many at once as this machine has cores, the emulated arm64 ones first
+/// (they take longest); returns each guest's results in the order given.
+fn boot_all(guests: &[PreparedGuest]) -> Vec<anyhow::Result<(Vec<CaseResult>, GuestRun)>> {
+    let mut order: Vec<usize> = (0..guests.len()).collect();
+    order.sort_by_key(|&index| guests[index].kernel.arch != Arch::Arm64);
+    let at_once = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(guests.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<anyhow::Result<_>>>> =
+        guests.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..at_once {
+            scope.spawn(|| {
+                loop {
+                    let taken = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&index) = order.get(taken) else {
+                        break;
+                    };
+                    let guest = &guests[index];
+                    let booted = boot_and_run(
+                        guest.kernel,
+                        &guest.vmlinuz,
+                        &guest.initramfs,
+                        guest.accel,
+                        guest.own_cases + guest.extra_count,
+                    );
+                    *results[index].lock().expect("no thread panics holding it") = Some(booted);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|result| {
+            result
+                .into_inner()
+                .expect("no thread panicked holding it")
+                .expect("every guest was booted")
+        })
+        .collect()
 }
 
 /// `setup --arm64`: what the arm64 guests need on this machine, ahead of their first `vm-test`.
@@ -421,17 +510,24 @@ fn build_kernel_tests(
     let mut args = vec![
         "test",
         "--release",
-        "--workspace",
         "--no-run",
         "--message-format=json-render-diagnostics",
     ];
     let target = cross.then_some(ARM64_TARGET);
-    if let Some(target) = target {
-        args.extend(["--target", target]);
-    }
     let ebpf_crates = crate::lessons::ebpf_crates()?;
-    for ebpf in &ebpf_crates {
-        args.extend(["--exclude", ebpf.as_str()]);
+    let lessons = crate::lessons::present()?;
+    if let Some(target) = target {
+        // Only what the guests run: each lesson's kernel tests (and its step binary with them).
+        args.extend(["--target", target, "--test", "kernel"]);
+        for lesson in &lessons {
+            args.extend(["--package", lesson.package]);
+        }
+    } else {
+        // As `cargo test` built the workspace, so that nothing is compiled again.
+        args.push("--workspace");
+        for ebpf in &ebpf_crates {
+            args.extend(["--exclude", ebpf.as_str()]);
+        }
     }
     eprintln!(
         "==> vm-test: build the kernel tests{}",

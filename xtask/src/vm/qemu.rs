@@ -223,6 +223,16 @@ pub(super) fn boot_and_run(
         );
     };
     let results = parse_results(&output);
+    // Guests boot side by side: one guest's report at a time.
+    static REPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _reporting = REPORTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    eprintln!(
+        "==> vm-test: {} ran {} cases:",
+        kernel.package,
+        results.len()
+    );
     for result in &results {
         let verdict = if result.passed { "ok  " } else { "FAIL" };
         eprintln!("      {verdict} {:>6.1} s  {}", result.seconds, result.name);

@@ -46,16 +46,19 @@ pub(super) fn compare_stock_transcripts(results: &[CaseResult]) -> anyhow::Resul
     Ok(out_of_date)
 }
 
-/// The cells of the kernels table that a run decides (package, paths, MPTCP, cases), without the
-/// date and the seconds, which change every run.
+/// The cells of the kernels table that a run decides (CPU, paths, MPTCP, cases), without the date,
+/// the seconds and the exact package and release, which change from run to run.
 pub(super) fn outcomes(page: &str) -> Vec<Vec<String>> {
     page.lines()
         .filter(|line| line.starts_with("| `"))
         .map(|line| {
+            // Neither the times nor the exact package and release (each run takes its series'
+            // newest): the rows stay in the order of `GUEST_KERNELS`.
             line.split('|')
                 .map(str::trim)
-                .filter(|cell| !cell.ends_with(" s"))
-                .map(String::from)
+                .enumerate()
+                .filter(|(column, cell)| ![1, 3].contains(column) && !cell.ends_with(" s"))
+                .map(|(_, cell)| String::from(cell))
                 .collect()
         })
         .collect()
@@ -154,4 +157,38 @@ pub(super) fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
         )?;
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_package_of_the_same_series_is_not_a_new_outcome() {
+        let row = |package: &str, release: &str, fentry: &str, seconds: &str| {
+            format!(
+                "| `{package}` | amd64 | {release} | attached | {fentry} | attached | attached | yes | 38 of 38 passed | 2.3 s | {seconds} s |"
+            )
+        };
+        let before = row(
+            "linux-image-6.1.0-56-cloud-amd64",
+            "6.1.0-56-cloud-amd64",
+            "attached",
+            "129.5",
+        );
+        let after = row(
+            "linux-image-6.1.0-57-cloud-amd64",
+            "6.1.0-57-cloud-amd64",
+            "attached",
+            "151.2",
+        );
+        assert_eq!(outcomes(&before), outcomes(&after));
+        let refused = row(
+            "linux-image-6.1.0-57-cloud-amd64",
+            "6.1.0-57-cloud-amd64",
+            "refused",
+            "151.2",
+        );
+        assert_ne!(outcomes(&before), outcomes(&refused));
+    }
 }
