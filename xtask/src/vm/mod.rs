@@ -97,6 +97,25 @@ impl VmTestArgs {
         }
     }
 
+    /// The guest of `cargo xtask test`: the stock kernel, or on an arm64 machine (which boots no
+    /// x86-64 guest) the first arm64 kernel of `GUEST_KERNELS`.
+    pub fn default_level() -> Self {
+        match GUEST_KERNELS
+            .iter()
+            .find(|kernel| kernel.arch == Arch::Arm64)
+            .filter(|_| Arch::of_host(std::env::consts::ARCH) == Some(Arch::Arm64))
+        {
+            Some(arm64) => Self {
+                kernel: Some(arm64.series.to_string()),
+                expect: arm64.attach_paths.to_string(),
+                suite: arm64.suite.to_string(),
+                arch: Arch::Arm64,
+                ..Self::default()
+            },
+            None => Self::stock(),
+        }
+    }
+
     /// The kernels to boot: the built-in list, or the one given with `--kernel`.
     fn kernels(&self) -> Vec<GuestKernel> {
         match &self.kernel {
