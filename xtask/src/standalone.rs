@@ -73,12 +73,26 @@ pub fn check(lessons: &[&Lesson]) -> anyhow::Result<()> {
         } else {
             (copy_lesson(lesson, &base)?, "copied out")
         };
-        // The dependencies compiled once for all the copies (and kept for the next run).
+        // The dependencies compiled once for all the copies (and kept for the next run). Each
+        // copy's build.rs builds its kernel side with a cargo of its own (aya-build), which takes
+        // its build folder from the environment: one folder for those inner builds, so that the
+        // BPF target's `core` is compiled once, not once per copy. The outer build keeps its
+        // own, named on its command line (which comes before the environment), since it holds
+        // that folder's lock while the build scripts run.
         let target = target_dir().join("standalone");
         let mut build = plain_cargo(&folder);
         build
             .arg("build")
+            .arg("--config")
+            .arg(format!(
+                "build.build-dir={:?}",
+                target.display().to_string()
+            ))
             .env("CARGO_TARGET_DIR", &target)
+            .env(
+                "CARGO_BUILD_BUILD_DIR",
+                target_dir().join("standalone-ebpf"),
+            )
             .env("PATH", path_with(&bpf_linker_folder()?));
         run_cargo(
             &format!(

@@ -252,6 +252,8 @@ pub fn run_with_guest(
                 (built, results)
             }
         };
+        // The guest's cases ran in one boot: each mutant's share of it (none when that boot was
+        // the guest's own run, before this phase).
         let seconds = guest_started.elapsed().as_secs_f64() / built.built.len().max(1) as f64;
         for (mutant, cases) in &built.built {
             let package = lessons::find(mutant.lesson)?.package;
@@ -287,7 +289,7 @@ pub fn run_with_guest(
     outcomes.sort_by_key(|outcome| {
         MUTANTS
             .iter()
-            .position(|mutant| std::ptr::eq(mutant, outcome.mutant))
+            .position(|mutant| mutant.name == outcome.mutant.name)
     });
 
     let mut solutions = Vec::new();

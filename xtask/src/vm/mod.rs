@@ -41,7 +41,7 @@ use crate::{
 /// The lessons' tests that record the book's transcripts (`support::transcripts`).
 pub const TRANSCRIPT_TESTS: &str = "the_books_transcript_is_recorded";
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
     /// How qemu runs the guests
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
@@ -174,6 +174,25 @@ pub fn run_with(
     args: &VmTestArgs,
     extra: &[&ExtraCases],
 ) -> anyhow::Result<StockResults> {
+    prepare(toolchain, args, extra)?.boot()
+}
+
+/// A run whose builds are done and whose guests' kernels and initramfs are ready: what is left is
+/// to boot them (`boot`), which touches nothing that other builds use, so it can go on alongside
+/// them.
+pub struct PreparedRun {
+    args: VmTestArgs,
+    started: Instant,
+    guests: Vec<PreparedGuest>,
+    all_kernels: bool,
+}
+
+/// Everything `run_with` does before the boots: the builds, the downloads, the initramfs.
+pub fn prepare(
+    toolchain: &Toolchain,
+    args: &VmTestArgs,
+    extra: &[&ExtraCases],
+) -> anyhow::Result<PreparedRun> {
     let started = Instant::now();
     let host = Arch::of_host(std::env::consts::ARCH).with_context(|| {
         format!(
@@ -229,11 +248,6 @@ pub fn run_with(
         extra.is_empty() || kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL),
         "the extra cases run in the stock kernel {STOCK_KERNEL}, which this run does not boot"
     );
-    let mut stock = StockResults::default();
-    let mut failures = Vec::new();
-    let mut out_of_date = Vec::new();
-    let mut matrix = Vec::new();
-    let mut total = 0;
     // Each guest's kernel and initramfs, one after the other (downloads, packing).
     let mut prepared = Vec::new();
     for kernel in &kernels {
@@ -261,122 +275,146 @@ pub fn run_with(
         )?;
         let extra_count: usize = extra_here.iter().map(|extra| extra.cases.len()).sum();
         prepared.push(PreparedGuest {
-            kernel,
+            kernel: kernel.clone(),
             vmlinuz,
             initramfs,
             accel,
             is_stock,
-            extra: extra_here,
+            extra_labels: extra_here.iter().map(|extra| extra.label.clone()).collect(),
             own_cases: case_count + usize::from(with_exercise_5),
             extra_count,
         });
     }
-    // The boots, as many at once as this machine has cores (each guest has one emulated CPU).
-    let booted = boot_all(&prepared);
-    for (guest, booted) in prepared.iter().zip(booted) {
-        let kernel = guest.kernel;
-        let (mut results, run) = match booted {
-            Ok(booted) => booted,
-            Err(error) => {
-                failures.push(format!("{} ({error:#})", kernel.package));
-                continue;
+    Ok(PreparedRun {
+        args: args.clone(),
+        started,
+        guests: prepared,
+        all_kernels: skipped.is_empty(),
+    })
+}
+
+impl PreparedRun {
+    /// Boots the guests, as many at once as this machine has cores (each guest has one emulated
+    /// CPU), and judges their cases; returns what the stock guest found.
+    pub fn boot(self) -> anyhow::Result<StockResults> {
+        let Self {
+            args,
+            started,
+            guests: prepared,
+            all_kernels,
+        } = self;
+        let mut stock = StockResults::default();
+        let mut failures = Vec::new();
+        let mut out_of_date = Vec::new();
+        let mut matrix = Vec::new();
+        let mut total = 0;
+        let booted = boot_all(&prepared);
+        for (guest, booted) in prepared.iter().zip(booted) {
+            let kernel = &guest.kernel;
+            let (mut results, run) = match booted {
+                Ok(booted) => booted,
+                Err(error) => {
+                    failures.push(format!("{} ({error:#})", kernel.package));
+                    continue;
+                }
+            };
+            let is_extra = |result: &CaseResult| {
+                guest
+                    .extra_labels
+                    .iter()
+                    .any(|label| result.name.starts_with(&format!("{label}::")))
+            };
+            let (extra_results, own): (Vec<CaseResult>, Vec<CaseResult>) =
+                results.drain(..).partition(is_extra);
+            let results = own;
+            if guest.is_stock {
+                stock.own = results
+                    .iter()
+                    .map(|result| (result.name.clone(), result.passed))
+                    .collect();
+                stock.extra = extra_results
+                    .iter()
+                    .map(|result| (result.name.clone(), result.passed))
+                    .collect();
             }
-        };
-        let is_extra = |result: &CaseResult| {
-            guest
-                .extra
-                .iter()
-                .any(|extra| result.name.starts_with(&format!("{}::", extra.label)))
-        };
-        let (extra_results, own): (Vec<CaseResult>, Vec<CaseResult>) =
-            results.drain(..).partition(is_extra);
-        let results = own;
-        if guest.is_stock {
-            stock.own = results
-                .iter()
-                .map(|result| (result.name.clone(), result.passed))
-                .collect();
-            stock.extra = extra_results
-                .iter()
-                .map(|result| (result.name.clone(), result.passed))
-                .collect();
+            total += guest.own_cases;
+            eprintln!(
+                "    {}: {} of {} cases passed",
+                kernel.package,
+                results.iter().filter(|result| result.passed).count(),
+                guest.own_cases
+            );
+            if guest.is_stock {
+                if args.write {
+                    write_stock_transcripts(&results)?;
+                } else {
+                    out_of_date.extend(compare_stock_transcripts(&results)?);
+                }
+            }
+            matrix.push(MatrixRow::of(kernel, &results, run));
+            failures.extend(
+                results
+                    .into_iter()
+                    .filter(|result| !result.passed)
+                    .map(|result| format!("{} ({})", result.name, kernel.package)),
+            );
         }
-        total += guest.own_cases;
         eprintln!(
-            "    {}: {} of {} cases passed",
-            kernel.package,
-            results.iter().filter(|result| result.passed).count(),
-            guest.own_cases
-        );
-        if guest.is_stock {
-            if args.write {
-                write_stock_transcripts(&results)?;
+            "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s{}",
+            total - failures.len(),
+            failures.len(),
+            prepared.len(),
+            started.elapsed().as_secs_f64(),
+            if stock.extra.is_empty() {
+                String::new()
             } else {
-                out_of_date.extend(compare_stock_transcripts(&results)?);
+                format!(
+                    " (and {} extra case(s) in {STOCK_KERNEL}, judged by their caller)",
+                    stock.extra.len()
+                )
+            }
+        );
+        if !failures.is_empty() {
+            bail!("vm-test failed: {}", failures.join(", "));
+        }
+        if !out_of_date.is_empty() {
+            bail!(
+                "vm-test: {} no longer match the lessons' output: run `cargo xtask docs \
+             --refresh-transcripts`",
+                out_of_date.join(", ")
+            );
+        }
+        if args.kernel.is_none() && args.filter.is_none() && all_kernels {
+            let page = crate::workspace_root().join(MATRIX_PAGE);
+            let now = matrix_page(&matrix)?;
+            if args.write {
+                fs::write(&page, now)?;
+                eprintln!(
+                    "    vm-test: the table of kernels and attach paths is in {}",
+                    page.display()
+                );
+            } else if outcomes(&fs::read_to_string(&page).unwrap_or_default()) == outcomes(&now) {
+                eprintln!("    vm-test: {MATRIX_PAGE} shows what this run found");
+            } else {
+                eprintln!(
+                    "    OUT OF DATE: {MATRIX_PAGE} does not show what this run found (attach paths, \
+                 MPTCP or cases); `cargo xtask vm-test --write` rewrites it. This run:\n{now}"
+                );
             }
         }
-        matrix.push(MatrixRow::of(kernel, &results, run));
-        failures.extend(
-            results
-                .into_iter()
-                .filter(|result| !result.passed)
-                .map(|result| format!("{} ({})", result.name, kernel.package)),
-        );
+        Ok(stock)
     }
-    eprintln!(
-        "    vm-test: {} passed, {} failed, in {} kernel(s), {:.1} s{}",
-        total - failures.len(),
-        failures.len(),
-        kernels.len(),
-        started.elapsed().as_secs_f64(),
-        if stock.extra.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (and {} extra case(s) in {STOCK_KERNEL}, judged by their caller)",
-                stock.extra.len()
-            )
-        }
-    );
-    if !failures.is_empty() {
-        bail!("vm-test failed: {}", failures.join(", "));
-    }
-    if !out_of_date.is_empty() {
-        bail!(
-            "vm-test: {} no longer match the lessons' output: run `cargo xtask docs \
-             --refresh-transcripts`",
-            out_of_date.join(", ")
-        );
-    }
-    if args.kernel.is_none() && args.filter.is_none() && skipped.is_empty() {
-        let page = crate::workspace_root().join(MATRIX_PAGE);
-        let now = matrix_page(&matrix)?;
-        if args.write {
-            fs::write(&page, now)?;
-            eprintln!(
-                "    vm-test: the table of kernels and attach paths is in {}",
-                page.display()
-            );
-        } else if outcomes(&fs::read_to_string(&page).unwrap_or_default()) == outcomes(&now) {
-            eprintln!("    vm-test: {MATRIX_PAGE} shows what this run found");
-        } else {
-            eprintln!(
-                "    OUT OF DATE: {MATRIX_PAGE} does not show what this run found (attach paths, \
-                 MPTCP or cases); `cargo xtask vm-test --write` rewrites it. This run:\n{now}"
-            );
-        }
-    }
-    Ok(stock)
 }
 
 /// A guest ready to boot: its kernel, its initramfs, and what it will run.
-struct PreparedGuest<'a> {
-    kernel: &'a GuestKernel,
+struct PreparedGuest {
+    kernel: GuestKernel,
     vmlinuz: PathBuf,
     initramfs: PathBuf,
     accel: Accel,
     is_stock: bool,
-    extra: &'a [&'a ExtraCases],
+    /// The labels of the extra cases it runs.
+    extra_labels: Vec<String>,
     /// The workspace's cases (with exercise 5's check in the stock guest).
     own_cases: usize,
     extra_count: usize,
@@ -404,7 +442,7 @@ fn boot_all(guests: &[PreparedGuest]) -> Vec<anyhow::Result<(Vec<CaseResult>, Gu
                     };
                     let guest = &guests[index];
                     let booted = boot_and_run(
-                        guest.kernel,
+                        &guest.kernel,
                         &guest.vmlinuz,
                         &guest.initramfs,
                         guest.accel,
