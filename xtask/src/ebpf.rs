@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::pinned::{Toolchain, run_cargo, share_build_dir, target_dir};
+use crate::pinned::{Toolchain, build_dir, run_cargo, share_build_dir, target_dir};
 
 /// The variable each step's `build.rs` reads (see there).
 pub const OBJECTS_VARIABLE: &str = "LISTEN_TRACE_EBPF_OBJECTS";
@@ -22,11 +22,13 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the eBPF crates `packages` of the workspace at `tree` for a host of architecture `arch`
 /// (`x86_64` or `aarch64`: the eBPF side reads kprobe arguments from that architecture's registers),
-/// with `target_dir/ebpf/ARCH` as cargo's target and build folder. Returns the folder of the objects.
+/// with `target_dir/ebpf/ARCH` as cargo's target folder. Returns the folder of the objects.
 ///
-/// Each tree keeps its own build folder here: every BPF unit, `core` included, is compiled with the
-/// tree's own linker path (`.cargo/config.toml` names `.tools/bin/bpf-linker` relative to the tree),
-/// so two trees sharing one folder would rebuild `core` each time they take turns.
+/// Every tree (this workspace, a clean checkout, a scratch copy) shares this workspace's build
+/// folder for the architecture, so that the BPF target's `core` is compiled once per run. cargo
+/// fingerprints every BPF unit with its linker, which `.cargo/config.toml` names relative to each
+/// tree: this workspace's bpf-linker is named here by its absolute path, the same for every tree,
+/// or the trees would rebuild `core` each time they take turns.
 pub fn build(
     toolchain: &Toolchain,
     tree: &Path,
@@ -54,7 +56,11 @@ pub fn build(
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         )
         .env_remove(OBJECTS_VARIABLE);
-    share_build_dir(&mut command, &ebpf_target);
+    command.env(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER",
+        crate::workspace_root().join(support::BPF_LINKER),
+    );
+    share_build_dir(&mut command, &build_dir().join("ebpf").join(arch));
     run_cargo(
         &format!(
             "build the eBPF programs for {arch} ({})",
