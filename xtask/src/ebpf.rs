@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::pinned::{Toolchain, build_dir, run_cargo, share_build_dir, target_dir};
+use crate::pinned::{Toolchain, run_cargo, share_build_dir, target_dir};
 
 /// The variable each step's `build.rs` reads (see there).
 pub const OBJECTS_VARIABLE: &str = "LISTEN_TRACE_EBPF_OBJECTS";
@@ -22,13 +22,14 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the eBPF crates `packages` of the workspace at `tree` for a host of architecture `arch`
 /// (`x86_64` or `aarch64`: the eBPF side reads kprobe arguments from that architecture's registers),
-/// with `target_dir/ebpf/ARCH` as cargo's target folder. Returns the folder of the objects.
+/// with `target_dir/ebpf/ARCH` as cargo's target and build folder. Returns the folder of the objects.
 ///
-/// Every tree (this workspace, a clean checkout, a scratch copy) shares this workspace's build
-/// folder for the architecture, so that the BPF target's `core` is compiled once per run. cargo
-/// fingerprints every BPF unit with its linker, which `.cargo/config.toml` names relative to each
-/// tree: this workspace's bpf-linker is named here by its absolute path, the same for every tree,
-/// or the trees would rebuild `core` each time they take turns.
+/// Each tree (this workspace, a clean checkout, a scratch copy) keeps its own build folder here.
+/// cargo names a workspace's own packages by their path from the workspace root, so a lesson's
+/// kernel side built in two trees takes one place in a shared folder; bpf-linker writes its output
+/// in place, and cargo hard-links that output into the tree's target folder, so one tree's build
+/// would change the other's object under its feet (seen: lesson 5 loading the ring buffer of
+/// exercise 5's solution).
 pub fn build(
     toolchain: &Toolchain,
     tree: &Path,
@@ -56,11 +57,7 @@ pub fn build(
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         )
         .env_remove(OBJECTS_VARIABLE);
-    command.env(
-        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER",
-        crate::workspace_root().join(support::BPF_LINKER),
-    );
-    share_build_dir(&mut command, &build_dir().join("ebpf").join(arch));
+    share_build_dir(&mut command, &ebpf_target);
     run_cargo(
         &format!(
             "build the eBPF programs for {arch} ({})",
