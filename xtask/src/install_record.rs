@@ -33,22 +33,22 @@ impl Kind {
 
 /// The record's path: `$XDG_STATE_HOME/listen-trace/installed`, or `~/.local/state/...`.
 pub fn record_path() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
+    xdg_folder("XDG_STATE_HOME", ".local/state", "/var/lib").join("listen-trace/installed")
+}
+
+/// An XDG base folder: `$variable`, or `~/in_home`, or `fallback` when there is no home.
+fn xdg_folder(variable: &str, in_home: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(variable)
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    state.join("listen-trace/installed")
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(in_home)))
+        .unwrap_or_else(|| PathBuf::from(fallback))
 }
 
 /// Where the tools built from crates.io (bpf-linker, mdBook, its link checker) live, once per
 /// machine: `$XDG_CACHE_HOME/listen-trace/tools`, by default `~/.cache/...`. Every checkout's
 /// `.tools` links to the folder of its pinned toolchain in there (see `setup::tools_folder`).
 pub fn tools_cache() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    cache.join("listen-trace/tools")
+    xdg_folder("XDG_CACHE_HOME", ".cache", "/var/cache").join("listen-trace/tools")
 }
 
 /// Notes that a command installed `names` (each once). A record that cannot be written is
