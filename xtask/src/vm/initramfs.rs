@@ -59,46 +59,59 @@ poweroff -f
     )
 }
 
-/// Packs busybox, the test binaries, their step binaries (at the paths the tests were built to find
-/// them) and the shared libraries all of them need into an uncompressed cpio archive.
-pub(super) fn build_initramfs(
-    kernel: &GuestKernel,
+/// The part of the initramfs that every guest of one build shares: busybox, the test binaries,
+/// their step binaries (at the paths the tests were built to find them) and the shared libraries
+/// all of them need, packed once into `vm_dir/shared-BUILD.cpio`.
+pub(super) fn pack_shared_part(
+    arch: Arch,
     build: GuestBuild,
     tests: &[KernelTests],
-    exercise_5: bool,
-    extra: &[&ExtraCases],
-    dir: &Path,
     vm_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let staging = dir.join("initramfs");
-    if staging.exists() {
-        fs::remove_dir_all(&staging)?;
-    }
-    fs::create_dir_all(&staging)?;
-    // Native binaries take their shared libraries along; cross-built ones are static.
-    let copy = |binary: &Path, inside: Option<&Path>| match build {
-        GuestBuild::CrossArm64 => copy_into(binary, &staging, inside.unwrap_or(binary)),
-        _ => copy_with_libraries(binary, &staging, inside),
+    let name = match build {
+        GuestBuild::CrossArm64 => "shared-cross-arm64",
+        _ => "shared-native",
     };
-    let busybox = guest_busybox(kernel.arch, vm_dir)?;
+    let staging = fresh_folder(&vm_dir.join(name))?;
+    let busybox = guest_busybox(arch, vm_dir)?;
     copy_into(&busybox, &staging, Path::new("/bin/busybox"))?;
     let release = match build {
         GuestBuild::CrossArm64 => target_dir().join(ARM64_TARGET).join("release"),
         _ => target_dir().join("release"),
     };
+    for test in tests {
+        copy_for(build, &test.executable, &staging, Some(&test.inside()))?;
+        // The tests start `env!("CARGO_BIN_EXE_<step>")`: the same absolute path in the guest.
+        copy_for(build, &release.join(&test.step), &staging, None)?;
+    }
+    let archive = vm_dir.join(format!("{name}.cpio"));
+    pack_initramfs(&staging, &archive)?;
+    Ok(archive)
+}
+
+/// A guest's initramfs: the shared part (`pack_shared_part`) followed by its own small archive (the
+/// kernel unpacks concatenated archives one after the other), which holds its `/init`, its list of
+/// cases, and exercise 5's check and the extra cases where they run.
+pub(super) fn build_initramfs(
+    kernel: &GuestKernel,
+    build: GuestBuild,
+    shared: &Path,
+    tests: &[KernelTests],
+    exercise_5: bool,
+    extra: &[&ExtraCases],
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let staging = fresh_folder(&dir.join("initramfs"))?;
     let mut cases = String::new();
     for test in tests {
-        let inside = PathBuf::from(format!("/tests/{}-kernel", test.step));
-        copy(&test.executable, Some(&inside))?;
-        // The tests start `env!("CARGO_BIN_EXE_<step>")`: the same absolute path in the guest.
-        copy(&release.join(&test.step), None)?;
         for case in &test.cases {
-            writeln!(cases, "{} {} {case}", test.step, inside.display())?;
+            writeln!(cases, "{} {} {case}", test.step, test.inside().display())?;
         }
     }
     if exercise_5 {
         // `cargo xtask check exercise 5 --solution` as a case of its own: this xtask, the solution
         // and lesson 5 as committed, each where the check looks for it (`--built`).
+        let copy = |binary: &Path, inside: Option<&Path>| copy_for(build, binary, &staging, inside);
         copy(&std::env::current_exe()?, Some(Path::new("/bin/xtask")))?;
         copy(
             &crate::check::built_binary(5, crate::check::Attempt::Solution)?,
@@ -122,7 +135,7 @@ pub(super) fn build_initramfs(
     }
     for extra in extra {
         for (binary, inside) in &extra.binaries {
-            copy(binary, Some(inside))?;
+            copy_for(build, binary, &staging, Some(inside))?;
         }
         let runner = staging.join(extra.runner.strip_prefix("/").unwrap_or(&extra.runner));
         fs::create_dir_all(runner.parent().expect("the runner is in a folder"))?;
@@ -137,9 +150,38 @@ pub(super) fn build_initramfs(
     fs::write(&init, init_script(kernel))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
+    let own = dir.join("own.cpio");
+    pack_initramfs(&staging, &own)?;
     let archive = dir.join("initramfs.cpio");
-    pack_initramfs(&staging, &archive)?;
+    let mut whole = fs::File::create(&archive)?;
+    for part in [shared, own.as_path()] {
+        std::io::copy(&mut fs::File::open(part)?, &mut whole)
+            .with_context(|| format!("cannot append {}", part.display()))?;
+    }
     Ok(archive)
+}
+
+/// An empty folder at `path`, made afresh.
+fn fresh_folder(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        fs::remove_dir_all(path)?;
+    }
+    fs::create_dir_all(path)?;
+    Ok(path.to_path_buf())
+}
+
+/// Copies a binary into the staging folder `root`: a native one with its shared libraries, a
+/// cross-built one (static) alone.
+fn copy_for(
+    build: GuestBuild,
+    binary: &Path,
+    root: &Path,
+    inside: Option<&Path>,
+) -> anyhow::Result<()> {
+    match build {
+        GuestBuild::CrossArm64 => copy_into(binary, root, inside.unwrap_or(binary)),
+        _ => copy_with_libraries(binary, root, inside),
+    }
 }
 
 /// Packs the folder `staging` into `archive`, an uncompressed cpio archive in the `newc` format the

@@ -40,7 +40,7 @@ impl Arch {
 }
 
 /// How this machine gets a guest's test binaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum GuestBuild {
     /// Built for this machine's own CPU, as `cargo test` builds them; their shared libraries go along.
     Native,

@@ -21,7 +21,7 @@ mod kernels;
 mod qemu;
 mod results;
 
-use initramfs::{build_initramfs, copy_into, pack_initramfs};
+use initramfs::{build_initramfs, copy_into, pack_initramfs, pack_shared_part};
 use kernels::{
     ARM64_LINKER, ARM64_TARGET, GuestBuild, fetch_kernel, guest_busybox, kernels_for_host, resolve,
 };
@@ -52,7 +52,8 @@ pub struct VmTestArgs {
     pub filter: Option<String>,
     /// Test in this Debian kernel package instead of the built-in list (for example a room's
     /// kernel: `--kernel linux-image-6.12.117+deb12-amd64`); a `*` where the version goes takes
-    /// the newest of that series (`--kernel 'linux-image-6.12.*+deb12-amd64'`)
+    /// the newest of that series (`--kernel 'linux-image-6.12.*+deb12-amd64'`); a series of the
+    /// built-in list runs that guest, with its suite, CPU and attach paths
     #[arg(long, value_name = "PACKAGE")]
     pub kernel: Option<String>,
     /// With --kernel: the attach paths that kernel must accept (comma-separated); by default none
@@ -120,6 +121,17 @@ impl VmTestArgs {
     fn kernels(&self) -> Vec<GuestKernel> {
         match &self.kernel {
             None => GUEST_KERNELS.to_vec(),
+            // A series of the built-in list: that entry, with its suite and CPU.
+            Some(series) if let Some(known) = GUEST_KERNELS.iter().find(|k| k.series == series) => {
+                vec![GuestKernel {
+                    attach_paths: if self.expect.is_empty() {
+                        known.attach_paths
+                    } else {
+                        self.expect.clone().leak()
+                    },
+                    ..known.clone()
+                }]
+            }
             // Lives as long as the program does, like the built-in entries.
             Some(package) => vec![GuestKernel {
                 series: package.clone().leak(),
@@ -139,6 +151,13 @@ struct KernelTests {
     step: String,
     executable: PathBuf,
     cases: Vec<String>,
+}
+
+impl KernelTests {
+    /// Where the test binary sits in the guest.
+    fn inside(&self) -> PathBuf {
+        PathBuf::from(format!("/tests/{}-kernel", self.step))
+    }
 }
 
 /// Cases from outside this workspace's own test binaries (the mutants' kernel tests), run in the
@@ -248,13 +267,21 @@ pub fn prepare(
         extra.is_empty() || kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL),
         "the extra cases run in the stock kernel {STOCK_KERNEL}, which this run does not boot"
     );
-    // Each guest's kernel and initramfs, one after the other (downloads, packing).
+    // Each guest's kernel and initramfs, one after the other (downloads, packing); the part of
+    // the initramfs that the guests of one build share is packed once.
+    let mut shared_parts = std::collections::HashMap::new();
     let mut prepared = Vec::new();
     for kernel in &kernels {
         let build = GuestBuild::for_guest(host, kernel.arch);
         let tests = match build {
             GuestBuild::CrossArm64 => cross_tests.as_ref().expect("built above"),
             _ => &host_tests,
+        };
+        let shared = match shared_parts.entry(build) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(pack_shared_part(kernel.arch, build, tests, &vm_dir)?)
+            }
         };
         let vmlinuz = fetch_kernel(kernel, &vm_dir)?;
         let accel = match kernel.arch {
@@ -267,11 +294,11 @@ pub fn prepare(
         let initramfs = build_initramfs(
             kernel,
             build,
+            shared,
             tests,
             with_exercise_5,
             extra_here,
             &vm_dir.join(kernel.package),
-            &vm_dir,
         )?;
         let extra_count: usize = extra_here.iter().map(|extra| extra.cases.len()).sum();
         prepared.push(PreparedGuest {
@@ -346,7 +373,7 @@ impl PreparedRun {
             );
             if guest.is_stock {
                 if args.write {
-                    write_stock_transcripts(&results)?;
+                    write_stock_transcripts(&results, &run.release)?;
                 } else {
                     out_of_date.extend(compare_stock_transcripts(&results)?);
                 }
