@@ -5,9 +5,18 @@ use std::{fmt::Write as _, fs};
 
 use super::*;
 
+/// The file that names the kernel release the stock transcripts come from (`uname -r` in the
+/// guest), which the pages include beside them.
+pub(super) const STOCK_RELEASE_FILE: &str = "stock-kernel.txt";
+
 /// Writes the transcripts that the stock kernel's guest printed as the pages' first ones,
-/// `docs/src/transcripts/NAME-stock.txt`.
-pub(super) fn write_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<()> {
+/// `docs/src/transcripts/NAME-stock.txt`, and the release they come from in `STOCK_RELEASE_FILE`.
+pub(super) fn write_stock_transcripts(results: &[CaseResult], release: &str) -> anyhow::Result<()> {
+    let path = crate::workspace_root()
+        .join(support::transcripts::FOLDER)
+        .join(STOCK_RELEASE_FILE);
+    fs::write(&path, release)?;
+    eprintln!("    vm-test: wrote {} ({release})", path.display());
     for result in results.iter().filter(|result| result.passed) {
         for (name, text) in support::transcripts::printed(&result.output) {
             let path = crate::workspace_root()
@@ -27,6 +36,21 @@ pub(super) fn write_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<
 /// shape (values aside); returns what no longer matches.
 pub(super) fn compare_stock_transcripts(results: &[CaseResult]) -> anyhow::Result<Vec<String>> {
     let mut out_of_date = Vec::new();
+    // The release they were recorded in may be an older point release, but of the stock series.
+    let path = crate::workspace_root()
+        .join(support::transcripts::FOLDER)
+        .join(STOCK_RELEASE_FILE);
+    let recorded = fs::read_to_string(&path).unwrap_or_default();
+    let package = format!("linux-image-{}", recorded.trim());
+    if kernels::newest_in_series(STOCK_KERNEL, [package.as_str()]).is_none() {
+        eprintln!(
+            "    OUT OF DATE: {} names {recorded:?}, not a release of the stock series {STOCK_KERNEL}",
+            path.display()
+        );
+        out_of_date.push(format!(
+            "the stock transcripts' release ({STOCK_RELEASE_FILE})"
+        ));
+    }
     for result in results.iter().filter(|result| result.passed) {
         for (name, text) in support::transcripts::printed(&result.output) {
             let path = crate::workspace_root()
