@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::pinned::{Toolchain, run_cargo, share_build_dir, target_dir};
+use crate::pinned::{Toolchain, own_build_dir, run_cargo, target_dir};
 
 /// The variable each step's `build.rs` reads (see there).
 pub const OBJECTS_VARIABLE: &str = "LISTEN_TRACE_EBPF_OBJECTS";
@@ -57,7 +57,7 @@ pub fn build(
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         )
         .env_remove(OBJECTS_VARIABLE);
-    share_build_dir(&mut command, &ebpf_target);
+    own_build_dir(&mut command, &ebpf_target);
     run_cargo(
         &format!(
             "build the eBPF programs for {arch} ({})",

@@ -36,18 +36,15 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), Into::into)
 }
 
-/// cargo's build folder, where its intermediate files go (`CARGO_BUILD_BUILD_DIR` is honoured, as
-/// cargo does; by default the target folder). A build in another tree (a scratch copy, a clean
-/// checkout) keeps its own target folder for what it makes, and takes this build folder through
-/// [`share_build_dir`], so that what this workspace compiled is reused there, not compiled again.
-pub fn build_dir() -> PathBuf {
-    std::env::var_os("CARGO_BUILD_BUILD_DIR").map_or_else(target_dir, Into::into)
-}
-
-/// Lets `command`, a cargo build in another tree, keep its intermediate files in `build_dir`
-/// (this workspace's): the dependencies it shares with this workspace are compiled once. Its own
-/// packages live at other paths, so cargo keeps them apart from ours.
-pub fn share_build_dir<'a>(command: &'a mut Command, build_dir: &Path) -> &'a mut Command {
+/// Gives `command`, a cargo build in a tree of its own (this workspace, a clean checkout, a scratch
+/// copy), `build_dir` as its build folder, whatever `CARGO_BUILD_BUILD_DIR` says outside.
+///
+/// Two trees never share one: cargo tells a workspace's own packages apart by their path from the
+/// workspace root, which is the same in every tree, so in a shared folder one tree's build of
+/// `common` is recorded as the other's, and a build there can take the other tree's files for its
+/// own and keep an artifact made from them (seen: this workspace's lesson 5 linked against the
+/// clean checkout's `common`).
+pub fn own_build_dir<'a>(command: &'a mut Command, build_dir: &Path) -> &'a mut Command {
     command.env("CARGO_BUILD_BUILD_DIR", build_dir)
 }
 

@@ -319,7 +319,7 @@ pub fn build_in_clean_checkout(
         .current_dir(&tree)
         .env("CARGO_TARGET_DIR", clean_checkout_target())
         .env(crate::ebpf::OBJECTS_VARIABLE, objects);
-    crate::pinned::share_build_dir(&mut build, &crate::pinned::build_dir());
+    crate::pinned::own_build_dir(&mut build, &clean_checkout_target());
     run_cargo(
         &format!("build {} in {}", lesson.package, tree.display()),
         &mut build,

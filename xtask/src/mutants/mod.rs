@@ -29,7 +29,7 @@ use catalogue::{MUTANTS, Mutant, Where};
 
 use crate::{
     lessons,
-    pinned::{Toolchain, build_dir, output_of, share_build_dir, target_dir},
+    pinned::{Toolchain, output_of, own_build_dir, target_dir},
     vm, workspace_root,
 };
 
@@ -588,7 +588,7 @@ impl Scratch {
             .env("CARGO_TARGET_DIR", &self.target)
             .env(crate::ebpf::OBJECTS_VARIABLE, objects)
             .stdout(Stdio::piped());
-        share_build_dir(&mut command, &build_dir());
+        own_build_dir(&mut command, &self.target);
         let mut cargo = command.spawn().context("cannot start cargo")?;
         let (mut tests, mut step) = (None, None);
         for message in Message::parse_stream(BufReader::new(cargo.stdout.take().unwrap())) {
@@ -661,7 +661,7 @@ impl Scratch {
         command
             .current_dir(&self.tree)
             .env("CARGO_TARGET_DIR", &self.target);
-        let output = share_build_dir(command, &build_dir())
+        let output = own_build_dir(command, &self.target)
             .output()
             .with_context(|| format!("cannot run {command:?}"))?;
         let text = format!(
