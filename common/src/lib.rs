@@ -123,6 +123,8 @@ pub struct SockOffsets {
     pub task_pid: u32,
     /// `struct task_struct`: `comm`, the thread's name.
     pub task_comm: u32,
+    /// `struct bpf_sock_ops_kern`: `sk`, the socket a `sock_ops` program is called for.
+    pub sock_ops_sk: u32,
 }
 // ANCHOR_END: sock_offsets
 
@@ -149,6 +151,7 @@ impl SockOffsets {
         task_tgid: 0,
         task_pid: 0,
         task_comm: 0,
+        sock_ops_sk: 0,
     };
 }
 

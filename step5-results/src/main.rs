@@ -18,7 +18,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        MapData, PerCpuArray, PerfEventArray,
+        CgroupArray, MapData, PerCpuArray, PerfEventArray,
         perf::{PerfEvent, PerfEventArrayBuffer},
     },
     programs::{CgroupAttachMode, Program},
@@ -508,8 +508,16 @@ fn load_and_attach_programs(
             // which sits beside the cgroup's other programs whatever the mode (the kernel takes no
             // mode flag for a link) and holds the cgroup, so its directory can be closed at once.
             (Program::SockOps(sock_ops), Hook::Cgroup2Root) => {
+                let root = open_cgroup2_root()?;
                 sock_ops.load()?;
-                sock_ops.attach(open_cgroup2_root()?, CgroupAttachMode::Single)?;
+                sock_ops.attach(&root, CgroupAttachMode::Single)?;
+                // The state tracepoint, attached next, keeps a start only for a thread of this
+                // cgroup, whose sockets the sock_ops program hears of.
+                CgroupArray::try_from(
+                    ebpf.map_mut("ATTACHED_CGROUP")
+                        .context("the eBPF object has no map ATTACHED_CGROUP")?,
+                )?
+                .set(0, root, 0)?;
             }
             (program, _) => bail!("{name} is a {:?} program", program.prog_type()),
         }

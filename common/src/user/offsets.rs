@@ -43,6 +43,7 @@ impl SockOffsets {
             task_tgid: field(&btf, "task_struct", &["tgid"], 4)?,
             task_pid: field(&btf, "task_struct", &["pid"], 4)?,
             task_comm: field(&btf, "task_struct", &["comm"], 16)?,
+            sock_ops_sk: field(&btf, "bpf_sock_ops_kern", &["sk"], POINTER)?,
         };
         log::debug!(
             "struct offsets from {} in {:?}: {offsets:?}",

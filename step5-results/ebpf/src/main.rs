@@ -24,7 +24,7 @@ use aya_ebpf::{
         bpf_perf_event_output, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, sock_ops, tracepoint},
-    maps::{HashMap, PerCpuArray, PerfEventArray},
+    maps::{CgroupArray, HashMap, PerCpuArray, PerfEventArray},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         SockOpsContext, TracePointContext,
@@ -474,9 +474,19 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
 
 // ANCHOR: sockops
 /// The sockops path's starts of listening on their way, per thread (`common::ListenStart`), kept
-/// by `sockops_tracepoint` for `listen_sockops`, or for the same thread's failure.
+/// by `sockops_tracepoint` for `listen_sockops`, or for the same thread's failure. Each leaves
+/// within its call: `listen_sockops` takes it when the start succeeds, the state change when it
+/// fails, and a thread's next start replaces it.
 #[map]
 static STARTS: HashMap<u64, ListenStart> = HashMap::with_max_entries(10_240, 0);
+
+/// The cgroup `listen_sockops` is attached to, set by userspace (slot 0). The state tracepoint
+/// fires for every thread of the machine, but the sock_ops program hears only of the sockets of
+/// that cgroup (a container's, when the tool runs in one): a start is kept only for a thread
+/// under it, or the start of a thread outside, never taken, would later make its close look like
+/// a failed start.
+#[map]
+static ATTACHED_CGROUP: CgroupArray = CgroupArray::with_max_entries(1, 0);
 
 /// The sockops path: the kernel runs the `sock_ops` programs of the socket's cgroup (here the
 /// cgroup2 root, so every socket's) with `BPF_SOCK_OPS_TCP_LISTEN_CB` inside `inet_listen()`, once
@@ -491,10 +501,11 @@ pub fn listen_sockops(ctx: SockOpsContext) -> u32 {
 
 fn report_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let offsets = offsets()?;
-    // The context is the kernel's `struct bpf_sock_ops_kern`, whose first field is the socket:
-    // read as an address, it can be read through like on the other paths (the context's `sk` field
-    // is a typed pointer, which the verifier lets no program add an offset to).
-    let sk: *const u8 = read_field(ctx.as_ptr().cast(), 0)?;
+    // The context is the kernel's `struct bpf_sock_ops_kern`, which holds the socket at the
+    // offset its BTF gives: read as an address, it can be read through like on the other paths
+    // (the context's `sk` field is a typed pointer, which the verifier lets no program add an
+    // offset to).
+    let sk: *const u8 = read_field(ctx.as_ptr().cast(), offsets.sock_ops_sk)?;
     let backlog: u32 = read_field(sk, offsets.sk_max_ack_backlog)?;
     let caller = Caller::of_current_task()?;
     // The key `bpf_get_current_pid_tgid()` gives the state tracepoint: process, then thread.
@@ -514,6 +525,9 @@ fn report_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
 pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
     let (sk, oldstate, newstate): (*const u8, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     if newstate == TCP_LISTEN && oldstate != TCP_LISTEN {
+        if ATTACHED_CGROUP.current_task_under_cgroup(0) != Ok(true) {
+            return 0; // a socket the sock_ops program will not hear of
+        }
         let protocol = offsets().and_then(|offsets| read_field::<u16>(sk, offsets.sk_protocol));
         let thread = bpf_get_current_pid_tgid();
         let start = if protocol == Ok(IPPROTO_MPTCP) {
@@ -542,6 +556,12 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the value is copied out at once.
         let start = unsafe { STARTS.get(&thread) }.copied();
         if let Some(start) = start
+            && start.sk == 0
+            && start.mptcp == sk as u64
+        {
+            // The MPTCP socket's listen ended before its subflow started: its mark goes with it.
+            let _ = take_start(thread);
+        } else if let Some(start) = start
             && start.sk == sk as u64
         {
             let _ = take_start(thread);

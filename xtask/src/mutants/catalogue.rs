@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 16] = [
+pub(super) const MUTANTS: [Mutant; 17] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -167,6 +167,15 @@ pub(super) const MUTANTS: [Mutant; 16] = [
         to: "let result = Some(0);",
         caught: Where::Host,
         tests: &["every_call_is_reported_once_with_its_protocol_port_and_result"],
+    },
+    Mutant {
+        name: "the sockops path keeps the starts of threads outside its cgroup",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "if ATTACHED_CGROUP.current_task_under_cgroup(0) != Ok(true) {",
+        to: "if ATTACHED_CGROUP.current_task_under_cgroup(0).is_err() {",
+        caught: Where::Host,
+        tests: &["the_sockops_path_in_a_container_reports_only_the_container"],
     },
     Mutant {
         name: "the sockops path's thread taken for its process",

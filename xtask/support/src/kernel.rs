@@ -162,3 +162,36 @@ pub fn map_types_held(pid: u32) -> io::Result<Vec<u32>> {
     }
     Ok(types)
 }
+
+/// How many entries the hash map called `name` that process `pid` holds open has right now: its
+/// keys, read through the bpf syscall as `bpftool map dump` reads them.
+#[cfg(feature = "aya")]
+pub fn hash_map_len_held<V: aya::Pod>(pid: u32, name: &str) -> io::Result<usize> {
+    use aya::maps::{HashMap, Map, MapData};
+    let mut found = None;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|line| line.strip_prefix("map_id:"))
+            .and_then(|id| id.trim().parse::<u32>().ok())
+        else {
+            continue; // not a map
+        };
+        let map = MapData::from_id(id).map_err(io::Error::other)?;
+        let info = map.info().map_err(io::Error::other)?;
+        if info.name_as_str() == Some(name) {
+            found = Some(map);
+            break;
+        }
+    }
+    let map = found.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} holds no map called {name}"),
+        )
+    })?;
+    let map = HashMap::<_, u64, V>::try_from(Map::from_map_data(map).map_err(io::Error::other)?)
+        .map_err(io::Error::other)?;
+    Ok(map.keys().count())
+}

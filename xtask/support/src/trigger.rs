@@ -242,12 +242,23 @@ pub fn listen_in_another_process(
     addr: std::net::SocketAddr,
     backlog: i32,
 ) -> (u32, std::net::SocketAddr) {
+    listen_in_another_process_after(addr, backlog, || {})
+}
+
+/// [`listen_in_another_process`], with `before` run in the other process before it listens (for
+/// example to move itself into a cgroup). `before` runs after `fork()`: system calls only.
+pub fn listen_in_another_process_after(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+    before: impl FnOnce(),
+) -> (u32, std::net::SocketAddr) {
     use nix::unistd::{ForkResult, fork, pipe, read, write};
     let (reader, writer) = pipe().unwrap();
     // SAFETY: the child only makes system calls (socket, bind, listen, getsockname, write, _exit),
     // which are safe after fork() in a multi-threaded process.
     match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
+            before();
             let port = listen(addr, backlog).map_or(0, |listener| listener.local_addr.port());
             let _ = write(&writer, &port.to_ne_bytes());
             // SAFETY: ends the child at once, without running the parent's destructors.
