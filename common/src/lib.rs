@@ -38,8 +38,8 @@ pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to
 /// What lesson 5 prints before its ready line when it pairs the `listen()` system call's
 /// tracepoints: what that costs the whole machine, and the path that costs nothing.
 pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
-    machine while it is attached (a syscall tracepoint makes each one take the slow path: about \
-    1.2x the time of a getppid()); `--attach sockops` taxes none, but reports no failed listen() \
+    machine while it is attached (a syscall tracepoint makes each one take the kernel's \
+    slow path); `--attach sockops` taxes none, but reports no failed listen() \
     other than EADDRINUSE, nor a listen() that only changes the backlog";
 
 /// `TCP_LISTEN` from the kernel's `include/net/tcp_states.h`.
@@ -205,21 +205,28 @@ pub const ATTACH_SOCKOPS: u8 = 4;
 /// of a `listen()` whose port another socket holds, which the sockops path reports from the
 /// state tracepoint.
 pub const EADDRINUSE: i32 = 98;
+/// `listen()`'s errors for a descriptor that is not open, or not a socket: the tracepoint path does
+/// not look for a socket behind it then.
+pub const EBADF: i32 = 9;
+pub const ENOTSOCK: i32 = 88;
 
 /// Lesson 5's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
 /// Events a perf buffer had no room for.
 pub const COUNTER_DROPPED: u32 = 0;
 /// Calls whose socket could not be read (a failed `bpf_probe_read_kernel`).
 pub const COUNTER_UNREADABLE: u32 = 1;
-/// Calls whose end was never seen: a kretprobe that did not fire (its `maxactive` was exceeded),
-/// an entry that the next call of the same thread replaced, or one the full map of calls refused.
-pub const COUNTER_END_MISSED: u32 = 2;
+/// Calls whose end was never seen because the next call of the same thread replaced their entry:
+/// their return never came (a kretprobe beyond its `maxactive`).
+pub const COUNTER_END_REPLACED: u32 = 2;
 /// `listen()` system calls whose file descriptor named another file at the exit than at the entry
 /// (another thread closed it or `dup2`ed over it meanwhile): not reported, since the socket at the
 /// exit is not the one that listened.
 pub const COUNTER_FD_CHANGED: u32 = 3;
+/// Calls whose end could not be waited for: the full map of calls (or of sockops starts) refused
+/// their entry.
+pub const COUNTER_NO_ROOM: u32 = 4;
 /// How many counters there are.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;
 
 /// A `listen()` on its way, kept by lesson 5's entry program for its return program, per thread:
 /// the arguments of `inet_listen()` or `mptcp_listen()` (`sock` is the `struct socket *`), or of

@@ -26,7 +26,7 @@ use aya::{
 };
 use clap::Parser;
 use common::{
-    COUNTER_DROPPED, COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE,
+    COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
     LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION, ListenCall, ListenEvent, ListenFilter,
     MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_ENTER_TRACEPOINT,
@@ -90,11 +90,17 @@ async fn main() -> Result<(), Report> {
     };
     let mut stop = StopSignals::install(cli.options.duration)?;
     eprintln!("{READY_LINE}");
-    let reason = events.read_until_stopped(&mut sink, &mut stop).await?;
-    eprintln!("{}", events.counts(calls_left(&ebpf)?)?);
+    let mut reason = events.read_until_stopped(&mut sink, &mut stop).await?;
 
-    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
+    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them. New:
+    //    the maps read after that are taken out first, and only then is the rest drained and
+    //    counted, so that no event comes between the last drain and the counters.
+    let calls = take_calls_maps(&mut ebpf)?;
     drop(ebpf);
+    if let Err(error) = events.drain(&mut sink) {
+        reason = closed_or_fail(error)?;
+    }
+    eprintln!("{}", events.counts(calls_in_flight(&calls)?)?);
     eprintln!("{reason}: detached from the {path} and unloaded the programs");
     Ok(())
 }
@@ -221,10 +227,7 @@ impl PerfBuffers {
                 break reason;
             }
         };
-        // What arrived before the stop.
-        if let Err(error) = self.drain(sink) {
-            closed_or_fail(error)?;
-        }
+        // What arrives until the programs are detached is drained after that (`main`).
         Ok(reason)
     }
 
@@ -254,8 +257,8 @@ impl PerfBuffers {
     // ANCHOR_END: perf_read
 
     /// How many events arrived, and what the kernel side counted as not sent: dropped per CPU,
-    /// unreadable, and calls whose end was missed (`calls_left`: those still waiting for theirs).
-    fn counts(&self, calls_left: u64) -> anyhow::Result<EventCounts> {
+    /// unreadable, and calls whose end was missed (`in_flight`: those still waiting for theirs).
+    fn counts(&self, in_flight: u64) -> anyhow::Result<EventCounts> {
         let counter = |index| {
             self.counters
                 .get(&index, 0)
@@ -272,22 +275,34 @@ impl PerfBuffers {
                 .collect(),
             unreadable: counter(COUNTER_UNREADABLE)?.iter().sum(),
             fd_changed: counter(COUNTER_FD_CHANGED)?.iter().sum(),
-            end_missed: counter(COUNTER_END_MISSED)?.iter().sum::<u64>() + calls_left,
+            end_missed: EndsMissed {
+                in_flight,
+                replaced: counter(COUNTER_END_REPLACED)?.iter().sum(),
+                no_room: counter(COUNTER_NO_ROOM)?.iter().sum(),
+            },
         })
     }
 }
 
-/// The calls still waiting for their end in the kernel side's maps: a return that never came.
-fn calls_left(ebpf: &Ebpf) -> anyhow::Result<u64> {
-    let mut left = 0;
-    for name in ["CALLS", "MPTCP_CALLS"] {
-        let map = ebpf
-            .map(name)
-            .with_context(|| format!("the eBPF object has no map {name}"))?;
-        let calls = aya::maps::HashMap::<_, u64, ListenCall>::try_from(map)?;
-        left += calls.keys().count() as u64;
-    }
-    Ok(left)
+/// The kernel side's maps of calls on their way, taken out of the object so that they outlive the
+/// programs (see `calls_in_flight`).
+fn take_calls_maps(ebpf: &mut Ebpf) -> anyhow::Result<Vec<CallsMap>> {
+    ["CALLS", "MPTCP_CALLS"]
+        .into_iter()
+        .map(|name| {
+            let map = ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?;
+            Ok(CallsMap::try_from(map)?)
+        })
+        .collect()
+}
+
+type CallsMap = aya::maps::HashMap<MapData, u64, ListenCall>;
+
+/// The calls still waiting for their end once the programs are detached: their return came after.
+fn calls_in_flight(maps: &[CallsMap]) -> anyhow::Result<u64> {
+    Ok(maps.iter().map(|calls| calls.keys().count() as u64).sum())
 }
 
 /// A sample's bytes, `head` then `tail` (non-empty when the sample wraps around the end of the
@@ -320,8 +335,26 @@ struct EventCounts {
     unreadable: u64,
     /// System calls whose descriptor named another file at their end than at their start.
     fd_changed: u64,
-    /// Calls whose end was never seen.
-    end_missed: u64,
+    /// Calls whose end was never seen, by cause.
+    end_missed: EndsMissed,
+}
+
+/// Why the end of a call was not seen.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct EndsMissed {
+    /// Still on their way when the programs were detached.
+    in_flight: u64,
+    /// Replaced by their thread's next call: their return never came (a kretprobe beyond its
+    /// `maxactive`).
+    replaced: u64,
+    /// Refused by a full map of calls, or of sockops starts.
+    no_room: u64,
+}
+
+impl EndsMissed {
+    fn total(&self) -> u64 {
+        self.in_flight + self.replaced + self.no_room
+    }
 }
 
 impl fmt::Display for EventCounts {
@@ -347,8 +380,27 @@ impl fmt::Display for EventCounts {
                 self.unreadable
             )?;
         }
-        if self.end_missed > 0 {
-            write!(f, "; {} calls whose end was not seen", self.end_missed)?;
+        if self.end_missed.total() > 0 {
+            let EndsMissed {
+                in_flight,
+                replaced,
+                no_room,
+            } = self.end_missed;
+            let causes: Vec<String> = [
+                (in_flight, "on their way at the stop"),
+                (replaced, "replaced by their thread's next call"),
+                (no_room, "with no room left to wait"),
+            ]
+            .into_iter()
+            .filter(|(count, _)| *count > 0)
+            .map(|(count, cause)| format!("{count} {cause}"))
+            .collect();
+            write!(
+                f,
+                "; {} calls whose end was not seen ({})",
+                self.end_missed.total(),
+                causes.join(", ")
+            )?;
         }
         if self.fd_changed > 0 {
             write!(
@@ -699,7 +751,7 @@ mod tests {
             received: 10,
             lost: vec![(1, 7), (0, 2)],
             unreadable: 0,
-            end_missed: 0,
+            end_missed: EndsMissed::default(),
             fd_changed: 0,
         };
         assert_eq!(
@@ -708,12 +760,22 @@ mod tests {
         );
         counts.lost.clear();
         counts.unreadable = 1;
-        counts.end_missed = 2;
+        counts.end_missed.in_flight = 2;
         counts.fd_changed = 3;
         assert_eq!(
             counts.to_string(),
             "10 events received, 0 lost; 1 calls whose socket could not be read; 2 calls whose end \
-             was not seen; 3 calls whose file descriptor changed before they ended"
+             was not seen (2 on their way at the stop); 3 calls whose file descriptor changed \
+             before they ended"
         );
+        counts.end_missed = EndsMissed {
+            in_flight: 0,
+            replaced: 4,
+            no_room: 5,
+        };
+        assert!(counts.to_string().contains(
+            "; 9 calls whose end was not seen (4 replaced by their thread's next call, 5 with no \
+             room left to wait)"
+        ));
     }
 }

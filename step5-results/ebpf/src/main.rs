@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT,
-    COUNTER_DROPPED, COUNTER_END_MISSED, COUNTER_FD_CHANGED, COUNTER_UNREADABLE,
-    COUNTERS as COUNTER_COUNT, EADDRINUSE, IPPROTO_MPTCP, IPPROTO_TCP, ListenCall, ListenEvent,
-    ListenFilter, ListenStart, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
+    COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
+    COUNTERS as COUNTER_COUNT, EADDRINUSE, EBADF, ENOTSOCK, IPPROTO_MPTCP, IPPROTO_TCP, ListenCall,
+    ListenEvent, ListenFilter, ListenStart, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
     SYSCALL_EXIT_RET_OFFSET, SockOffsets, TCP_LISTEN, port_from_network_order,
 };
 
@@ -242,10 +242,10 @@ fn remember(calls: &HashMap<u64, ListenCall>, call: ListenCall) {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: only whether an entry exists is used.
     if unsafe { calls.get(&thread) }.is_some() {
-        count(COUNTER_END_MISSED); // the call it replaces never ended
+        count(COUNTER_END_REPLACED); // the call it replaces never ended
     }
     if calls.insert(&thread, &call, 0).is_err() {
-        count(COUNTER_END_MISSED); // the map is full: this call will not be reported
+        count(COUNTER_NO_ROOM); // the map is full: this call will not be reported
     }
 }
 
@@ -352,18 +352,22 @@ pub fn listen_sys_enter(ctx: TracePointContext) -> u32 {
         )
     };
     if let (Ok(fd), Ok(backlog)) = args {
-        // The file the descriptor names now: at the exit, the same descriptor must still name it.
-        let file = file_of_fd(fd as i32).unwrap_or(ptr::null());
+        // The file the descriptor names now: at the exit, the same descriptor must still name it
+        // (where it could not be read, the exit counts the call as unreadable, not as changed).
+        let file = file_of_fd(fd as i32).map_or(FILE_UNREADABLE, |file| file as u64);
         remember(
             &CALLS,
             ListenCall {
-                file: file as u64,
+                file,
                 ..ListenCall::new(fd as u64, backlog as u32)
             },
         );
     }
     0
 }
+
+/// A `ListenCall::file` that could not be read at the entry (no kernel address is this).
+const FILE_UNREADABLE: u64 = u64::MAX;
 
 /// The system call returns (`syscalls:sys_exit_listen`): find the socket of its file descriptor,
 /// which now has its port, and report it with the result, whether the call worked or not. The
@@ -379,6 +383,13 @@ pub fn listen_sys_exit(ctx: TracePointContext) -> u32 {
     let Ok(result) = (unsafe { ctx.read_at::<i64>(SYSCALL_EXIT_RET_OFFSET) }) else {
         return 0;
     };
+    if result == -i64::from(EBADF) || result == -i64::from(ENOTSOCK) {
+        return 0; // no socket behind the descriptor: no TCP listen, and nothing to walk to
+    }
+    if call.file == FILE_UNREADABLE {
+        count(COUNTER_UNREADABLE); // the descriptor's file could not be read at the entry
+        return 0;
+    }
     let file = match file_of_fd(call.sock as i32) {
         Ok(file) => file,
         Err(_) => {
@@ -549,7 +560,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
             }
         };
         if STARTS.insert(&thread, &start, 0).is_err() {
-            count(COUNTER_END_MISSED); // the map is full: a failure of this start would be missed
+            count(COUNTER_NO_ROOM); // the map is full: a failure of this start would be missed
         }
     } else if oldstate == TCP_LISTEN && newstate != TCP_LISTEN {
         let thread = bpf_get_current_pid_tgid();
