@@ -172,6 +172,10 @@ impl Caller {
 }
 
 /// The offsets userspace wrote, or an error if it did not: a program never reads with unset ones.
+/// `Global::load` is a volatile copy of the whole struct (84 bytes): the compiler may neither fold
+/// the placeholder values in nor drop the read, so the loader's values are the ones used, and the
+/// verifier sees each as a constant of the read-only map. A helper calls this where it needs an
+/// offset; the copies cost a few instructions each, far below a `bpf_probe_read_kernel`.
 fn offsets() -> Result<SockOffsets, i32> {
     let offsets = SOCK_OFFSETS.load();
     if offsets.resolved == 1 {
