@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 17] = [
+pub(super) const MUTANTS: [Mutant; 18] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -176,6 +176,15 @@ pub(super) const MUTANTS: [Mutant; 17] = [
         to: "if ATTACHED_CGROUP.current_task_under_cgroup(0).is_err() {",
         caught: Where::Host,
         tests: &["the_sockops_path_in_a_container_reports_only_the_container"],
+    },
+    Mutant {
+        name: "the sockops path leaves a successful start behind",
+        lesson: 5,
+        file: "step5-results/ebpf/src/main.rs",
+        from: "let protocol = take_start(thread)",
+        to: "let protocol = unsafe { STARTS.get(&thread) }.copied()",
+        caught: Where::Host,
+        tests: &["the_sockops_path_keeps_no_start_after_its_call"],
     },
     Mutant {
         name: "the sockops path's thread taken for its process",
