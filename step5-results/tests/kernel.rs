@@ -559,7 +559,7 @@ fn the_sockops_path_in_a_container_reports_only_the_container() {
     // Inside: one process that moves itself into the container's cgroup, then listens.
     let procs = container.procs();
     let (pid, addr) = trigger::listen_in_another_process_after((LOCALHOST, 0).into(), 34, || {
-        Container::join(&procs)
+        Container::join(&procs).expect("cannot move into the container's cgroup")
     });
     let event = json_event_for(&mut step, addr);
     assert_eq!(
@@ -711,13 +711,16 @@ impl Container {
 
     /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there
     /// moves the writer). System calls only: it runs between `fork()` and `exec()`.
-    fn join(procs: &std::ffi::CStr) {
+    fn join(procs: &std::ffi::CStr) -> std::io::Result<()> {
         // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
         unsafe {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            assert!(fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1);
+            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
             libc::close(fd);
         }
+        Ok(())
     }
 
     /// Makes `command` start as a container's first process: in the cgroup, then in a cgroup
@@ -732,11 +735,7 @@ impl Container {
         // SAFETY: the closure makes system calls only, on buffers made before the fork.
         unsafe {
             command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
+                Self::join(&procs)?;
                 if libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) != 0
                     || libc::mount(
                         std::ptr::null(),
