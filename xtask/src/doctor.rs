@@ -2,8 +2,8 @@
 //! this machine can run the lessons: the kernel and CPU, BTF, which attach paths really load and
 //! attach (by running lesson 1 itself with each `--attach`), privileges, the locked-memory limit
 //! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Then a verdict per
-//! lesson: the path it would take, whether the struct offsets of lessons 2 to 5 resolve in this
-//! kernel's BTF, the syscall tracepoints lesson 5's fallback needs, and MPTCP. Exit 0 only when
+//! lesson: the path it would take, whether the struct offsets of lessons 2 to 6 resolve in this
+//! kernel's BTF, the syscall tracepoints lesson 6's fallback needs, and MPTCP. Exit 0 only when
 //! lesson 1 will run.
 
 use std::{fs, path::Path, process::Command, time::Duration};
@@ -89,21 +89,21 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
             .iter()
             .any(|finding| finding.item == wanted && finding.ok)
     };
-    let (lesson5, sockops) = if can_load {
-        let lesson = lessons::find(5)?;
+    let (tool, sockops) = if can_load {
+        let lesson = lessons::find(lessons::TOOL)?;
         lessons::build(toolchain, &[lesson])?;
         let binary = target_dir().join("release").join(lesson.package);
-        (
-            try_lesson_5(&binary, "auto"),
-            try_lesson_5(&binary, "sockops"),
-        )
+        (try_tool(&binary, "auto"), try_tool(&binary, "sockops"))
     } else {
         let not_tried = || Err("not tried (no privileges)".to_string());
         (not_tried(), not_tried())
     };
-    let mut lessons = lesson_verdicts(&lesson5, can_load, path_works);
-    if let Some(lesson5) = lessons.iter_mut().find(|lesson| lesson.number == 5) {
-        lesson5.seen.push_str(&match sockops {
+    let mut lessons = lesson_verdicts(&tool, can_load, path_works);
+    if let Some(tool) = lessons
+        .iter_mut()
+        .find(|lesson| lesson.number == lessons::TOOL)
+    {
+        tool.seen.push_str(&match sockops {
             Ok(_) => {
                 "; `--attach sockops` attaches here (it taxes no other system call)".to_string()
             }
@@ -177,27 +177,28 @@ struct LessonVerdict {
 }
 
 /// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
-/// the state tracepoint: they take the first path lesson 1 showed working (`path_works`). Lesson 5
-/// follows each call to its end (kretprobe, fexit, or the syscall tracepoints with the state
-/// tracepoint) and reads every struct field the others read: it is run here, as lesson 1 was, and
+/// the state tracepoint, and lesson 5 adds their returns (kretprobe, fexit): they take the first
+/// path lesson 1 showed working (`path_works`). The tool (lesson 6) follows each call to its end on
+/// every path (the syscall tracepoints with the state tracepoint where kprobes and fentry are
+/// missing) and reads every struct field the others read: it is run here, as lesson 1 was, and
 /// what it printed says whether the offsets resolve in this kernel's BTF and which path it took.
 fn lesson_verdicts(
-    lesson5: &Result<String, String>,
+    tool: &Result<String, String>,
     can_load: bool,
     path_works: impl Fn(&str) -> bool,
 ) -> Vec<LessonVerdict> {
     let entry_path = ["kprobe", "fentry", "tracepoint"]
         .into_iter()
         .find(|path| path_works(path));
-    let offsets: Result<(), String> = match lesson5 {
+    let offsets: Result<(), String> = match tool {
         Ok(stderr) if stderr.contains("struct offsets in this kernel (from its BTF)") => Ok(()),
         Ok(stderr) | Err(stderr) => Err(stderr
             .lines()
             .find(|line| line.contains("BTF"))
-            .unwrap_or("lesson 5 did not say")
+            .unwrap_or("the tool (lesson 6) did not say")
             .to_string()),
     };
-    let lesson5_path = match lesson5 {
+    let tool_path = match tool {
         Ok(stderr) => ["kprobe", "fentry", "tracepoint"].into_iter().find(|path| {
             stderr
                 .lines()
@@ -212,9 +213,9 @@ fn lesson_verdicts(
     )
     .is_ok();
     let mut verdicts = Vec::new();
-    for number in 1..=5u8 {
-        let path = if number == 5 {
-            lesson5_path
+    for number in 1..=lessons::TOOL {
+        let path = if number == lessons::TOOL {
+            tool_path
         } else {
             entry_path
         };
@@ -229,16 +230,17 @@ fn lesson_verdicts(
                 Err(error) => problems.push(format!("its struct offsets do not resolve: {error}")),
             }
         }
-        if number == 5 {
-            if path.is_none()
-                && can_load
-                && let Ok(said) | Err(said) = lesson5
-            {
-                problems.push(format!(
-                    "lesson 5 did not attach: {}",
-                    said.lines().last().unwrap_or_default()
-                ));
-            }
+        if number == lessons::TOOL
+            && path.is_none()
+            && can_load
+            && let Ok(said) | Err(said) = tool
+        {
+            problems.push(format!(
+                "lesson {number} did not attach: {}",
+                said.lines().last().unwrap_or_default()
+            ));
+        }
+        if number >= 5 {
             notes.push(if mptcp {
                 "MPTCP: in this kernel (its rows show)".to_string()
             } else {
@@ -246,9 +248,13 @@ fn lesson_verdicts(
             });
         }
         let shown_path = match (number, path) {
-            (5, Some("kprobe")) => "a kprobe and a kretprobe on inet_listen()".to_string(),
-            (5, Some("fentry")) => "fexit on inet_listen()".to_string(),
+            (5.., Some("kprobe")) => "a kprobe and a kretprobe on inet_listen()".to_string(),
+            (5.., Some("fentry")) => "fexit on inet_listen()".to_string(),
             (5, Some(_)) => {
+                "the state tracepoint, which does not see a call end (lesson 6's path does)"
+                    .to_string()
+            }
+            (lessons::TOOL, Some(_)) => {
                 "the syscall tracepoints sys_enter_listen and sys_exit_listen (tracefs), with the \
                  state tracepoint"
                     .to_string()
@@ -289,9 +295,9 @@ fn as_root(binary: &Path) -> Command {
     }
 }
 
-/// Runs lesson 5 for a moment with `--attach auto`: its status lines (stderr) when it got ready,
+/// Runs the tool (lesson 6) for a moment with `--attach ATTACH`: its status lines (stderr) when it got ready,
 /// else the error it ended with.
-fn try_lesson_5(binary: &Path, attach: &str) -> Result<String, String> {
+fn try_tool(binary: &Path, attach: &str) -> Result<String, String> {
     let mut command = as_root(binary);
     command.args(["--attach", attach, "--duration", "0.2"]);
     let finished = RunningStep::try_spawn(&mut command)?.try_wait(Duration::from_secs(30))?;
@@ -336,7 +342,7 @@ fn btf() -> anyhow::Result<Finding> {
         Finding::bad(
             "BTF",
             format!("{KERNEL_BTF} is missing"),
-            "lessons 2 to 5 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
+            "lessons 2 to 6 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
              distribution's is); lesson 1 runs without it",
         )
     })
@@ -402,12 +408,12 @@ fn tracefs() -> Finding {
         if mounted {
             "mounted"
         } else {
-            "not mounted: lesson 5's tracepoint path mounts it itself"
+            "not mounted: lesson 6's tracepoint path mounts it itself"
         },
     )
 }
 
-/// Where cgroup2 is mounted, which lesson 5's sockops path attaches to (it mounts it for a moment
+/// Where cgroup2 is mounted, which lesson 6's sockops path attaches to (it mounts it for a moment
 /// where it is not).
 fn cgroup2() -> Finding {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -416,10 +422,10 @@ fn cgroup2() -> Finding {
         "cgroup2",
         match mount {
             Some(point) => format!(
-                "mounted at {} (lesson 5's `--attach sockops` uses it)",
+                "mounted at {} (lesson 6's `--attach sockops` uses it)",
                 point.display()
             ),
-            None => "not mounted: lesson 5's `--attach sockops` mounts it for a moment".to_string(),
+            None => "not mounted: lesson 6's `--attach sockops` mounts it for a moment".to_string(),
         },
     )
 }

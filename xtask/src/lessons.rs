@@ -9,6 +9,9 @@ use crate::{
     workspace_root,
 };
 
+/// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
+pub const TOOL: u8 = 6;
+
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lesson {
@@ -17,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 5] = [
+pub const LESSONS: [Lesson; 6] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -40,8 +43,13 @@ pub const LESSONS: [Lesson; 5] = [
     },
     Lesson {
         number: 5,
-        package: "step5-results",
-        title: "+ each call to its end: result, final port, MPTCP, filters, JSON",
+        package: "step5-ends",
+        title: "+ each call to its end: the result, the final port, MPTCP once",
+    },
+    Lesson {
+        number: 6,
+        package: "step6-tool",
+        title: "+ system call tracepoints, sockops, filters, exact counts, JSON",
     },
 ];
 

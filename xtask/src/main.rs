@@ -56,7 +56,7 @@ enum Command {
         #[arg(long)]
         arm64: bool,
     },
-    /// Check this machine for the lessons (a few seconds; the first run builds lessons 1 and 5): kernel, BTF, attach paths, privileges
+    /// Check this machine for the lessons (a few seconds; the first run builds lessons 1 and 6): kernel, BTF, attach paths, privileges
     Doctor(doctor::DoctorArgs),
     /// Build every lesson (set-up first)
     Build,
@@ -71,7 +71,7 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// Build the book (English and Chinese) with mdBook, after checking its includes and links
     Docs(docs::DocsArgs),
-    /// Measure what lesson 5 costs per listen() next to no tracer and bpftrace, and start-up times
+    /// Measure what lesson 6 costs per listen() next to no tracer and bpftrace, and start-up times
     Bench(bench::BenchArgs),
     /// Check an exercise: build your lesson and run it against real listen() calls
     Check {

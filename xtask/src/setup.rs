@@ -31,7 +31,7 @@ pub fn run() -> anyhow::Result<Toolchain> {
     tools_folder(&toolchain)?;
     ensure_bpf_linker(&toolchain)?;
     eprintln!(
-        "    [3/3] tracefs: lesson 5 mounts it itself when its tracepoint path needs it (the other paths do not)"
+        "    [3/3] tracefs: lesson 6 mounts it itself when its tracepoint path needs it (the other paths do not)"
     );
     eprintln!(
         "    setup: done in {:.2} s",

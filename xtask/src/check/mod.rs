@@ -14,11 +14,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-mod exercise_5;
+mod ring_buffer;
 mod verdicts;
 
-use exercise_5::check_ring_buffer;
-use verdicts::{check_pid, check_process_name, check_skc_num, check_thread_id};
+use ring_buffer::check_ring_buffer;
+use verdicts::{check_listened, check_pid, check_process_name, check_skc_num, check_thread_id};
 
 use crate::{
     lessons::{self, Lesson},
@@ -41,7 +41,7 @@ pub struct Exercise {
     pub changes_tests: &'static [&'static str],
 }
 
-pub const EXERCISES: [Exercise; 5] = [
+pub const EXERCISES: [Exercise; 6] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -77,16 +77,26 @@ pub const EXERCISES: [Exercise; 5] = [
     Exercise {
         number: 5,
         lesson: 5,
+        title: "how long each listener listened",
+        patch: "5-listened.patch",
+        page: "lesson-5-ends.md",
+        // A listen that fails (EADDRINUSE) starts listening and stops at once: on the tracepoint
+        // path it now has a `closed` row too.
+        changes_tests: &["every_call_is_one_row_with_its_final_port_and_result"],
+    },
+    Exercise {
+        number: 6,
+        lesson: 6,
         title: "a ring buffer with wake-ups that adapt",
-        patch: "5-ring-buffer.patch",
-        page: "exercise-5-ring-buffer.md",
+        patch: "6-ring-buffer.patch",
+        page: "exercise-6-ring-buffer.md",
         // The ring buffer's reader drains on a timer: the perf buffer's batch pause, and the line
         // that says a stop cut it short, are gone.
         changes_tests: &["ctrl_c_ends_the_batch_pause_at_once"],
     },
 ];
 
-/// Whether exercise 5's timings decide: they do for a learner; inside `cargo xtask test` (a shared
+/// Whether exercise 6's timings decide: they do for a learner; inside `cargo xtask test` (a shared
 /// machine) they are printed, never a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timings {
@@ -122,11 +132,11 @@ fn find(number: u8) -> anyhow::Result<&'static Exercise> {
 pub fn build(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
     let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
-    if number == 5 {
-        // The floor of exercise 5's cost: lesson 5 as committed, built first (the solution and
+    if number == 6 {
+        // The floor of exercise 6's cost: lesson 6 as committed, built first (the solution and
         // the starter are built in the same checkout after it).
         let committed = build_in_clean_checkout(toolchain, lesson, None)?;
-        std::fs::create_dir_all(target_dir().join("exercise-5"))?;
+        std::fs::create_dir_all(target_dir().join("exercise-6"))?;
         std::fs::copy(&committed, floor_binary())
             .with_context(|| format!("cannot copy {}", committed.display()))?;
         if attempt == Attempt::Starter {
@@ -170,6 +180,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> any
         2 => check_pid(binary),
         3 => check_skc_num(binary),
         4 => check_thread_id(binary),
+        5 => check_listened(binary),
         _ => check_ring_buffer(binary, timings),
     };
     match verdict {
@@ -269,9 +280,9 @@ fn git_output(root: &Path, args: &[&str]) -> anyhow::Result<String> {
     output_of(Command::new("git").arg("-C").arg(root).args(args))
 }
 
-/// Where exercise 5's check keeps lesson 5 as committed, the floor its cost is measured against.
+/// Where exercise 6's check keeps lesson 6 as committed, the floor its cost is measured against.
 pub fn floor_binary() -> PathBuf {
-    target_dir().join("exercise-5/lesson-5-as-committed")
+    target_dir().join("exercise-6/lesson-6-as-committed")
 }
 
 /// Builds `lesson` in a clean checkout of the last commit (a git worktree under `target/`), with

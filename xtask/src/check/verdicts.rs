@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 4: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 5: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{net::Ipv4Addr, path::Path, process::Command, thread, time::Duration};
@@ -122,6 +122,61 @@ pub(super) fn check_thread_id(binary: &Path) -> Result<(), String> {
         _ => Err(format!(
             "the table has no TID column after PID: the header is `{header}`, and our listen's \
              row `{row}` should read `{pid} {tid} …`"
+        )),
+    }
+}
+
+/// How long exercise 5's listener listens before it closes.
+const LISTENED: Duration = Duration::from_millis(300);
+
+/// Exercise 5: on the tracepoint path, a row whose RESULT is `closed` when our listener stops, and a
+/// last column `LISTENED` that says for how long it listened (`312.5ms`).
+pub(super) fn check_listened(binary: &Path) -> Result<(), String> {
+    let mut step = start(binary, &["--attach", "tracepoint"])?;
+    let port = thread::spawn(|| {
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 5)
+            .map_err(|error| format!("{error:#}"))?;
+        thread::sleep(LISTENED);
+        Ok::<_, String>(listener.local_addr.port()) // and the listener closes
+    })
+    .join()
+    .map_err(|_| "the listening thread failed".to_string())??
+    .to_string();
+    let header = step
+        .find_line(
+            Stream::Stdout,
+            |line| line.starts_with("PID "),
+            EVENT_TIMEOUT,
+        )
+        .unwrap_or_default();
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let column = |name: &str| names.iter().position(|&column| column == name);
+    let (Some(port_at), Some(result_at), Some(listened_at)) =
+        (column("PORT"), column("RESULT"), column("LISTENED"))
+    else {
+        return Err(format!(
+            "the table has no LISTENED column after RESULT: the header is `{header}`"
+        ));
+    };
+    let field = |line: &str, at: usize| line.split_whitespace().nth(at).map(str::to_string);
+    let closed = wait_for(&mut step, |line| {
+        field(line, port_at).as_deref() == Some(port.as_str())
+            && field(line, result_at).as_deref() == Some("closed")
+    });
+    let Some(row) = closed else {
+        return Err(format!(
+            "our listener on port {port} closed after {} ms, but no row for it says `closed` in              the RESULT column; the program printed:\n{}",
+            LISTENED.as_millis(),
+            step.stdout()
+        ));
+    };
+    let said = field(&row, listened_at).unwrap_or_default();
+    let ms: Option<f64> = said.strip_suffix("ms").and_then(|ms| ms.parse().ok());
+    let least = LISTENED.as_secs_f64() * 1e3;
+    match ms {
+        Some(ms) if (least..least + 2_000.0).contains(&ms) => Ok(()),
+        _ => Err(format!(
+            "our listener listened for {least} ms (a little more, not less), but its row says              LISTENED `{said}`: the row is `{row}`"
         )),
     }
 }

@@ -256,12 +256,12 @@ pub fn prepare(
     if case_count == 0 {
         bail!("no kernel test matches the filter {:?}", args.filter);
     }
-    // Exercise 5's reference solution is checked in the stock kernel too, where the kprobes work
+    // Exercise 6's reference solution is checked in the stock kernel too, where the kprobes work
     // (here it is checked on this machine's path): in a run of every case.
-    let exercise_5 =
+    let exercise_6 =
         args.filter.is_none() && kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL);
-    if exercise_5 {
-        crate::check::build(toolchain, 5, crate::check::Attempt::Solution)?;
+    if exercise_6 {
+        crate::check::build(toolchain, 6, crate::check::Attempt::Solution)?;
     }
     ensure!(
         extra.is_empty() || kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL),
@@ -289,14 +289,14 @@ pub fn prepare(
             Arch::Arm64 => Accel::Tcg,
         };
         let is_stock = kernel.series == STOCK_KERNEL;
-        let with_exercise_5 = exercise_5 && is_stock;
+        let with_exercise_6 = exercise_6 && is_stock;
         let extra_here = if is_stock { extra } else { &[] };
         let initramfs = build_initramfs(
             kernel,
             build,
             shared,
             tests,
-            with_exercise_5,
+            with_exercise_6,
             extra_here,
             &vm_dir.join(kernel.package),
         )?;
@@ -308,7 +308,7 @@ pub fn prepare(
             accel,
             is_stock,
             extra_labels: extra_here.iter().map(|extra| extra.label.clone()).collect(),
-            own_cases: case_count + usize::from(with_exercise_5),
+            own_cases: case_count + usize::from(with_exercise_6),
             extra_count,
         });
     }
@@ -442,7 +442,7 @@ struct PreparedGuest {
     is_stock: bool,
     /// The labels of the extra cases it runs.
     extra_labels: Vec<String>,
-    /// The workspace's cases (with exercise 5's check in the stock guest).
+    /// The workspace's cases (with exercise 6's check in the stock guest).
     own_cases: usize,
     extra_count: usize,
 }

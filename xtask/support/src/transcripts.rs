@@ -73,7 +73,7 @@ pub struct Transcript {
     pub keep: fn(&str) -> bool,
 }
 
-pub const TRANSCRIPTS: [Transcript; 6] = [
+pub const TRANSCRIPTS: [Transcript; 7] = [
     Transcript {
         name: "step1",
         lesson: 1,
@@ -116,43 +116,50 @@ pub const TRANSCRIPTS: [Transcript; 6] = [
         name: "step5",
         lesson: 5,
         args: &[],
-        listens: || {
-            // As the page's `cargo xtask listen` commands make them.
-            let mut listeners = listen_in_a_netns_and_on_ipv6()?;
-            // A socket never bound: lesson 5 shows the port the kernel picked for it; then a
-            // second listen() on it, which only changes the backlog.
-            let unbound = trigger::listen_without_bind(trigger::Domain::IPV4, 5)?;
-            unbound.socket.listen(9)?;
-            listeners.push(unbound);
-            // listen() on a port in use (EADDRINUSE) and on a connected socket (EINVAL).
-            let localhost = IpAddr::from([127, 0, 0, 1]);
-            let (first, second, _) = trigger::listen_on_a_port_in_use((localhost, 0).into(), 3)?;
-            let (server, client, _) =
-                trigger::listen_on_a_connected_socket((localhost, 0).into(), 4)?;
-            for (listener, other) in [(first, second), (server, client)] {
-                let local_addr = listener.local_addr;
-                listeners.extend([
-                    listener,
-                    trigger::Listener {
-                        socket: other,
-                        local_addr,
-                    },
-                ]);
-            }
-            // An MPTCP listen, where the kernel has MPTCP.
-            listeners.extend(trigger::listen_mptcp((localhost, 0).into(), 6).ok());
-            Ok(listeners)
-        },
+        listens: every_kind_of_listen,
         keep: table_rows_of_ours,
     },
     Transcript {
-        name: "step5-json",
-        lesson: 5,
+        name: "step6",
+        lesson: 6,
+        args: &[],
+        listens: every_kind_of_listen,
+        keep: table_rows_of_ours,
+    },
+    Transcript {
+        name: "step6-json",
+        lesson: 6,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
         keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
     },
 ];
+
+/// As the pages' `cargo xtask listen` commands make them: lesson 4's listens, then a socket never
+/// bound (lessons 5 and 6 show the port the kernel picked for it) and a second listen() on it,
+/// which only changes the backlog; listen() on a port in use (EADDRINUSE) and on a connected
+/// socket (EINVAL); an MPTCP listen, where the kernel has MPTCP.
+fn every_kind_of_listen() -> anyhow::Result<Vec<trigger::Listener>> {
+    let mut listeners = listen_in_a_netns_and_on_ipv6()?;
+    let unbound = trigger::listen_without_bind(trigger::Domain::IPV4, 5)?;
+    unbound.socket.listen(9)?;
+    listeners.push(unbound);
+    let localhost = IpAddr::from([127, 0, 0, 1]);
+    let (first, second, _) = trigger::listen_on_a_port_in_use((localhost, 0).into(), 3)?;
+    let (server, client, _) = trigger::listen_on_a_connected_socket((localhost, 0).into(), 4)?;
+    for (listener, other) in [(first, second), (server, client)] {
+        let local_addr = listener.local_addr;
+        listeners.extend([
+            listener,
+            trigger::Listener {
+                socket: other,
+                local_addr,
+            },
+        ]);
+    }
+    listeners.extend(trigger::listen_mptcp((localhost, 0).into(), 6).ok());
+    Ok(listeners)
+}
 
 /// A listen in a network namespace of its own (as `cargo xtask listen --netns` makes), and one on
 /// `::1`.

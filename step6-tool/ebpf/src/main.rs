@@ -1,7 +1,7 @@
-//! Lesson 5, kernel side: lesson 4's structured events, with every path now following each
-//! `listen()` call to its end, to report its result and the port the kernel picked. The kprobe and
-//! fentry paths hook the return of `inet_listen()` (and of `mptcp_listen()`, which MPTCP sockets
-//! use instead); the tracepoint path pairs the `listen()` system call's entry and exit. The sockops
+//! Lesson 6, kernel side: lesson 5's events, with every path following each `listen()` call to its
+//! end, to report its result and the port the kernel picked. The kprobe and fentry paths hook the
+//! return of `inet_listen()` (and of `mptcp_listen()`, which MPTCP sockets use instead) as in
+//! lesson 5; new, the tracepoint path pairs the `listen()` system call's entry and exit. The sockops
 //! path, which taxes no system call, hears from the kernel when a socket has started listening.
 #![no_std]
 #![no_main]

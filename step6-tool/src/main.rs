@@ -1,9 +1,9 @@
-//! Lesson 5, userspace side: lesson 4's perf buffer of events, with each `listen()` followed to its
-//! end, which makes it the tool to keep:
+//! Lesson 6, userspace side: lesson 5's events, each `listen()` followed to its end, made the tool
+//! to keep:
 //!
-//! - every attach path now also hooks the return (kretprobe, fexit, or the `listen()` system call's
-//!   exit tracepoint), so each event carries the call's result and the port the kernel picked;
-//! - MPTCP sockets, which listen through `mptcp_listen()`, are reported once, as MPTCP;
+//! - the tracepoint path too sees each call end: it pairs the `listen()` system call's entry and
+//!   exit tracepoints, so where kprobes and fentry are missing each event still carries the call's
+//!   result and the port the kernel picked;
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
 //! - filters the kernel applies (`--pid`, `--netns`), a reader that batches its wake-ups
 //!   (`--batch-pause`), and JSON output (in `output.rs`);
