@@ -2,8 +2,8 @@
 //! this machine can run the lessons: the kernel and CPU, BTF, which attach paths really load and
 //! attach (by running lesson 1 itself with each `--attach`), privileges, the locked-memory limit
 //! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Then a verdict per
-//! lesson: the path it would take, whether the struct offsets of lessons 2 to 6 resolve in this
-//! kernel's BTF, the syscall tracepoints lesson 6's fallback needs, and MPTCP. Exit 0 only when
+//! lesson: the path it would take, whether the struct offsets of lessons 2 to 7 resolve in this
+//! kernel's BTF, the syscall tracepoints lessons 6 and 7's fallback needs, and MPTCP. Exit 0 only when
 //! lesson 1 will run.
 
 use std::{fs, path::Path, process::Command, time::Duration};
@@ -178,9 +178,9 @@ struct LessonVerdict {
 
 /// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
 /// the state tracepoint, and lesson 5 adds their returns (kretprobe, fexit): they take the first
-/// path lesson 1 showed working (`path_works`). The tool (lesson 6) follows each call to its end on
-/// every path (the syscall tracepoints with the state tracepoint where kprobes and fentry are
-/// missing) and reads every struct field the others read: it is run here, as lesson 1 was, and
+/// path lesson 1 showed working (`path_works`). Lesson 6 and the tool (lesson 7) follow each call
+/// to its end on every path (the syscall tracepoints with the state tracepoint where kprobes and
+/// fentry are missing) and reads every struct field the others read: it is run here, as lesson 1 was, and
 /// what it printed says whether the offsets resolve in this kernel's BTF and which path it took.
 fn lesson_verdicts(
     tool: &Result<String, String>,
@@ -195,7 +195,7 @@ fn lesson_verdicts(
         Ok(stderr) | Err(stderr) => Err(stderr
             .lines()
             .find(|line| line.contains("BTF"))
-            .unwrap_or("the tool (lesson 6) did not say")
+            .unwrap_or("the tool (lesson 7) did not say")
             .to_string()),
     };
     let tool_path = match tool {
@@ -214,11 +214,9 @@ fn lesson_verdicts(
     .is_ok();
     let mut verdicts = Vec::new();
     for number in 1..=lessons::TOOL {
-        let path = if number == lessons::TOOL {
-            tool_path
-        } else {
-            entry_path
-        };
+        // Lesson 6 takes the path the tool takes: the syscall tracepoints where kprobes and fentry
+        // are missing.
+        let path = if number >= 6 { tool_path } else { entry_path };
         let mut problems = Vec::new();
         let mut notes = Vec::new();
         if !can_load {
@@ -230,7 +228,7 @@ fn lesson_verdicts(
                 Err(error) => problems.push(format!("its struct offsets do not resolve: {error}")),
             }
         }
-        if number == lessons::TOOL
+        if number >= 6
             && path.is_none()
             && can_load
             && let Ok(said) | Err(said) = tool
@@ -254,7 +252,7 @@ fn lesson_verdicts(
                 "the state tracepoint, which does not see a call end (lesson 6's path does)"
                     .to_string()
             }
-            (lessons::TOOL, Some(_)) => {
+            (6.., Some(_)) => {
                 "the syscall tracepoints sys_enter_listen and sys_exit_listen (tracefs), with the \
                  state tracepoint"
                     .to_string()
@@ -295,7 +293,7 @@ fn as_root(binary: &Path) -> Command {
     }
 }
 
-/// Runs the tool (lesson 6) for a moment with `--attach ATTACH`: its status lines (stderr) when it got ready,
+/// Runs the tool (lesson 7) for a moment with `--attach ATTACH`: its status lines (stderr) when it got ready,
 /// else the error it ended with.
 fn try_tool(binary: &Path, attach: &str) -> Result<String, String> {
     let mut command = as_root(binary);
@@ -342,7 +340,7 @@ fn btf() -> anyhow::Result<Finding> {
         Finding::bad(
             "BTF",
             format!("{KERNEL_BTF} is missing"),
-            "lessons 2 to 6 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
+            "lessons 2 to 7 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
              distribution's is); lesson 1 runs without it",
         )
     })
@@ -413,7 +411,7 @@ fn tracefs() -> Finding {
     )
 }
 
-/// Where cgroup2 is mounted, which lesson 6's sockops path attaches to (it mounts it for a moment
+/// Where cgroup2 is mounted, which lesson 7's sockops path attaches to (it mounts it for a moment
 /// where it is not).
 fn cgroup2() -> Finding {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -422,10 +420,10 @@ fn cgroup2() -> Finding {
         "cgroup2",
         match mount {
             Some(point) => format!(
-                "mounted at {} (lesson 6's `--attach sockops` uses it)",
+                "mounted at {} (lesson 7's `--attach sockops` uses it)",
                 point.display()
             ),
-            None => "not mounted: lesson 6's `--attach sockops` mounts it for a moment".to_string(),
+            None => "not mounted: lesson 7's `--attach sockops` mounts it for a moment".to_string(),
         },
     )
 }

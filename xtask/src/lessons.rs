@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 6;
+pub const TOOL: u8 = 7;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 6] = [
+pub const LESSONS: [Lesson; 7] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -48,8 +48,13 @@ pub const LESSONS: [Lesson; 6] = [
     },
     Lesson {
         number: 6,
-        package: "step6-tool",
-        title: "+ system call tracepoints, sockops, filters, exact counts, JSON",
+        package: "step6-syscalls",
+        title: "+ the listen() system call's tracepoints, where kprobes and fentry are missing",
+    },
+    Lesson {
+        number: 7,
+        package: "step7-tool",
+        title: "+ the tool to keep: sockops, filters, exact counts, JSON",
     },
 ];
 

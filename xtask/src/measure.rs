@@ -1,4 +1,4 @@
-//! What `cargo xtask bench` and exercise 6's check both measure: a loop of real `listen()` calls
+//! What `cargo xtask bench` and exercise 7's check both measure: a loop of real `listen()` calls
 //! with a tracer running (a lesson, an exercise, bpftrace, or none), timed as a whole, and what the
 //! tracer received of it.
 
@@ -24,22 +24,22 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 6 with every event filtered in the kernel: the probe alone, the floor.
-    Step6FilteredOut,
+    /// Lesson 7 with every event filtered in the kernel: the probe alone, the floor.
+    Step7FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
-    Step6Table,
-    Step6Json,
-    /// Lesson 6 `--json --batch-pause 0`: its reader drains at every wake-up.
-    Step6JsonNoPause,
-    /// Exercise 6's reference solution: lesson 6 through a BPF ring buffer, `--json`.
-    Exercise6,
-    /// Another solution of exercise 6, named by its patch, `--json`.
-    Exercise6Patch(&'static str),
-    /// Lesson 6 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step6SockopsFilteredOut,
-    /// Lesson 6 on its sockops path, `--json`.
-    Step6SockopsJson,
+    Step7Table,
+    Step7Json,
+    /// Lesson 7 `--json --batch-pause 0`: its reader drains at every wake-up.
+    Step7JsonNoPause,
+    /// Exercise 7's reference solution: lesson 7 through a BPF ring buffer, `--json`.
+    Exercise7,
+    /// Another solution of exercise 7, named by its patch, `--json`.
+    Exercise7Patch(&'static str),
+    /// Lesson 7 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step7SockopsFilteredOut,
+    /// Lesson 7 on its sockops path, `--json`.
+    Step7SockopsJson,
     Bpftrace,
 }
 
@@ -47,15 +47,15 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step6FilteredOut => "step 6, all filtered in the kernel",
+            Self::Step7FilteredOut => "step 7, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
-            Self::Step6Table => "step 6, table to a file",
-            Self::Step6Json => "step 6 --json, to a file",
-            Self::Step6JsonNoPause => "step 6 --json --batch-pause 0, to a file",
-            Self::Exercise6 => "exercise 6 (ring buffer) --json, to a file",
-            Self::Exercise6Patch(name) => name,
-            Self::Step6SockopsFilteredOut => "step 6 --attach sockops, all filtered in the kernel",
-            Self::Step6SockopsJson => "step 6 --attach sockops --json, to a file",
+            Self::Step7Table => "step 7, table to a file",
+            Self::Step7Json => "step 7 --json, to a file",
+            Self::Step7JsonNoPause => "step 7 --json --batch-pause 0, to a file",
+            Self::Exercise7 => "exercise 7 (ring buffer) --json, to a file",
+            Self::Exercise7Patch(name) => name,
+            Self::Step7SockopsFilteredOut => "step 7 --attach sockops, all filtered in the kernel",
+            Self::Step7SockopsJson => "step 7 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -64,17 +64,17 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step6Json
-                | Self::Step6JsonNoPause
-                | Self::Exercise6
-                | Self::Exercise6Patch(_)
-                | Self::Step6SockopsJson
+            Self::Step7Json
+                | Self::Step7JsonNoPause
+                | Self::Exercise7
+                | Self::Exercise7Patch(_)
+                | Self::Step7SockopsJson
         )
     }
 
     /// Whether the tracer sends nothing (every event filtered in the kernel): the probe alone.
     pub fn filters_everything(self) -> bool {
-        matches!(self, Self::Step6FilteredOut | Self::Step6SockopsFilteredOut)
+        matches!(self, Self::Step7FilteredOut | Self::Step7SockopsFilteredOut)
     }
 
     /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
@@ -89,12 +89,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step6FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step6Table => lesson(&[]),
-            Self::Step6Json | Self::Exercise6 | Self::Exercise6Patch(_) => lesson(&["--json"]),
-            Self::Step6JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step6SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step6SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step7FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step7Table => lesson(&[]),
+            Self::Step7Json | Self::Exercise7 | Self::Exercise7Patch(_) => lesson(&["--json"]),
+            Self::Step7JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step7SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step7SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -117,7 +117,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 6 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 7 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

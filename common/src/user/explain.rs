@@ -59,7 +59,7 @@ impl fmt::Display for AttachPath {
     }
 }
 
-/// Lesson 6's `--attach`: lessons 1–4's modes, and a path that only the tool offers.
+/// Lesson 7's `--attach`: lessons 1–4's modes, and a path that only the tool offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolAttachMode {
     /// Try kprobe, then fentry, then the tracepoints: the paths that follow every listen() call
@@ -95,7 +95,7 @@ impl ToolAttachMode {
     }
 }
 
-/// One of lesson 6's attach paths.
+/// One of lesson 7's attach paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolPath {
     /// A path of lessons 1–4, which follows each `listen()` call to its end.
@@ -164,7 +164,7 @@ fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts)
     }
 }
 
-/// Why one of lesson 6's paths failed.
+/// Why one of lesson 7's paths failed.
 pub fn explain_tool_attach_failure(path: ToolPath, error: &anyhow::Error) -> String {
     match path {
         ToolPath::Exact(path) => explain_attach_failure(path, error),
@@ -211,7 +211,7 @@ pub fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> 
     anyhow::anyhow!(no_path_attached_words(mode == AttachMode::Auto, failures))
 }
 
-/// The same for lesson 6's paths.
+/// The same for lesson 7's paths.
 pub fn no_tool_path_attached(
     mode: ToolAttachMode,
     failures: &[(ToolPath, String)],

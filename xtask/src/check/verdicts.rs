@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 5: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 6: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{net::Ipv4Addr, path::Path, process::Command, thread, time::Duration};
@@ -177,6 +177,54 @@ pub(super) fn check_listened(binary: &Path) -> Result<(), String> {
         Some(ms) if (least..least + 2_000.0).contains(&ms) => Ok(()),
         _ => Err(format!(
             "our listener listened for {least} ms (a little more, not less), but its row says              LISTENED `{said}`: the row is `{row}`"
+        )),
+    }
+}
+
+/// Exercise 6: on the tracepoint path, a last column `FD` with the file descriptor the `listen()`
+/// system call was given.
+pub(super) fn check_fd(binary: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let mut step = start(binary, &["--attach", "tracepoint"])?;
+    // A few descriptors opened first, so that ours is not simply the lowest free one.
+    let spare: Vec<_> = (0..3)
+        .filter_map(|_| std::fs::File::open("/dev/null").ok())
+        .collect();
+    let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 6)
+        .map_err(|error| format!("{error:#}"))?;
+    drop(spare);
+    let (fd, port) = (
+        listener.socket.as_raw_fd().to_string(),
+        listener.local_addr.port().to_string(),
+    );
+    let header = step
+        .find_line(
+            Stream::Stdout,
+            |line| line.starts_with("PID "),
+            EVENT_TIMEOUT,
+        )
+        .unwrap_or_default();
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let column = |name: &str| names.iter().position(|&column| column == name);
+    let (Some(port_at), Some(fd_at)) = (column("PORT"), column("FD")) else {
+        return Err(format!(
+            "the table has no FD column: the header is `{header}`"
+        ));
+    };
+    let field = |line: &str, at: usize| line.split_whitespace().nth(at).map(str::to_string);
+    let Some(row) = wait_for(&mut step, |line| {
+        field(line, port_at).as_deref() == Some(port.as_str())
+    }) else {
+        return Err(format!(
+            "no row for our listen on port {port}; the program printed:\n{}",
+            step.stdout()
+        ));
+    };
+    match field(&row, fd_at) {
+        Some(seen) if seen == fd => Ok(()),
+        seen => Err(format!(
+            "our listen() was given file descriptor {fd}, but its row's FD column says {seen:?}: \
+             the row is `{row}`"
         )),
     }
 }

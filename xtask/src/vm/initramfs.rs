@@ -15,8 +15,8 @@ use anyhow::bail;
 use super::*;
 use crate::pinned::target_dir;
 
-/// How many listens exercise 6's burst makes in the stock kernel's guest, an emulated CPU.
-pub(super) const EXERCISE_6_GUEST_BURST: usize = 20_000;
+/// How many listens exercise 7's burst makes in the stock kernel's guest, an emulated CPU.
+pub(super) const EXERCISE_7_GUEST_BURST: usize = 20_000;
 
 /// The guest's `/init`: mount what the tests need, run each case with a time limit, power off.
 /// Results go to the second serial port, apart from the kernel's messages on the first.
@@ -91,13 +91,13 @@ pub(super) fn pack_shared_part(
 
 /// A guest's initramfs: the shared part (`pack_shared_part`) followed by its own small archive (the
 /// kernel unpacks concatenated archives one after the other), which holds its `/init`, its list of
-/// cases, and exercise 6's check and the extra cases where they run.
+/// cases, and exercise 7's check and the extra cases where they run.
 pub(super) fn build_initramfs(
     kernel: &GuestKernel,
     build: GuestBuild,
     shared: &Path,
     tests: &[KernelTests],
-    exercise_6: bool,
+    exercise_7: bool,
     extra: &[&ExtraCases],
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -108,30 +108,33 @@ pub(super) fn build_initramfs(
             writeln!(cases, "{} {} {case}", test.step, test.inside().display())?;
         }
     }
-    if exercise_6 {
-        // `cargo xtask check exercise 6 --solution` as a case of its own: this xtask, the solution
-        // and lesson 6 as committed, each where the check looks for it (`--built`).
+    if exercise_7 {
+        // `cargo xtask check exercise 7 --solution` as a case of its own: this xtask, the solution
+        // and lesson 7 as committed, each where the check looks for it (`--built`).
         let copy = |binary: &Path, inside: Option<&Path>| copy_for(build, binary, &staging, inside);
         copy(&std::env::current_exe()?, Some(Path::new("/bin/xtask")))?;
         copy(
-            &crate::check::built_binary(6, crate::check::Attempt::Solution)?,
+            &crate::check::built_binary(
+                crate::check::RING_BUFFER,
+                crate::check::Attempt::Solution,
+            )?,
             None,
         )?;
         copy(&crate::check::floor_binary(), None)?;
-        // The check finds lesson 6 by its manifest in the checkout.
-        let manifest = crate::workspace_root().join("step6-tool/Cargo.toml");
+        // The check finds lesson 7 by its manifest in the checkout.
+        let manifest = crate::workspace_root().join("step7-tool/Cargo.toml");
         copy_into(&manifest, &staging, &manifest)?;
-        let check = staging.join("exercise-6-check");
+        let check = staging.join("exercise-7-check");
         fs::write(
             &check,
             format!(
-                "#!/bin/busybox sh\nLISTEN_TRACE_BURST={EXERCISE_6_GUEST_BURST} exec /bin/xtask \
-                 --built '{}' check exercise 6 --solution --print-timings-only\n",
+                "#!/bin/busybox sh\nLISTEN_TRACE_BURST={EXERCISE_7_GUEST_BURST} exec /bin/xtask \
+                 --built '{}' check exercise 7 --solution --print-timings-only\n",
                 target_dir().display()
             ),
         )?;
         fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
-        writeln!(cases, "exercise-6 /exercise-6-check solution")?;
+        writeln!(cases, "exercise-7 /exercise-7-check solution")?;
     }
     for extra in extra {
         for (binary, inside) in &extra.binaries {

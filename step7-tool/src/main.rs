@@ -1,9 +1,6 @@
-//! Lesson 6, userspace side: lesson 5's events, each `listen()` followed to its end, made the tool
-//! to keep:
+//! Lesson 7, userspace side: lesson 6's events, each `listen()` followed to its end on every path,
+//! made the tool to keep:
 //!
-//! - the tracepoint path too sees each call end: it pairs the `listen()` system call's entry and
-//!   exit tracepoints, so where kprobes and fentry are missing each event still carries the call's
-//!   result and the port the kernel picked;
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
 //! - filters the kernel applies (`--pid`, `--netns`), a reader that batches its wake-ups
 //!   (`--batch-pause`), and JSON output (in `output.rs`);

@@ -1,4 +1,4 @@
-//! Lesson 6 against the real kernel: structured events with the exact values, both output formats
+//! Lesson 7 against the real kernel: structured events with the exact values, both output formats
 //! read back, the in-kernel filters, and a storm of listens counted exactly (received + lost).
 //!
 //! Our own events are told apart by their own ports, and by a network namespace of their own.
@@ -21,10 +21,10 @@ use support::{
     },
 };
 
-const STEP: &str = env!("CARGO_BIN_EXE_step6-tool");
+const STEP: &str = env!("CARGO_BIN_EXE_step7-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts lesson 6 with `args`, printing JSON lines.
+/// Starts lesson 7 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
@@ -421,7 +421,7 @@ fn storm_size() -> usize {
 static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
-/// what lesson 6, filtered to that namespace, reported: (rows printed, received, lost).
+/// what lesson 7, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(
     path: &str,
     netns: &InNewNetns,
@@ -531,7 +531,7 @@ fn a_storm_of_listens_is_counted_exactly_on_the_sockops_path() {
     }
 }
 
-/// The sockops path run as in a container: lesson 6 starts in a cgroup of its own, inside a
+/// The sockops path run as in a container: lesson 7 starts in a cgroup of its own, inside a
 /// cgroup namespace with its own cgroup2 mount (as container runtimes mount it), so it attaches to
 /// that cgroup. Listens outside it are not its to report, not even as failures when they close at
 /// once (a close leaves `TCP_LISTEN` as a failed start does); a listen inside it is, exactly. The
@@ -1080,11 +1080,11 @@ fn ctrl_c_ends_the_batch_pause_at_once() {
     );
 }
 
-/// What the book shows lesson 6 printing, recorded for real: in a `vm-test` guest with kprobes
+/// What the book shows lesson 7 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
 #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
     require_root();
-    support::transcripts::record_and_print(6, STEP);
+    support::transcripts::record_and_print(7, STEP);
 }

@@ -1,8 +1,7 @@
-//! Lesson 6, kernel side: lesson 5's events, with every path following each `listen()` call to its
-//! end, to report its result and the port the kernel picked. The kprobe and fentry paths hook the
-//! return of `inet_listen()` (and of `mptcp_listen()`, which MPTCP sockets use instead) as in
-//! lesson 5; new, the tracepoint path pairs the `listen()` system call's entry and exit. The sockops
-//! path, which taxes no system call, hears from the kernel when a socket has started listening.
+//! Lesson 7, kernel side: lesson 6's events, each `listen()` call followed to its end on every path
+//! (kretprobe, fexit, or the system call's tracepoints), now with exact counters of what did not
+//! become an event, filters applied before anything is sent, and a fourth path: the sockops path,
+//! which taxes no system call and hears from the kernel when a socket has started listening.
 #![no_std]
 #![no_main]
 // The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
