@@ -35,7 +35,7 @@ pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 /// The line a step prints once it is attached and reading; the tests and xtask wait for it.
 pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
-/// What lesson 7 prints before its ready line when it pairs the `listen()` system call's
+/// What lesson 8 prints before its ready line when it pairs the `listen()` system call's
 /// tracepoints: what that costs the whole machine, and the path that costs nothing.
 pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
     machine while it is attached (a syscall tracepoint makes each one take the kernel's \
@@ -59,7 +59,7 @@ pub const IPPROTO_MPTCP: u16 = 262;
 /// kernels (and calls it for its subflow on older ones).
 pub const MPTCP_LISTEN_FUNCTION: &str = "mptcp_listen";
 
-/// The system call's tracepoints, in the `syscalls` group, which lessons 6 and 7 pair with
+/// The system call's tracepoints, in the `syscalls` group, which lessons 6 to 8 pair with
 /// `inet_sock_set_state` to see the end of each call.
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter_listen";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit_listen";
@@ -103,7 +103,7 @@ pub struct SockOffsets {
     pub net_ns_inum: u32,
     /// `struct net`: `core.sysctl_somaxconn`, the cap `listen()` puts on a backlog.
     pub net_somaxconn: u32,
-    /// From a file descriptor to its socket, for the end of a `listen()` system call (lessons 6 and 7):
+    /// From a file descriptor to its socket, for the end of a `listen()` system call (lessons 6 to 8):
     /// `struct task_struct`: `files`.
     pub task_files: u32,
     /// `struct files_struct`: `fdt`, the table of open files.
@@ -116,7 +116,7 @@ pub struct SockOffsets {
     pub file_private_data: u32,
     /// `struct socket`: `file`, which points back to the file of a real socket.
     pub socket_file: u32,
-    /// Who called, for lesson 7's sockops path, whose programs may not ask the helpers:
+    /// Who called, for the sockops path of lessons 7 and 8, whose programs may not ask the helpers:
     /// `struct task_struct`: `tgid`, the process.
     pub task_tgid: u32,
     /// `struct task_struct`: `pid`, the thread.
@@ -159,7 +159,7 @@ impl SockOffsets {
 pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
 
 // ANCHOR: listen_event
-/// One `listen()`, as lesson 7's kernel side sends it through the perf buffer and its userspace side
+/// One `listen()`, as lesson 8's kernel side sends it through the perf buffer and its userspace side
 /// reads it back: the one definition both sides compile, so they cannot disagree on the layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +198,7 @@ pub struct ListenEvent {
 pub const ATTACH_KPROBE: u8 = 1;
 pub const ATTACH_FENTRY: u8 = 2;
 pub const ATTACH_TRACEPOINT: u8 = 3;
-/// Lesson 7's sockops path: a cgroup's `sock_ops` program.
+/// The sockops path of lessons 7 and 8: a cgroup's `sock_ops` program.
 pub const ATTACH_SOCKOPS: u8 = 4;
 
 /// `EADDRINUSE` from `include/uapi/asm-generic/errno.h` (the same on x86-64 and arm64): the error
@@ -210,7 +210,7 @@ pub const EADDRINUSE: i32 = 98;
 pub const EBADF: i32 = 9;
 pub const ENOTSOCK: i32 = 88;
 
-/// Lesson 7's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
+/// Lesson 8's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
 /// Events a perf buffer had no room for.
 pub const COUNTER_DROPPED: u32 = 0;
 /// Calls whose socket could not be read (a failed `bpf_probe_read_kernel`).
@@ -228,7 +228,7 @@ pub const COUNTER_NO_ROOM: u32 = 4;
 /// How many counters there are.
 pub const COUNTERS: u32 = 5;
 
-/// A `listen()` on its way, kept by lesson 7's entry program for its return program, per thread:
+/// A `listen()` on its way, kept by lesson 8's entry program for its return program, per thread:
 /// the arguments of `inet_listen()` or `mptcp_listen()` (`sock` is the `struct socket *`), or of
 /// the system call (`sock` is the file descriptor, `file` the `struct file *` it named at the
 /// entry). The padding is explicit, so that no byte of a map value is left uninitialised.
@@ -252,7 +252,7 @@ impl ListenCall {
     }
 }
 
-/// A socket that entered `TCP_LISTEN`, kept per thread by lesson 7's sockops path until the kernel
+/// A socket that entered `TCP_LISTEN`, kept per thread by lesson 8's sockops path until the kernel
 /// says the start succeeded (`sock_ops`) or the socket leaves `TCP_LISTEN` (it failed). `sk` is the
 /// `struct sock *` (0 while only an MPTCP socket started), `mptcp` the MPTCP socket whose TCP
 /// subflow it is (0 for a plain TCP socket).
@@ -263,7 +263,7 @@ pub struct ListenStart {
     pub mptcp: u64,
 }
 
-/// Lesson 7's filters, applied in the kernel; 0 keeps every value.
+/// Lesson 8's filters, applied in the kernel; 0 keeps every value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenFilter {

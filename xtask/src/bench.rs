@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: what lessons 4 to 7 cost per `listen()`, next to no tracer, the probe
-//! alone, exercise 7's ring buffer (and other solutions of it, given as patches) and bpftrace on the
+//! `cargo xtask bench`: what lessons 4 to 8 cost per `listen()`, next to no tracer, the probe
+//! alone, exercise 8's ring buffer (and other solutions of it, given as patches) and bpftrace on the
 //! same tracepoint, measured side by side in one run; how long a lone listen, and the first listen
 //! after a burst, take to show in each; what the others pay; and how fast each step is ready. It
 //! writes its figures to `docs/src/benchmark-results.md`, which both editions' benchmarks page
@@ -48,10 +48,10 @@ pub struct BenchArgs {
     /// Where to write the results (markdown, included by the benchmarks pages)
     #[arg(long, default_value = "docs/src/benchmark-results.md")]
     output: PathBuf,
-    /// Also measure this solution of exercise 7 (a patch against lesson 7, like
-    /// docs/exercises/7-ring-buffer.patch), next to the reference; may be repeated
-    #[arg(long = "exercise-7-patch", value_name = "PATCH")]
-    exercise_7_patches: Vec<PathBuf>,
+    /// Also measure this solution of exercise 8 (a patch against lesson 8, like
+    /// docs/exercises/8-ring-buffer.patch), next to the reference; may be repeated
+    #[arg(long = "exercise-8-patch", value_name = "PATCH")]
+    exercise_8_patches: Vec<PathBuf>,
 }
 
 /// The attach path the bench compares on: the state tracepoint, which every kernel here has and
@@ -60,36 +60,36 @@ const BENCH_PATH: &str = "tracepoint";
 
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let step4 = lessons::find(4)?;
-    let step7 = lessons::find(lessons::TOOL)?;
+    let step8 = lessons::find(lessons::TOOL)?;
     lessons::build(toolchain, &lessons::present()?)?;
     let work = target_dir().join("bench");
     fs::create_dir_all(&work)?;
-    // Each other solution of exercise 7 is built in the clean checkout, then copied aside.
+    // Each other solution of exercise 8 is built in the clean checkout, then copied aside.
     let mut solutions = Vec::new();
-    for patch in &args.exercise_7_patches {
+    for patch in &args.exercise_8_patches {
         let patch = fs::canonicalize(patch)
-            .with_context(|| format!("no exercise 7 patch {}", patch.display()))?;
+            .with_context(|| format!("no exercise 8 patch {}", patch.display()))?;
         let name = patch
             .file_stem()
             .map_or_else(|| "patch".into(), |stem| stem.to_string_lossy());
-        let built = check::build_in_clean_checkout(toolchain, step7, Some(&patch))?;
-        let copy = work.join(format!("exercise-7-{name}"));
+        let built = check::build_in_clean_checkout(toolchain, step8, Some(&patch))?;
+        let copy = work.join(format!("exercise-8-{name}"));
         fs::copy(&built, &copy).with_context(|| format!("cannot copy {}", built.display()))?;
-        let name: &'static str = format!("exercise 7, {name} --json, to a file").leak();
-        solutions.push((Tracer::Exercise7Patch(name), copy));
+        let name: &'static str = format!("exercise 8, {name} --json, to a file").leak();
+        solutions.push((Tracer::Exercise8Patch(name), copy));
     }
     let exercise5 = check::build(toolchain, check::RING_BUFFER, check::Attempt::Solution)?;
 
     let mut tracers = vec![
         Tracer::None,
-        Tracer::Step7FilteredOut,
+        Tracer::Step8FilteredOut,
         Tracer::Step4Table,
-        Tracer::Step7Table,
-        Tracer::Step7Json,
-        Tracer::Step7JsonNoPause,
-        Tracer::Exercise7,
-        Tracer::Step7SockopsFilteredOut,
-        Tracer::Step7SockopsJson,
+        Tracer::Step8Table,
+        Tracer::Step8Json,
+        Tracer::Step8JsonNoPause,
+        Tracer::Exercise8,
+        Tracer::Step8SockopsFilteredOut,
+        Tracer::Step8SockopsJson,
     ];
     tracers.extend(solutions.iter().map(|(tracer, _)| *tracer));
     // Measured next to bpftrace when it can be installed; without it otherwise, said below.
@@ -104,15 +104,15 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let step4_binary = target_dir().join("release").join(step4.package);
-    let step7_binary = target_dir().join("release").join(step7.package);
+    let step8_binary = target_dir().join("release").join(step8.package);
     let binary_of = |tracer| match tracer {
         Tracer::Step4Table => step4_binary.as_path(),
-        Tracer::Exercise7 => exercise5.as_path(),
-        Tracer::Exercise7Patch(_) => solutions
+        Tracer::Exercise8 => exercise5.as_path(),
+        Tracer::Exercise8Patch(_) => solutions
             .iter()
             .find(|(solution, _)| *solution == tracer)
-            .map_or(step7_binary.as_path(), |(_, binary)| binary.as_path()),
-        _ => step7_binary.as_path(),
+            .map_or(step8_binary.as_path(), |(_, binary)| binary.as_path()),
+        _ => step8_binary.as_path(),
     };
 
     eprintln!(
@@ -157,8 +157,8 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
         );
         latencies.push((tracer, latency));
     }
-    let unrelated = measure_unrelated_syscall(&step7_binary, args.rounds, &work)?;
-    let startup = measure_startup(&step7_binary, bpftrace.is_some())?;
+    let unrelated = measure_unrelated_syscall(&step8_binary, args.rounds, &work)?;
+    let startup = measure_startup(&step8_binary, bpftrace.is_some())?;
     let report = report(args, &tracers, &runs, &latencies, &unrelated, &startup)?;
     let output = workspace_root().join(&args.output);
     fs::write(&output, &report)?;
@@ -274,8 +274,8 @@ struct Unrelated {
 }
 
 /// Nanoseconds per `getppid()` (a cheap system call that has nothing to do with `listen()`), with no
-/// tracer, with lesson 7 attached on the tracepoint path, and on the sockops path, alternating.
-fn measure_unrelated_syscall(step7: &Path, rounds: u32, work: &Path) -> anyhow::Result<Unrelated> {
+/// tracer, with lesson 8 attached on the tracepoint path, and on the sockops path, alternating.
+fn measure_unrelated_syscall(step8: &Path, rounds: u32, work: &Path) -> anyhow::Result<Unrelated> {
     let getppid_loop = || {
         let started = Instant::now();
         for _ in 0..UNRELATED_CALLS {
@@ -287,13 +287,13 @@ fn measure_unrelated_syscall(step7: &Path, rounds: u32, work: &Path) -> anyhow::
     let traced_on = |path: &str| -> anyhow::Result<f64> {
         let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
         let mut step = spawn_to_files(
-            Command::new(step7).arg(format!("--attach={path}")),
+            Command::new(step8).arg(format!("--attach={path}")),
             &out,
             &err,
         )?;
-        wait_until_ready(Tracer::Step7Table, &out, &err)?;
+        wait_until_ready(Tracer::Step8Table, &out, &err)?;
         let nanos = getppid_loop();
-        interrupt(&mut step, "step7-tool")?;
+        interrupt(&mut step, "step8-tool")?;
         Ok(nanos)
     };
     for round in 1..=rounds {
@@ -301,7 +301,7 @@ fn measure_unrelated_syscall(step7: &Path, rounds: u32, work: &Path) -> anyhow::
         tracepoint.push(traced_on("tracepoint")?);
         sockops.push(traced_on("sockops")?);
         eprintln!(
-            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 7 on the \
+            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 8 on the \
              tracepoint path, {:.1} ns on the sockops path",
             untraced.last().unwrap(),
             tracepoint.last().unwrap(),
@@ -318,9 +318,9 @@ fn measure_unrelated_syscall(step7: &Path, rounds: u32, work: &Path) -> anyhow::
 /// Start-up figures: (what, median seconds).
 type Startup = Vec<(String, f64)>;
 
-/// For each step: exec to its ready line. For step 7 and bpftrace: exec to the first listen() that
+/// For each step: exec to its ready line. For step 8 and bpftrace: exec to the first listen() that
 /// shows up in the output, which is what a user waits for.
-fn measure_startup(step7: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
+fn measure_startup(step8: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
     const SAMPLES: usize = 5;
     let mut figures = Vec::new();
     for lesson in lessons::present()? {
@@ -349,7 +349,7 @@ fn measure_startup(step7: &Path, with_bpftrace: bool) -> anyhow::Result<Startup>
         ));
         Ok(())
     };
-    first_event("step7-tool", Command::new(step7).arg("--attach=auto"))?;
+    first_event("step8-tool", Command::new(step8).arg("--attach=auto"))?;
     if with_bpftrace {
         first_event(
             "bpftrace",
@@ -424,11 +424,11 @@ fn report(
     let floor_of = |tracer: &Tracer| {
         let floor = if matches!(
             tracer,
-            Tracer::Step7SockopsFilteredOut | Tracer::Step7SockopsJson
+            Tracer::Step8SockopsFilteredOut | Tracer::Step8SockopsJson
         ) {
-            Tracer::Step7SockopsFilteredOut
+            Tracer::Step8SockopsFilteredOut
         } else {
-            Tracer::Step7FilteredOut
+            Tracer::Step8FilteredOut
         };
         tracers
             .iter()
@@ -535,12 +535,12 @@ fn report(
     writeln!(text, "| no tracer | {untraced:.1} ns | 1.00x |")?;
     writeln!(
         text,
-        "| lesson 7 attached (tracepoint path) | {tracepoint:.1} ns | {:.2}x |",
+        "| lesson 8 attached (tracepoint path) | {tracepoint:.1} ns | {:.2}x |",
         tracepoint / untraced
     )?;
     writeln!(
         text,
-        "| lesson 7 attached (sockops path) | {sockops:.1} ns | {:.2}x |",
+        "| lesson 8 attached (sockops path) | {sockops:.1} ns | {:.2}x |",
         sockops / untraced
     )?;
     writeln!(text, "\n### Start-up (median of 5)\n")?;
@@ -553,7 +553,7 @@ fn report(
 }
 
 /// bpftrace reads tracepoint formats from tracefs, which a fresh machine may not have mounted: the
-/// same mount as lesson 7's.
+/// same mount as lesson 8's.
 fn ensure_tracefs() -> anyhow::Result<()> {
     common::tracefs::mount_tracefs().map(drop)
 }

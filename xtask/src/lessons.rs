@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 7;
+pub const TOOL: u8 = 8;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 7] = [
+pub const LESSONS: [Lesson; 8] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -53,8 +53,13 @@ pub const LESSONS: [Lesson; 7] = [
     },
     Lesson {
         number: 7,
-        package: "step7-tool",
-        title: "+ the tool to keep: sockops, filters, exact counts, JSON",
+        package: "step7-sockops",
+        title: "+ a path that costs nothing: a sock_ops program on the cgroup2 root",
+    },
+    Lesson {
+        number: 8,
+        package: "step8-tool",
+        title: "+ the tool to keep: filters, exact counts, JSON",
     },
 ];
 

@@ -1,4 +1,4 @@
-//! What `cargo xtask bench` and exercise 7's check both measure: a loop of real `listen()` calls
+//! What `cargo xtask bench` and exercise 8's check both measure: a loop of real `listen()` calls
 //! with a tracer running (a lesson, an exercise, bpftrace, or none), timed as a whole, and what the
 //! tracer received of it.
 
@@ -24,22 +24,22 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 7 with every event filtered in the kernel: the probe alone, the floor.
-    Step7FilteredOut,
+    /// Lesson 8 with every event filtered in the kernel: the probe alone, the floor.
+    Step8FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
-    Step7Table,
-    Step7Json,
-    /// Lesson 7 `--json --batch-pause 0`: its reader drains at every wake-up.
-    Step7JsonNoPause,
-    /// Exercise 7's reference solution: lesson 7 through a BPF ring buffer, `--json`.
-    Exercise7,
-    /// Another solution of exercise 7, named by its patch, `--json`.
-    Exercise7Patch(&'static str),
-    /// Lesson 7 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step7SockopsFilteredOut,
-    /// Lesson 7 on its sockops path, `--json`.
-    Step7SockopsJson,
+    Step8Table,
+    Step8Json,
+    /// Lesson 8 `--json --batch-pause 0`: its reader drains at every wake-up.
+    Step8JsonNoPause,
+    /// Exercise 8's reference solution: lesson 8 through a BPF ring buffer, `--json`.
+    Exercise8,
+    /// Another solution of exercise 8, named by its patch, `--json`.
+    Exercise8Patch(&'static str),
+    /// Lesson 8 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step8SockopsFilteredOut,
+    /// Lesson 8 on its sockops path, `--json`.
+    Step8SockopsJson,
     Bpftrace,
 }
 
@@ -47,15 +47,15 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step7FilteredOut => "step 7, all filtered in the kernel",
+            Self::Step8FilteredOut => "step 8, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
-            Self::Step7Table => "step 7, table to a file",
-            Self::Step7Json => "step 7 --json, to a file",
-            Self::Step7JsonNoPause => "step 7 --json --batch-pause 0, to a file",
-            Self::Exercise7 => "exercise 7 (ring buffer) --json, to a file",
-            Self::Exercise7Patch(name) => name,
-            Self::Step7SockopsFilteredOut => "step 7 --attach sockops, all filtered in the kernel",
-            Self::Step7SockopsJson => "step 7 --attach sockops --json, to a file",
+            Self::Step8Table => "step 8, table to a file",
+            Self::Step8Json => "step 8 --json, to a file",
+            Self::Step8JsonNoPause => "step 8 --json --batch-pause 0, to a file",
+            Self::Exercise8 => "exercise 8 (ring buffer) --json, to a file",
+            Self::Exercise8Patch(name) => name,
+            Self::Step8SockopsFilteredOut => "step 8 --attach sockops, all filtered in the kernel",
+            Self::Step8SockopsJson => "step 8 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -64,17 +64,17 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step7Json
-                | Self::Step7JsonNoPause
-                | Self::Exercise7
-                | Self::Exercise7Patch(_)
-                | Self::Step7SockopsJson
+            Self::Step8Json
+                | Self::Step8JsonNoPause
+                | Self::Exercise8
+                | Self::Exercise8Patch(_)
+                | Self::Step8SockopsJson
         )
     }
 
     /// Whether the tracer sends nothing (every event filtered in the kernel): the probe alone.
     pub fn filters_everything(self) -> bool {
-        matches!(self, Self::Step7FilteredOut | Self::Step7SockopsFilteredOut)
+        matches!(self, Self::Step8FilteredOut | Self::Step8SockopsFilteredOut)
     }
 
     /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
@@ -89,12 +89,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step7FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step7Table => lesson(&[]),
-            Self::Step7Json | Self::Exercise7 | Self::Exercise7Patch(_) => lesson(&["--json"]),
-            Self::Step7JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step7SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step7SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step8FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step8Table => lesson(&[]),
+            Self::Step8Json | Self::Exercise8 | Self::Exercise8Patch(_) => lesson(&["--json"]),
+            Self::Step8JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step8SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step8SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -117,7 +117,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 7 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 8 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

@@ -59,7 +59,7 @@ impl fmt::Display for AttachPath {
     }
 }
 
-/// Lesson 7's `--attach`: lessons 1–4's modes, and a path that only the tool offers.
+/// The `--attach` of lessons 7 and 8: the modes of lessons 1–6, and the sockops path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolAttachMode {
     /// Try kprobe, then fentry, then the tracepoints: the paths that follow every listen() call
@@ -95,10 +95,10 @@ impl ToolAttachMode {
     }
 }
 
-/// One of lesson 7's attach paths.
+/// One of the attach paths of lessons 7 and 8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolPath {
-    /// A path of lessons 1–4, which follows each `listen()` call to its end.
+    /// A path of lessons 1–6, which follows each `listen()` call to its end.
     Exact(AttachPath),
     /// A `sock_ops` program on the cgroup2 root, which the kernel calls once a socket listens.
     Sockops,
@@ -164,7 +164,7 @@ fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts)
     }
 }
 
-/// Why one of lesson 7's paths failed.
+/// Why one of the paths of lessons 7 and 8 failed.
 pub fn explain_tool_attach_failure(path: ToolPath, error: &anyhow::Error) -> String {
     match path {
         ToolPath::Exact(path) => explain_attach_failure(path, error),
@@ -211,7 +211,7 @@ pub fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> 
     anyhow::anyhow!(no_path_attached_words(mode == AttachMode::Auto, failures))
 }
 
-/// The same for lesson 7's paths.
+/// The same for the paths of lessons 7 and 8.
 pub fn no_tool_path_attached(
     mode: ToolAttachMode,
     failures: &[(ToolPath, String)],

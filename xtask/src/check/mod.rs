@@ -19,7 +19,8 @@ mod verdicts;
 
 use ring_buffer::check_ring_buffer;
 use verdicts::{
-    check_fd, check_listened, check_pid, check_process_name, check_skc_num, check_thread_id,
+    check_cgroup, check_fd, check_listened, check_pid, check_process_name, check_skc_num,
+    check_thread_id,
 };
 
 use crate::{
@@ -45,9 +46,9 @@ pub struct Exercise {
 
 /// The exercise that moves the tool's events to a BPF ring buffer: its check measures, and the
 /// bench and the stock guest run its solution.
-pub const RING_BUFFER: u8 = 7;
+pub const RING_BUFFER: u8 = 8;
 
-pub const EXERCISES: [Exercise; 7] = [
+pub const EXERCISES: [Exercise; 8] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -99,18 +100,26 @@ pub const EXERCISES: [Exercise; 7] = [
         changes_tests: &[],
     },
     Exercise {
+        number: 7,
+        lesson: 7,
+        title: "the sockops path on a cgroup of your choice",
+        patch: "7-cgroup.patch",
+        page: "lesson-7-sockops.md",
+        changes_tests: &[],
+    },
+    Exercise {
         number: RING_BUFFER,
         lesson: crate::lessons::TOOL,
         title: "a ring buffer with wake-ups that adapt",
-        patch: "7-ring-buffer.patch",
-        page: "exercise-7-ring-buffer.md",
+        patch: "8-ring-buffer.patch",
+        page: "exercise-8-ring-buffer.md",
         // The ring buffer's reader drains on a timer: the perf buffer's batch pause, and the line
         // that says a stop cut it short, are gone.
         changes_tests: &["ctrl_c_ends_the_batch_pause_at_once"],
     },
 ];
 
-/// Whether exercise 7's timings decide: they do for a learner; inside `cargo xtask test` (a shared
+/// Whether exercise 8's timings decide: they do for a learner; inside `cargo xtask test` (a shared
 /// machine) they are printed, never a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timings {
@@ -220,6 +229,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> any
         4 => check_thread_id(binary),
         5 => check_listened(binary),
         6 => check_fd(binary),
+        7 => check_cgroup(binary),
         _ => check_ring_buffer(binary, timings),
     };
     match verdict {
@@ -319,7 +329,7 @@ fn git_output(root: &Path, args: &[&str]) -> anyhow::Result<String> {
     output_of(Command::new("git").arg("-C").arg(root).args(args))
 }
 
-/// Where exercise 7's check keeps lesson 7 as committed, the floor its cost is measured against.
+/// Where exercise 8's check keeps lesson 8 as committed, the floor its cost is measured against.
 pub fn floor_binary() -> PathBuf {
     target_dir().join("ring-buffer-exercise/tool-as-committed")
 }

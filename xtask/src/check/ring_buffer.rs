@@ -1,5 +1,5 @@
-//! Exercise 7's check: a ring buffer instead of the perf event array, every event of a burst
-//! received (or its loss reported), what it costs next to lesson 7 with every event filtered in the
+//! Exercise 8's check: a ring buffer instead of the perf event array, every event of a burst
+//! received (or its loss reported), what it costs next to lesson 8 with every event filtered in the
 //! kernel (the floor), and how soon a lone listen shows.
 
 use std::{net::Ipv4Addr, path::Path, thread, time::Duration};
@@ -11,7 +11,7 @@ use super::verdicts::start;
 use super::*;
 use crate::{measure, pinned::target_dir};
 
-/// Exercise 7's burst: twice as many listens as lesson 7's storm test makes.
+/// Exercise 8's burst: twice as many listens as lesson 8's storm test makes.
 pub(super) const BURST: usize = 200_000;
 
 /// The burst's size: `BURST`, or fewer where `LISTEN_TRACE_BURST` says so (an emulated guest).
@@ -22,7 +22,7 @@ pub(super) fn burst_size() -> usize {
         .unwrap_or(BURST)
 }
 
-/// Exercise 7's targets: the burst's cost next to the floor (lesson 7 as committed, every event
+/// Exercise 8's targets: the burst's cost next to the floor (lesson 8 as committed, every event
 /// filtered in the kernel, on the same attach path), and a lone listen's delay.
 pub(super) const MAX_OVER_FLOOR: f64 = 1.25;
 
@@ -35,7 +35,7 @@ pub(super) const STRETCH_LONE_DELAY: Duration = Duration::from_millis(1);
 /// How many alternating rounds (floor, then the learner's program) the cost is the median of.
 pub(super) const ROUNDS: usize = 3;
 
-/// Exercise 7: lesson 7's events through one BPF ring buffer, woken only now and then. Correct:
+/// Exercise 8: lesson 8's events through one BPF ring buffer, woken only now and then. Correct:
 /// every listen of a burst arrives, or the loss is reported. Cheap: the same loop of listens costs
 /// at most `MAX_OVER_FLOOR` times the floor, measured side by side, and a lone listen shows
 /// within `MAX_LONE_DELAY`.
@@ -83,10 +83,10 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
     delays.sort();
     let (lone_median, lone_worst) = (delays[delays.len() / 2], delays[delays.len() - 1]);
 
-    // The burst: the learner's program next to lesson 7 as committed with every event filtered
+    // The burst: the learner's program next to lesson 8 as committed with every event filtered
     // in the kernel (its probes run, nothing is sent), on the same attach path, alternating. Their
     // ratio is what sending the events costs; the untraced loop is shown for information.
-    let work = target_dir().join("exercise-7");
+    let work = target_dir().join("exercise-8");
     std::fs::create_dir_all(&work).map_err(|error| error.to_string())?;
     let floor = floor_binary();
     let burst_listens = burst_size();
@@ -101,8 +101,8 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
                           ratios: &mut Vec<f64>|
      -> Result<(), String> {
         for _ in 0..rounds {
-            let below = run(measure::Tracer::Step7FilteredOut, &floor)?.nanos_per_listen;
-            let burst = run(measure::Tracer::Exercise7, binary)?;
+            let below = run(measure::Tracer::Step8FilteredOut, &floor)?.nanos_per_listen;
+            let burst = run(measure::Tracer::Exercise8, binary)?;
             let missing = burst_listens as u64 - burst.received.min(burst_listens as u64);
             if missing > 0 && burst.lost < missing {
                 return Err(format!(
@@ -120,7 +120,7 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
     if timings == Timings::Decide && verdict.ratio > MAX_OVER_FLOOR {
         // Repeated before it fails: a noisy round must not decide.
         eprintln!(
-            "    exercise 7: {:.2}x the floor over {ROUNDS} rounds, above {MAX_OVER_FLOOR}x: \
+            "    exercise 8: {:.2}x the floor over {ROUNDS} rounds, above {MAX_OVER_FLOOR}x: \
              measuring {ROUNDS} more rounds",
             verdict.ratio
         );
@@ -128,7 +128,7 @@ pub(super) fn check_ring_buffer(binary: &Path, timings: Timings) -> Result<(), S
         verdict = CostVerdict::of(&ratios, &floors, untraced);
     }
     eprintln!(
-        "    exercise 7: a burst of {burst_listens} listens costs {:.2}x lesson 7 with every event filtered \
+        "    exercise 8: a burst of {burst_listens} listens costs {:.2}x lesson 8 with every event filtered \
          in the kernel (median of {} rounds, from {:.2}x to {:.2}x; target {MAX_OVER_FLOOR}x), \
          {:.2}x an untraced loop (for information); a lone listen shows after {:.2} ms (median of \
          20; worst {:.2} ms; target {} ms, stretch goal {} ms)",
@@ -162,7 +162,7 @@ fn millis(delay: Duration) -> f64 {
     delay.as_secs_f64() * 1000.0
 }
 
-/// Exercise 7's rounds, summed up.
+/// Exercise 8's rounds, summed up.
 pub(super) struct CostVerdict {
     /// The median of the rounds' ratios to the floor.
     ratio: f64,
@@ -194,7 +194,7 @@ impl CostVerdict {
             .unwrap_or(0.0);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         let measured = format!(
-            "the burst costs {:.2}x lesson 7 with every event filtered in the kernel, more than \
+            "the burst costs {:.2}x lesson 8 with every event filtered in the kernel, more than \
              {MAX_OVER_FLOOR}x (rounds from {:.2}x to {:.2}x)",
             self.ratio, self.lowest, self.highest
         );

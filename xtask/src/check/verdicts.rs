@@ -1,7 +1,14 @@
-//! The checks of exercises 1 to 6: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 7: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
-use std::{net::Ipv4Addr, path::Path, process::Command, thread, time::Duration};
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    thread,
+    time::Duration,
+};
 
 use support::{
     running::{RunningStep, Stream},
@@ -226,6 +233,97 @@ pub(super) fn check_fd(binary: &Path) -> Result<(), String> {
             "our listen() was given file descriptor {fd}, but its row's FD column says {seen:?}: \
              the row is `{row}`"
         )),
+    }
+}
+
+/// Exercise 7: `--cgroup PATH` attaches the sockops path to that cgroup: the listen of a process
+/// in it is a row, a listen outside it is not.
+pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
+    let help = Command::new(binary)
+        .arg("--help")
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
+    if !String::from_utf8_lossy(&help.stdout).contains("--cgroup") {
+        return Err("the program has no --cgroup option: its `--help` does not list it".into());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let hierarchy = common::cgroup2::mount_point(&mountinfo).ok_or(
+        "cgroup2 is not mounted here: mount it (`sudo mount -t cgroup2 none /sys/fs/cgroup`) and \
+         check again",
+    )?;
+    let cgroup = OwnCgroup::new(&hierarchy)?;
+    let path = cgroup.0.to_string_lossy().into_owned();
+    let mut step = start(binary, &["--attach", "sockops", "--cgroup", &path])?;
+    let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let outside = trigger::listen(localhost, 71).map_err(|error| format!("{error:#}"))?;
+    let procs = CString::new(
+        cgroup
+            .0
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .map_err(|error| error.to_string())?;
+    let (pid, inside) = trigger::listen_in_another_process_after(localhost, 72, || {
+        join_cgroup(&procs);
+    });
+    let port_of =
+        |line: &str, port: u16| line.split_whitespace().any(|word| word == port.to_string());
+    if wait_for(&mut step, |line| port_of(line, inside.port())).is_none() {
+        return Err(format!(
+            "process {pid} listened on port {} inside {path}, but no row has that port; the \
+             program printed:\n{}",
+            inside.port(),
+            step.stdout()
+        ));
+    }
+    match step
+        .stdout()
+        .lines()
+        .find(|line| port_of(line, outside.local_addr.port()))
+    {
+        Some(row) => Err(format!(
+            "a listen outside {path} has a row (`{row}`): the sock_ops program still sees the \
+             whole machine"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A cgroup of the check's own, removed when it goes (its processes have exited by then).
+struct OwnCgroup(std::path::PathBuf);
+
+impl OwnCgroup {
+    fn new(hierarchy: &Path) -> Result<Self, String> {
+        let path = hierarchy.join(format!("listen-trace-exercise-7-{}", std::process::id()));
+        std::fs::create_dir(&path)
+            .map_err(|error| format!("cannot create the cgroup {}: {error}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        // The kernel lets a cgroup go a moment after its last process exits.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there moves
+/// the writer). System calls only: it runs between `fork()` and the child's listen.
+fn join_cgroup(procs: &CString) {
+    // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, c"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
     }
 }
 

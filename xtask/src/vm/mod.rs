@@ -256,11 +256,11 @@ pub fn prepare(
     if case_count == 0 {
         bail!("no kernel test matches the filter {:?}", args.filter);
     }
-    // Exercise 7's reference solution is checked in the stock kernel too, where the kprobes work
+    // Exercise 8's reference solution is checked in the stock kernel too, where the kprobes work
     // (here it is checked on this machine's path): in a run of every case.
-    let exercise_7 =
+    let exercise_8 =
         args.filter.is_none() && kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL);
-    if exercise_7 {
+    if exercise_8 {
         crate::check::build(
             toolchain,
             crate::check::RING_BUFFER,
@@ -293,14 +293,14 @@ pub fn prepare(
             Arch::Arm64 => Accel::Tcg,
         };
         let is_stock = kernel.series == STOCK_KERNEL;
-        let with_exercise_7 = exercise_7 && is_stock;
+        let with_exercise_8 = exercise_8 && is_stock;
         let extra_here = if is_stock { extra } else { &[] };
         let initramfs = build_initramfs(
             kernel,
             build,
             shared,
             tests,
-            with_exercise_7,
+            with_exercise_8,
             extra_here,
             &vm_dir.join(kernel.package),
         )?;
@@ -312,7 +312,7 @@ pub fn prepare(
             accel,
             is_stock,
             extra_labels: extra_here.iter().map(|extra| extra.label.clone()).collect(),
-            own_cases: case_count + usize::from(with_exercise_7),
+            own_cases: case_count + usize::from(with_exercise_8),
             extra_count,
         });
     }
@@ -446,7 +446,7 @@ struct PreparedGuest {
     is_stock: bool,
     /// The labels of the extra cases it runs.
     extra_labels: Vec<String>,
-    /// The workspace's cases (with exercise 7's check in the stock guest).
+    /// The workspace's cases (with exercise 8's check in the stock guest).
     own_cases: usize,
     extra_count: usize,
 }

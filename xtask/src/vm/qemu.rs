@@ -246,11 +246,11 @@ pub(super) fn boot_and_run(
                 eprintln!("                   {line}");
             }
         }
-        // Exercise 7's check says what its solution cost here.
+        // Exercise 8's check says what its solution cost here.
         for line in result
             .output
             .lines()
-            .filter(|line| line.contains("exercise 7: a burst of"))
+            .filter(|line| line.contains("exercise 8: a burst of"))
         {
             eprintln!("                   {}", line.trim());
         }

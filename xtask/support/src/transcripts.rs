@@ -79,7 +79,7 @@ pub struct Transcript {
 /// How the line that names the syscall tracepoints' cost begins.
 const SYSCALL_TAX_START: &str = "the tracepoint path slows down every system call";
 
-pub const TRANSCRIPTS: [Transcript; 8] = [
+pub const TRANSCRIPTS: [Transcript; 9] = [
     Transcript {
         name: "step1",
         lesson: 1,
@@ -147,8 +147,16 @@ pub const TRANSCRIPTS: [Transcript; 8] = [
         rows_depend_on_the_path: false,
     },
     Transcript {
-        name: "step7-json",
-        lesson: 7,
+        name: "step8",
+        lesson: 8,
+        args: &[],
+        listens: every_kind_of_listen,
+        keep: table_rows_of_ours,
+        rows_depend_on_the_path: false,
+    },
+    Transcript {
+        name: "step8-json",
+        lesson: 8,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
         keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
@@ -157,7 +165,7 @@ pub const TRANSCRIPTS: [Transcript; 8] = [
 ];
 
 /// As the pages' `cargo xtask listen` commands make them: lesson 4's listens, then a socket never
-/// bound (lessons 5 to 7 show the port the kernel picked for it) and a second listen() on it,
+/// bound (lessons 5 to 8 show the port the kernel picked for it) and a second listen() on it,
 /// which only changes the backlog; listen() on a port in use (EADDRINUSE) and on a connected
 /// socket (EINVAL); an MPTCP listen, where the kernel has MPTCP.
 fn every_kind_of_listen() -> anyhow::Result<Vec<trigger::Listener>> {
@@ -311,7 +319,7 @@ pub fn shape(transcript: &str) -> Vec<String> {
             !["struct offsets", "mounted tracefs"]
                 .iter()
                 .any(|machine| line.starts_with(machine))
-                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 and 7.
+                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 to 8.
                 && !line.starts_with(SYSCALL_TAX_START)
         })
         .map(|line| {
@@ -406,7 +414,7 @@ mod tests {
 
     #[test]
     fn every_lesson_has_a_transcript() {
-        for number in 1..=7 {
+        for number in 1..=8 {
             assert!(of_lesson(number).next().is_some());
         }
     }

@@ -1,7 +1,6 @@
-//! Lesson 7, kernel side: lesson 6's events, each `listen()` call followed to its end on every path
-//! (kretprobe, fexit, or the system call's tracepoints), now with exact counters of what did not
-//! become an event, filters applied before anything is sent, and a fourth path: the sockops path,
-//! which taxes no system call and hears from the kernel when a socket has started listening.
+//! Lesson 8, kernel side: lesson 7's events, each `listen()` call followed to its end on every path
+//! (kretprobe, fexit, the system call's tracepoints, or the sockops path), now with exact counters
+//! of what did not become an event, and filters applied before anything is sent.
 #![no_std]
 #![no_main]
 // The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's

@@ -1,4 +1,4 @@
-//! Lesson 7 against the real kernel: structured events with the exact values, both output formats
+//! Lesson 8 against the real kernel: structured events with the exact values, both output formats
 //! read back, the in-kernel filters, and a storm of listens counted exactly (received + lost).
 //!
 //! Our own events are told apart by their own ports, and by a network namespace of their own.
@@ -21,10 +21,10 @@ use support::{
     },
 };
 
-const STEP: &str = env!("CARGO_BIN_EXE_step7-tool");
+const STEP: &str = env!("CARGO_BIN_EXE_step8-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts lesson 7 with `args`, printing JSON lines.
+/// Starts lesson 8 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
@@ -421,7 +421,7 @@ fn storm_size() -> usize {
 static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
-/// what lesson 7, filtered to that namespace, reported: (rows printed, received, lost).
+/// what lesson 8, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(
     path: &str,
     netns: &InNewNetns,
@@ -527,254 +527,6 @@ fn a_storm_of_listens_is_counted_exactly_on_the_sockops_path() {
                 stderr.contains("cannot attach the sock_ops program on the cgroup2 root: "),
                 "{stderr}"
             );
-        }
-    }
-}
-
-/// The sockops path run as in a container: lesson 7 starts in a cgroup of its own, inside a
-/// cgroup namespace with its own cgroup2 mount (as container runtimes mount it), so it attaches to
-/// that cgroup. Listens outside it are not its to report, not even as failures when they close at
-/// once (a close leaves `TCP_LISTEN` as a failed start does); a listen inside it is, exactly. The
-/// starts the state tracepoint keeps stay at none, however many threads outside listen and exit.
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_sockops_path_in_a_container_reports_only_the_container() {
-    require_root();
-    if !sockops_expected_here() {
-        return;
-    }
-    let container = Container::new();
-    let mut command = std::process::Command::new(STEP);
-    command.args(["--json", "--attach", "sockops"]);
-    container.enter_before_exec(&mut command);
-    let mut step =
-        RunningStep::try_start(&mut command, true).unwrap_or_else(|error| panic!("{error}"));
-
-    // Outside: three listeners that close at once, then threads that each listen once and exit.
-    for backlog in [31, 32, 33] {
-        drop(trigger::listen((LOCALHOST, 0).into(), backlog).unwrap());
-    }
-    let threads = THREADS_THAT_LISTEN_ONCE;
-    listen_once_from_threads(threads, 35);
-    // Inside: one process that moves itself into the container's cgroup, then listens.
-    let procs = container.procs();
-    let (pid, addr) = trigger::listen_in_another_process_after((LOCALHOST, 0).into(), 34, || {
-        Container::join(&procs).expect("cannot move into the container's cgroup")
-    });
-    let event = json_event_for(&mut step, addr);
-    assert_eq!(
-        (event["pid"].as_u64(), event["backlog"].as_u64()),
-        (Some(pid.into()), Some(34))
-    );
-    let starts = support::kernel::hash_map_len_held::<common::ListenStart>(
-        step.pid().as_raw() as u32,
-        "STARTS",
-    )
-    .unwrap();
-    assert_eq!(
-        starts, 0,
-        "starts kept after {threads} threads outside listened and exited"
-    );
-
-    let finished = step.stop_cleanly(Signal::SIGINT);
-    let stdout = finished.stdout();
-    let rows: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        rows.len(),
-        1,
-        "only the listen inside the container: {rows:#?}"
-    );
-    assert!(
-        finished.stderr().contains("1 events received, 0 lost"),
-        "{}",
-        finished.stderr()
-    );
-}
-
-/// Whether this kernel is expected to offer the sockops path; where it is not, says so loudly (and
-/// fails under CI, which expects it on every kernel it runs).
-fn sockops_expected_here() -> bool {
-    let expected = tool_attach_paths_here().contains(&"sockops");
-    if !expected {
-        eprintln!("NOT RUN: this kernel is not expected to offer the sockops path (before 5.10)");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI expects the sockops path on every kernel it runs"
-        );
-    }
-    expected
-}
-
-/// How many threads listen once each and exit in the sockops tests.
-const THREADS_THAT_LISTEN_ONCE: usize = 20_000;
-
-/// Makes `threads` threads, a hundred at a time, that each listen once with `backlog`, close their
-/// socket and exit.
-fn listen_once_from_threads(threads: usize, backlog: i32) {
-    for _ in 0..threads / 100 {
-        let batch: Vec<_> = (0..100)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    drop(trigger::listen((LOCALHOST, 0).into(), backlog).unwrap())
-                })
-            })
-            .collect();
-        for thread in batch {
-            thread.join().unwrap();
-        }
-    }
-}
-
-/// On the sockops path every start of listening leaves `STARTS` within its own call: threads that
-/// each listen once and exit leave nothing behind, and each of their listens is a row.
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_sockops_path_keeps_no_start_after_its_call() {
-    require_root();
-    if !sockops_expected_here() {
-        return;
-    }
-    let netns = InNewNetns::new();
-    let step = start_json("sockops", &["--netns", &netns.inode.to_string()]);
-    netns.run(|| listen_once_from_threads(THREADS_THAT_LISTEN_ONCE, 36));
-    // The map is the whole machine's (the root cgroup): another process's listen may be on its way
-    // at this instant, but not thousands.
-    let starts = support::kernel::hash_map_len_held::<common::ListenStart>(
-        step.pid().as_raw() as u32,
-        "STARTS",
-    )
-    .unwrap();
-    assert!(
-        starts < 16,
-        "{starts} starts kept after {THREADS_THAT_LISTEN_ONCE} threads listened and exited"
-    );
-    let finished = step.stop_cleanly(Signal::SIGINT);
-    let rows = finished.stdout().lines().count() as u64;
-    let stderr = finished.stderr();
-    let (received, lost) = received_and_lost(&stderr);
-    assert_eq!(rows, received, "every event received is printed once");
-    assert_eq!(
-        received + lost,
-        THREADS_THAT_LISTEN_ONCE as u64,
-        "received + lost = the threads' listens:\n{stderr}"
-    );
-    assert!(!stderr.contains("whose end was not seen"), "{stderr}");
-}
-
-/// A cgroup of the test's own, and the cgroup2 hierarchy it is made in (mounted here for the test
-/// where nothing mounts it, as in the VM runner's guests); both go away with it.
-struct Container {
-    hierarchy: std::path::PathBuf,
-    mounted_here: bool,
-    cgroup: std::path::PathBuf,
-}
-
-impl Container {
-    fn new() -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let (hierarchy, mounted_here) = match common::cgroup2::mount_point(&mountinfo) {
-            Some(point) => (point, false),
-            None => {
-                let dir = std::env::temp_dir()
-                    .join(format!("listen-trace-test-cgroup2-{}", std::process::id()));
-                std::fs::create_dir_all(&dir).unwrap();
-                nix::mount::mount(
-                    Some("cgroup2"),
-                    &dir,
-                    Some("cgroup2"),
-                    nix::mount::MsFlags::empty(),
-                    None::<&str>,
-                )
-                .unwrap();
-                (dir, true)
-            }
-        };
-        let cgroup = hierarchy.join(format!("listen-trace-test-{}", std::process::id()));
-        std::fs::create_dir(&cgroup).unwrap();
-        Self {
-            hierarchy,
-            mounted_here,
-            cgroup,
-        }
-    }
-
-    /// The cgroup's `cgroup.procs`, ready for a process that has just forked.
-    fn procs(&self) -> std::ffi::CString {
-        std::ffi::CString::new(
-            self.cgroup
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap()
-    }
-
-    /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there
-    /// moves the writer). System calls only: it runs between `fork()` and `exec()`.
-    fn join(procs: &std::ffi::CStr) -> std::io::Result<()> {
-        // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
-        unsafe {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-        }
-        Ok(())
-    }
-
-    /// Makes `command` start as a container's first process: in the cgroup, then in a cgroup
-    /// namespace and a mount namespace of its own, with cgroup2 mounted afresh in place of the
-    /// hierarchy's mount (the new mount shows the namespace's root: the cgroup).
-    fn enter_before_exec(&self, command: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt as _;
-        let procs = self.procs();
-        let point =
-            std::ffi::CString::new(self.hierarchy.clone().into_os_string().into_encoded_bytes())
-                .unwrap();
-        // SAFETY: the closure makes system calls only, on buffers made before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                Self::join(&procs)?;
-                if libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    // The outer mount goes (in this namespace only): the kernel mounts one file
-                    // system on the root of its own mount only once.
-                    || libc::umount2(point.as_ptr(), libc::MNT_DETACH) != 0
-                    || libc::mount(
-                        c"cgroup2".as_ptr(),
-                        point.as_ptr(),
-                        c"cgroup2".as_ptr(),
-                        0,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        // Its processes have exited; the kernel lets the cgroup go a moment later.
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if self.mounted_here {
-            let _ = nix::mount::umount2(&self.hierarchy, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(&self.hierarchy);
         }
     }
 }
@@ -1080,11 +832,11 @@ fn ctrl_c_ends_the_batch_pause_at_once() {
     );
 }
 
-/// What the book shows lesson 7 printing, recorded for real: in a `vm-test` guest with kprobes
+/// What the book shows lesson 8 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
 #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
     require_root();
-    support::transcripts::record_and_print(7, STEP);
+    support::transcripts::record_and_print(8, STEP);
 }

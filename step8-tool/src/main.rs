@@ -1,11 +1,9 @@
-//! Lesson 7, userspace side: lesson 6's events, each `listen()` followed to its end on every path,
-//! made the tool to keep:
+//! Lesson 8, userspace side: lesson 7's events, each `listen()` followed to its end on every path
+//! (`--attach sockops` included), made the tool to keep:
 //!
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
-//! - filters the kernel applies (`--pid`, `--netns`), a reader that batches its wake-ups
-//!   (`--batch-pause`), and JSON output (in `output.rs`);
-//! - a fourth attach path, `--attach sockops`, for kernels where only the tracepoints work: a
-//!   cgroup's `sock_ops` program, which taxes no system call but sees fewer calls.
+//! - filters the kernel applies (`--pid`, `--netns`, `--port`), a reader that batches its wake-ups
+//!   (`--batch-pause`), and JSON output (in `output.rs`).
 
 mod output;
 
