@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use nix::sys::signal::Signal;
 use support::{
     kernel::{attach_paths_here, require_root},
-    running::{RunningStep, Stream},
+    running::RunningStep,
+    table,
     trigger::{self, Domain, InNewNetns},
 };
 
@@ -31,54 +32,9 @@ fn row_for(netns: u64, backlog: u32, addr: SocketAddr) -> Vec<String> {
     ]
 }
 
-/// Where each of `COLUMNS` is in the table's header (which comes before any row).
-fn column_positions(step: &mut RunningStep) -> Vec<usize> {
-    let header = step
-        .find_line(
-            Stream::Stdout,
-            |line| line.starts_with("PID "),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("no table header; output: {:#?}", step.output));
-    let names: Vec<&str> = header.split_whitespace().collect();
-    COLUMNS
-        .iter()
-        .map(|column| {
-            names
-                .iter()
-                .position(|name| name == column)
-                .unwrap_or_else(|| panic!("no {column} column in the header `{header}`"))
-        })
-        .collect()
-}
-
-/// Waits for the row whose namespace is `netns` and whose address and port are `addr`'s: its values
-/// of `COLUMNS`. (An IPv4 and an IPv6 listener may get the same port number.)
+/// Waits for the row of our listen on `addr` in the namespace `netns`: its values of `COLUMNS`.
 fn row_with(step: &mut RunningStep, netns: u64, addr: SocketAddr) -> Vec<String> {
-    let positions = column_positions(step);
-    let values = |line: &str| -> Vec<String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        positions
-            .iter()
-            .map(|&at| words.get(at).copied().unwrap_or_default().to_string())
-            .collect()
-    };
-    let (netns, ip, port) = (
-        netns.to_string(),
-        addr.ip().to_string(),
-        addr.port().to_string(),
-    );
-    let line = step
-        .find_line(
-            Stream::Stdout,
-            |line| {
-                let row = values(line);
-                row[2] == netns && row[4] == ip && row[5] == port
-            },
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("no row for {addr}; output: {:#?}", step.output));
-    values(&line)
+    table::row_with(step, &COLUMNS, netns, addr)
 }
 
 #[test]

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use support::{
     kernel::{attach_paths_here, require_root},
     running::{RunningStep, Stream},
+    table::{self, Columns},
     trigger::{self, Domain, InNewNetns, socket2::Socket},
 };
 
@@ -45,54 +46,9 @@ fn ok_on(path: &str) -> &'static str {
     if path == "tracepoint" { "-" } else { "ok" }
 }
 
-/// Where each of `COLUMNS` is in the table's header (which comes before any row).
-fn column_positions(step: &mut RunningStep) -> Vec<usize> {
-    let header = step
-        .find_line(
-            Stream::Stdout,
-            |line| line.starts_with("PID "),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("no table header; output: {:#?}", step.output));
-    let names: Vec<&str> = header.split_whitespace().collect();
-    COLUMNS
-        .iter()
-        .map(|column| {
-            names
-                .iter()
-                .position(|name| name == column)
-                .unwrap_or_else(|| panic!("no {column} column in the header `{header}`"))
-        })
-        .collect()
-}
-
-/// Waits for the row whose namespace is `netns` and whose address and port are `addr`'s: its values
-/// of `COLUMNS`. (An IPv4 and an IPv6 listener may get the same port number.)
+/// Waits for the row of our listen on `addr` in the namespace `netns`: its values of `COLUMNS`.
 fn row_with(step: &mut RunningStep, netns: u64, addr: SocketAddr) -> Vec<String> {
-    let positions = column_positions(step);
-    let values = |line: &str| -> Vec<String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        positions
-            .iter()
-            .map(|&at| words.get(at).copied().unwrap_or_default().to_string())
-            .collect()
-    };
-    let (netns, ip, port) = (
-        netns.to_string(),
-        addr.ip().to_string(),
-        addr.port().to_string(),
-    );
-    let line = step
-        .find_line(
-            Stream::Stdout,
-            |line| {
-                let row = values(line);
-                row[2] == netns && row[5] == ip && row[6] == port
-            },
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("no row for {addr}; output: {:#?}", step.output));
-    values(&line)
+    table::row_with(step, &COLUMNS, netns, addr)
 }
 
 #[test]
@@ -145,14 +101,8 @@ fn every_call_is_one_row_with_its_final_port_and_result() {
         let (expected, _sockets) = netns.run(move || every_kind_of_listen(path));
         let (last_backlog, last_port) =
             (&expected.last().unwrap()[4], &expected.last().unwrap()[6]);
-        let positions = column_positions(&mut step);
-        let values = |line: &str| -> Vec<String> {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            positions
-                .iter()
-                .map(|&at| words.get(at).copied().unwrap_or_default().to_string())
-                .collect()
-        };
+        let columns = Columns::of(&mut step, &COLUMNS);
+        let values = |line: &str| columns.values(line);
         let own = netns.inode.to_string();
         step.find_line(
             Stream::Stdout,

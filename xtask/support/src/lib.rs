@@ -5,12 +5,14 @@
 //! - [`running`]: start a step binary, wait until it is attached, read its lines with time limits;
 //! - [`trigger`]: listening sockets on demand, in a network namespace or a process of their own;
 //! - [`kernel`]: what the kernel tests need to know of the kernel, and whether programs are loaded;
+//! - [`table`]: a lesson's table, read by the names in its header;
 //! - [`transcripts`]: what the book shows each lesson printing, recorded from real runs.
 //!
 //! No aya here: xtask builds on whatever toolchain `cargo` starts with, and installs the pinned one.
 
 pub mod kernel;
 pub mod running;
+pub mod table;
 pub mod transcripts;
 pub mod trigger;
 
