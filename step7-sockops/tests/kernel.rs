@@ -42,11 +42,6 @@ fn row_for(netns: u64, proto: &str, backlog: u32, addr: SocketAddr, result: &str
     ]
 }
 
-/// What each path says of a call that worked: every path sees it end.
-fn ok_on(_path: &str) -> &'static str {
-    "ok"
-}
-
 /// Waits for the row of our listen on `addr` in the namespace `netns`: its values of `COLUMNS`.
 fn row_with(step: &mut RunningStep, netns: u64, addr: SocketAddr) -> Vec<String> {
     table::row_with(step, &COLUMNS, netns, addr)
@@ -80,7 +75,7 @@ fn rows_carry_the_exact_values_on_every_attach_path() {
             let proto = if addr.is_ipv6() { "TCPv6" } else { "TCPv4" };
             assert_eq!(
                 row_with(&mut step, netns.inode, addr),
-                row_for(netns.inode, proto, 31, addr, ok_on(path)),
+                row_for(netns.inode, proto, 31, addr, "ok"),
                 "path {path}"
             );
         }
@@ -289,7 +284,7 @@ fn the_sockops_path_in_a_container_reports_only_the_container() {
     // Inside: one process that moves itself into the container's cgroup, then listens.
     let procs = container.procs();
     let (pid, addr) = trigger::listen_in_another_process_after((LOCALHOST, 0).into(), 34, || {
-        Container::join(&procs).expect("cannot move into the container's cgroup")
+        trigger::join_cgroup(&procs).expect("cannot move into the container's cgroup")
     });
     let netns = trigger::netns_inode().unwrap();
     let row = row_with(&mut step, netns, addr);
@@ -447,20 +442,6 @@ impl Container {
         .unwrap()
     }
 
-    /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there
-    /// moves the writer). System calls only: it runs between `fork()` and `exec()`.
-    fn join(procs: &std::ffi::CStr) -> std::io::Result<()> {
-        // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
-        unsafe {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-        }
-        Ok(())
-    }
-
     /// Makes `command` start as a container's first process: in the cgroup, then in a cgroup
     /// namespace and a mount namespace of its own, with cgroup2 mounted afresh in place of the
     /// hierarchy's mount (the new mount shows the namespace's root: the cgroup).
@@ -473,7 +454,7 @@ impl Container {
         // SAFETY: the closure makes system calls only, on buffers made before the fork.
         unsafe {
             command.pre_exec(move || {
-                Self::join(&procs)?;
+                trigger::join_cgroup(&procs)?;
                 if libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) != 0
                     || libc::mount(
                         std::ptr::null(),

@@ -265,7 +265,7 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
     )
     .map_err(|error| error.to_string())?;
     let (pid, inside) = trigger::listen_in_another_process_after(localhost, 72, || {
-        join_cgroup(&procs);
+        let _ = trigger::join_cgroup(&procs); // a child left outside has no row: the check says so
     });
     let port_of =
         |line: &str, port: u16| line.split_whitespace().any(|word| word == port.to_string());
@@ -310,19 +310,6 @@ impl Drop for OwnCgroup {
                 break;
             }
             thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there moves
-/// the writer). System calls only: it runs between `fork()` and the child's listen.
-fn join_cgroup(procs: &CString) {
-    // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-        if fd >= 0 {
-            libc::write(fd, c"0".as_ptr().cast(), 1);
-            libc::close(fd);
         }
     }
 }

@@ -247,6 +247,24 @@ pub fn listen_in_another_process(
 
 /// [`listen_in_another_process`], with `before` run in the other process before it listens (for
 /// example to move itself into a cgroup). `before` runs after `fork()`: system calls only.
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing 0 there moves
+/// the writer). System calls only: it may run between `fork()` and `exec()` or a child's listen.
+pub fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain system calls on a NUL-terminated path and a one-byte buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+        libc::close(fd);
+        if written != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 pub fn listen_in_another_process_after(
     addr: std::net::SocketAddr,
     backlog: i32,
