@@ -2,22 +2,24 @@
 //! (`--attach sockops` included), made the tool to keep:
 //!
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
-//! - filters the kernel applies (`--pid`, `--netns`, `--port`), a reader that batches its wake-ups
-//!   (`--batch-pause`), and JSON output (in `output.rs`).
+//! - filters the kernel applies (`--pid`, `--netns`, `--port`), and JSON output (in `output.rs`);
+//! - new, one BPF ring buffer for every CPU instead of a perf buffer per CPU, whose reader is woken
+//!   only when it waits, and lets a burst gather (`--batch-pause`).
 
 mod output;
 
-use std::{fmt, io, mem::size_of, ptr, time::Duration};
+use std::{
+    fmt, io,
+    mem::size_of,
+    ptr,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{
-        CgroupArray, MapData, PerCpuArray, PerfEventArray,
-        perf::{PerfEvent, PerfEventArrayBuffer},
-    },
+    maps::{Array, CgroupArray, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, Program},
-    util::online_cpus,
 };
 use clap::Parser;
 use common::{
@@ -33,7 +35,6 @@ use common::{
         open_cgroup2_root,
     },
 };
-use futures_util::future::select_all;
 use output::EventSink;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -61,14 +62,25 @@ async fn main() -> Result<(), Report> {
         netns: cli.netns.unwrap_or(0),
         port: cli.port.map_or(0, u32::from),
     };
+    // New: the ring's size, a power of two of pages: `--buffer-pages`, or 4 MiB on any machine.
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
+        .map_or(4096, |size| size as usize);
+    let ring_bytes = cli
+        .buffer_pages
+        .map_or(DEFAULT_RING_BYTES.max(page_size), |pages| pages * page_size);
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(
+            "EVENTS",
+            u32::try_from(ring_bytes).context("--buffer-pages is too large")?,
+        )
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .override_global(LISTEN_FILTER_SYMBOL, &filter, true)
         .load(EBPF_OBJECT)
         .map_err(explain_load_failure)?;
 
-    // 2. One perf buffer per CPU (lesson 4), now with the kernel side's counters beside it.
-    let mut events = PerfBuffers::open(&mut ebpf, cli.buffer_pages, cli.batch_pause)?;
+    // 2. New: one BPF ring buffer for every CPU, instead of a perf buffer per CPU (lesson 4), with
+    //    the kernel side's counters beside it.
+    let mut events = RingBuffer::open(&mut ebpf, cli.batch_pause)?;
 
     // 3. Attach: the first path in `--attach` that this kernel accepts, now with return probes.
     let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
@@ -101,55 +113,59 @@ async fn main() -> Result<(), Report> {
 }
 // ANCHOR_END: main
 
-// ANCHOR: perf_open
-/// The perf buffer: one ring per online CPU, each shared with the kernel through mmap and watched
-/// with tokio's `AsyncFd`. A program writes to the ring of the CPU it runs on; when a ring is full,
-/// the sample is dropped.
-struct PerfBuffers {
-    // Keeps the map's fd; the buffers are registered in it.
-    _events: PerfEventArray<MapData>,
+// ANCHOR: ring_open
+/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The
+/// kernel side wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up;
+/// a reader that is busy, or pausing after a burst, is not woken at all. When the ring is full, the
+/// event is dropped and counted.
+struct RingBuffer {
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
+    reader_waits: Array<MapData, u32>,
     /// The kernel side's counters of what did not become an event (`common::COUNTER_*`).
     counters: PerCpuArray<MapData, u64>,
-    buffers: Vec<(u32, PerfEventArrayBuffer)>,
-    pages: usize,
-    /// `--batch-pause`: how long events gather after a wake-up before the rings are drained.
+    /// `--batch-pause`: after a drain that found a burst, how long events gather before the next.
     batch_pause: Duration,
     received: u64,
 }
 
-impl PerfBuffers {
-    /// Takes the `EVENTS` map of the object and opens a buffer of `pages` pages (a power of two)
-    /// for each online CPU, registered in the map at that CPU's index.
-    fn open(ebpf: &mut Ebpf, pages: usize, batch_pause: Duration) -> anyhow::Result<Self> {
-        let mut events = PerfEventArray::try_from(
+/// The ring's size without `--buffer-pages`: room for about 50,000 events, shared by every CPU (a
+/// perf buffer of 256 pages per CPU took 128 MiB on a machine of 128 CPUs).
+const DEFAULT_RING_BYTES: usize = 4 << 20;
+
+/// How long the reader waits for a wake-up at most: one that the kernel side could not send (an
+/// event that came just as we said that we wait) waits no longer than this.
+const SAFETY_TIMER: Duration = Duration::from_millis(100);
+
+impl RingBuffer {
+    /// Takes the `EVENTS` map of the object, a ring buffer, and watches it.
+    fn open(ebpf: &mut Ebpf, batch_pause: Duration) -> anyhow::Result<Self> {
+        let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .context("the eBPF object has no map EVENTS")?,
+        )?;
+        let reader_waits = Array::try_from(
+            ebpf.take_map("READER_WAITS")
+                .context("the eBPF object has no map READER_WAITS")?,
         )?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
                 .context("the eBPF object has no map COUNTERS")?,
         )?;
-        let cpus = online_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
-        let mut buffers = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
-            let buffer = PerfEventArrayBuffer::open(cpu, pages).with_context(|| {
-                format!("cannot open a perf buffer of {pages} pages on CPU {cpu}")
-            })?;
-            events.set(cpu, &buffer)?;
-            buffers.push((cpu, buffer));
-        }
+        // SAFETY: the ring owns its map fd and keeps it open for as long as the AsyncFd lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .context("cannot watch the ring buffer")?;
         Ok(Self {
-            _events: events,
+            ring,
+            reader_waits,
             counters,
-            buffers,
-            pages,
             batch_pause,
             received: 0,
         })
     }
-    // ANCHOR_END: perf_open
+    // ANCHOR_END: ring_open
 
-    // ANCHOR: perf_read
+    // ANCHOR: ring_read
     /// Hands every event to `sink` until `stop` fires or the sink fails (a closed pipe ends the
     /// run quietly). Returns why it stopped.
     async fn read_until_stopped(
@@ -157,99 +173,66 @@ impl PerfBuffers {
         sink: &mut impl EventSink,
         stop: &mut StopSignals,
     ) -> anyhow::Result<StopReason> {
+        // When the last wake-up came, and whether the one before came less than a pause earlier.
+        let (mut last_wake_up, mut woken_again_soon) = (None::<Instant>, false);
         let reason = loop {
-            // Wait, in the runtime's epoll, until a ring has something (or a stop).
-            let watched = self
-                .buffers
-                .drain(..)
-                .map(|(cpu, buffer)| {
-                    // SAFETY: the buffer owns its perf fd and keeps it open until `into_inner`.
-                    let watched =
-                        unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) };
-                    Ok((cpu, watched?))
-                })
-                .collect::<io::Result<Vec<_>>>()
-                .context("cannot watch the perf buffers")?;
-            // A perf buffer reports a wake-up only once: one that came while it was out of the
-            // epoll set may be used up by registering it again. So look into the rings first.
-            let arrived_meanwhile = watched
-                .iter()
-                .any(|(_, buffer)| buffer.get_ref().readable());
-            let stopped = if arrived_meanwhile {
-                None
-            } else {
-                let any_readable = select_all(
-                    watched
-                        .iter()
-                        .map(|(_, buffer)| Box::pin(buffer.readable())),
-                );
-                tokio::select! {
-                    reason = stop.wait() => Some(reason),
-                    (ready, _, _) = any_readable => {
-                        ready.context("cannot wait for the perf buffers")?.clear_ready();
-                        None
-                    }
-                }
+            let drained = match self.drain(sink) {
+                Ok(drained) => drained,
+                Err(error) => break closed_or_fail(error)?,
             };
-            // Out of the epoll set again: while events gather, a new one wakes nobody, which
-            // spares the program that called listen() a wake-up of this thread on another CPU for
-            // every event. Each buffer is watched afresh on the next turn, ready or not.
-            self.buffers = watched
-                .into_iter()
-                .map(|(cpu, buffer)| (cpu, buffer.into_inner()))
-                .collect();
-            if let Some(reason) = stopped {
-                break reason;
-            }
-            // `--batch-pause`: let events gather before draining; a stop ends the pause at once.
-            // A pause of 0 drains at once (tokio would round a zero sleep up to its next tick).
-            let paused_until_stop = if self.batch_pause.is_zero() {
-                None
-            } else {
+            // Events come fast: a drain found more than one, or a wake-up came soon after the last
+            // (on a single CPU the reader, woken at once, finds one event each time). Let more
+            // gather, without saying that we wait, so nothing wakes us.
+            let burst = drained > 1 || std::mem::take(&mut woken_again_soon);
+            if burst && !self.batch_pause.is_zero() {
                 tokio::select! {
-                    reason = stop.wait() => Some(reason),
-                    () = tokio::time::sleep(self.batch_pause) => None,
+                    reason = stop.wait() => break reason,
+                    () = tokio::time::sleep(self.batch_pause) => continue,
                 }
-            };
-            let received_before = self.received;
-            if let Err(error) = self.drain(sink) {
-                break closed_or_fail(error)?;
             }
-            if let Some(reason) = paused_until_stop {
-                if self.received > received_before {
-                    eprintln!("the stop cut a batch pause short: what had gathered is printed");
+            // About to wait: say so, then look once more, so that an event that came before the
+            // kernel side could see it does not wait for the next one.
+            self.reader_waits
+                .set(0, &1, 0)
+                .context("cannot tell the kernel side that the reader waits")?;
+            match self.drain(sink) {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(error) => break closed_or_fail(error)?,
+            }
+            tokio::select! {
+                reason = stop.wait() => break reason,
+                ready = self.ring.readable_mut() => {
+                    ready.context("cannot wait for the ring buffer")?.clear_ready();
+                    let now = Instant::now();
+                    woken_again_soon = last_wake_up
+                        .is_some_and(|last: Instant| now - last < self.batch_pause);
+                    last_wake_up = Some(now);
                 }
-                break reason;
+                () = tokio::time::sleep(SAFETY_TIMER) => {}
             }
         };
         // What arrives until the programs are detached is drained after that (`main`).
         Ok(reason)
     }
 
-    /// Hands every sample waiting in every buffer to `sink`, copying each out of the ring once.
-    fn drain(&mut self, sink: &mut impl EventSink) -> io::Result<()> {
-        let mut result = Ok(());
-        for (cpu, buffer) in &mut self.buffers {
-            let mut lost_now = 0;
-            buffer.for_each(|sample| match sample {
-                PerfEvent::Sample { head, tail } => {
-                    if result.is_ok() {
-                        self.received += 1;
-                        result = sink.write(&event_from(head, tail));
-                    }
-                }
-                PerfEvent::Lost { count } => lost_now += count,
-            });
-            if lost_now > 0 {
-                eprintln!(
-                    "lost {lost_now} events on CPU {cpu}: its perf buffer ({} pages) was full",
-                    self.pages
-                );
+    /// Hands every event waiting in the ring to `sink`, copying each out once; returns how many.
+    fn drain(&mut self, sink: &mut impl EventSink) -> io::Result<u64> {
+        let ring = self.ring.get_mut();
+        let mut drained = 0;
+        while let Some(item) = ring.next() {
+            drained += 1;
+            self.received += 1;
+            if let Some(event) = event_from(&item) {
+                sink.write(&event)?;
             }
         }
-        result.and_then(|()| sink.flush())
+        if drained > 0 {
+            sink.flush()?;
+        }
+        Ok(drained)
     }
-    // ANCHOR_END: perf_read
+    // ANCHOR_END: ring_read
 
     /// How many events arrived, and what the kernel side counted as not sent: dropped per CPU,
     /// unreadable, and calls whose end was missed (`in_flight`: those still waiting for theirs).
@@ -300,16 +283,13 @@ fn calls_in_flight(maps: &[CallsMap]) -> anyhow::Result<u64> {
     Ok(maps.iter().map(|calls| calls.keys().count() as u64).sum())
 }
 
-/// A sample's bytes, `head` then `tail` (non-empty when the sample wraps around the end of the
-/// ring), copied into an event. The kernel pads samples to 8 bytes: the padding is ignored.
-fn event_from(head: &[u8], tail: &[u8]) -> ListenEvent {
-    let mut bytes = [0u8; size_of::<ListenEvent>()];
-    let from_head = head.len().min(bytes.len());
-    bytes[..from_head].copy_from_slice(&head[..from_head]);
-    let from_tail = (bytes.len() - from_head).min(tail.len());
-    bytes[from_head..from_head + from_tail].copy_from_slice(&tail[..from_tail]);
-    // SAFETY: `ListenEvent` is plain data (`aya::Pod`): any bytes are a valid value.
-    unsafe { ptr::read_unaligned(bytes.as_ptr().cast()) }
+/// An item's bytes, copied into an event. A ring buffer's item is in one piece (the kernel maps the
+/// ring twice in a row, so an item that wraps around its end reads on), and its length is the one
+/// the kernel side gave: a shorter one is refused, never read past.
+fn event_from(item: &[u8]) -> Option<ListenEvent> {
+    let bytes = item.get(..size_of::<ListenEvent>())?;
+    // SAFETY: `ListenEvent` is plain data (`aya::Pod`), and `bytes` holds exactly one.
+    Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 fn closed_or_fail(error: io::Error) -> anyhow::Result<StopReason> {
@@ -645,11 +625,12 @@ struct Cli {
     /// Only this local port
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
-    /// The size of each CPU's perf buffer, in pages (a power of two)
-    #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = power_of_two)]
-    buffer_pages: usize,
-    /// After a wake-up, how long events gather before they are read: fewer wake-ups for the
-    /// programs that call listen(), at the price of this much delay (0: read each at once)
+    /// The size of the ring buffer, in pages (a power of two) [default: 4 MiB, whatever the number
+    /// of CPUs]
+    #[arg(long, value_name = "PAGES", value_parser = power_of_two)]
+    buffer_pages: Option<usize>,
+    /// After a drain that found a burst, how long events gather before the next: fewer wake-ups
+    /// for the programs that call listen() (0: read each at once)
     #[arg(long, value_name = "MS", default_value = "1", value_parser = milliseconds)]
     batch_pause: Duration,
 }
@@ -684,7 +665,7 @@ mod tests {
         assert!(cli.json);
         assert_eq!(
             (cli.pid, cli.netns, cli.buffer_pages),
-            (Some(42), Some(4026531840), 256)
+            (Some(42), Some(4026531840), None)
         );
         let error = Cli::try_parse_from(["step5", "--buffer-pages", "3"])
             .unwrap_err()
@@ -718,26 +699,15 @@ mod tests {
         }
     }
 
-    /// The bytes the kernel puts in the ring for `event`: the struct, then its padding to 8 bytes.
-    fn bytes_of(event: &ListenEvent) -> Vec<u8> {
+    #[test]
+    fn an_item_is_read_whole_and_a_short_one_is_refused() {
+        let event = sample_event();
         // SAFETY: plain data; reading its bytes is fine.
         let bytes = unsafe {
-            std::slice::from_raw_parts(ptr::from_ref(event).cast::<u8>(), size_of::<ListenEvent>())
+            std::slice::from_raw_parts(ptr::from_ref(&event).cast::<u8>(), size_of::<ListenEvent>())
         };
-        let mut padded = bytes.to_vec();
-        padded.extend([0xee; 4]);
-        padded
-    }
-
-    #[test]
-    fn a_sample_is_read_exactly_in_one_piece_or_wrapped_around_the_ring() {
-        let event = sample_event();
-        let bytes = bytes_of(&event);
-        assert_eq!(event_from(&bytes, &[]), event);
-        for split in [1, 7, 8, 31, 32, size_of::<ListenEvent>() - 1] {
-            let (head, tail) = bytes.split_at(split);
-            assert_eq!(event_from(head, tail), event, "split at {split}");
-        }
+        assert_eq!(event_from(bytes), Some(event));
+        assert_eq!(event_from(&bytes[..bytes.len() - 1]), None);
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub const LESSONS: [Lesson; 8] = [
     Lesson {
         number: 8,
         package: "step8-tool",
-        title: "+ the tool to keep: filters, exact counts, JSON",
+        title: "+ the tool to keep: filters, exact counts, JSON, one ring buffer",
     },
 ];
 

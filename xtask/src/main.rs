@@ -108,9 +108,6 @@ enum CheckWhat {
         /// Check the lesson as it is before the exercise (it must fail)
         #[arg(long)]
         starter: bool,
-        /// Print the timings without judging them (as `cargo xtask test` and `vm-test` do)
-        #[arg(long, hide = true)]
-        print_timings_only: bool,
         /// Print a hint for the exercise, and nothing else
         #[arg(long, conflicts_with_all = ["solution", "starter", "reset"])]
         hint: bool,
@@ -193,7 +190,6 @@ fn run(command: Command) -> anyhow::Result<()> {
                     starter,
                     hint,
                     reset,
-                    print_timings_only,
                 },
         } => {
             if hint {
@@ -214,12 +210,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             if sudo::rest_through_sudo(&format!("checking exercise {number}"))? {
                 return Ok(());
             }
-            let timings = if print_timings_only {
-                check::Timings::PrintOnly
-            } else {
-                check::Timings::Decide
-            };
-            check::run(number, attempt, &binary, timings)
+            check::run(number, attempt, &binary)
         }
         Command::Listen(args) => {
             if args.netns && sudo::rest_through_sudo("listening in a new network namespace")? {

@@ -1,6 +1,5 @@
-//! What `cargo xtask bench` and exercise 8's check both measure: a loop of real `listen()` calls
-//! with a tracer running (a lesson, an exercise, bpftrace, or none), timed as a whole, and what the
-//! tracer received of it.
+//! What `cargo xtask bench` measures: a loop of real `listen()` calls with a tracer running (a
+//! lesson, bpftrace, or none), timed as a whole, and what the tracer received of it.
 
 use std::{
     fs::{self, File},
@@ -28,14 +27,12 @@ pub enum Tracer {
     Step8FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
+    /// Lesson 5's table: the same perf buffer, with each call followed to its end.
+    Step5Table,
     Step8Table,
     Step8Json,
-    /// Lesson 8 `--json --batch-pause 0`: its reader drains at every wake-up.
+    /// Lesson 8 `--json --batch-pause 0`: its reader lets no burst gather.
     Step8JsonNoPause,
-    /// Exercise 8's reference solution: lesson 8 through a BPF ring buffer, `--json`.
-    Exercise8,
-    /// Another solution of exercise 8, named by its patch, `--json`.
-    Exercise8Patch(&'static str),
     /// Lesson 8 on its sockops path, every event filtered in the kernel: that path's floor.
     Step8SockopsFilteredOut,
     /// Lesson 8 on its sockops path, `--json`.
@@ -49,11 +46,10 @@ impl Tracer {
             Self::None => "no tracer",
             Self::Step8FilteredOut => "step 8, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
+            Self::Step5Table => "step 5, table to a file",
             Self::Step8Table => "step 8, table to a file",
             Self::Step8Json => "step 8 --json, to a file",
             Self::Step8JsonNoPause => "step 8 --json --batch-pause 0, to a file",
-            Self::Exercise8 => "exercise 8 (ring buffer) --json, to a file",
-            Self::Exercise8Patch(name) => name,
             Self::Step8SockopsFilteredOut => "step 8 --attach sockops, all filtered in the kernel",
             Self::Step8SockopsJson => "step 8 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
@@ -64,11 +60,7 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step8Json
-                | Self::Step8JsonNoPause
-                | Self::Exercise8
-                | Self::Exercise8Patch(_)
-                | Self::Step8SockopsJson
+            Self::Step8Json | Self::Step8JsonNoPause | Self::Step8SockopsJson
         )
     }
 
@@ -77,7 +69,7 @@ impl Tracer {
         matches!(self, Self::Step8FilteredOut | Self::Step8SockopsFilteredOut)
     }
 
-    /// The tracer's command: `binary` is the lesson's (or the exercise's) program, attached on
+    /// The tracer's command: `binary` is the lesson's program, attached on
     /// `attach` (`--attach`; bpftrace uses the state tracepoint, the sockops rows their path).
     pub fn command(self, binary: &Path, attach: &str) -> Option<Command> {
         let lesson_on = |attach: &str, args: &[&str]| {
@@ -90,8 +82,8 @@ impl Tracer {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
             Self::Step8FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step8Table => lesson(&[]),
-            Self::Step8Json | Self::Exercise8 | Self::Exercise8Patch(_) => lesson(&["--json"]),
+            Self::Step4Table | Self::Step5Table | Self::Step8Table => lesson(&[]),
+            Self::Step8Json => lesson(&["--json"]),
             Self::Step8JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
             Self::Step8SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
             Self::Step8SockopsJson => lesson_on("sockops", &["--json"]),
@@ -132,7 +124,7 @@ pub struct Run {
     pub lost: u64,
 }
 
-/// Starts `tracer` (with `binary`, the lesson's or the exercise's program), waits until it is
+/// Starts `tracer` (with `binary`, the lesson's program), waits until it is
 /// ready, runs the loop, stops it and reads its counts.
 pub fn run_once(
     tracer: Tracer,

@@ -16,13 +16,15 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_F_CURRENT_CPU, BPF_SOCK_OPS_TCP_LISTEN_CB},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+        BPF_SOCK_OPS_TCP_LISTEN_CB,
+    },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_perf_event_output, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, sock_ops, tracepoint},
-    maps::{CgroupArray, HashMap, PerCpuArray, PerfEventArray},
+    maps::{Array, CgroupArray, HashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         SockOpsContext, TracePointContext,
@@ -42,14 +44,19 @@ use common::{
 static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 
 // ANCHOR: maps
-/// The events: userspace reads one ring per CPU.
+/// New: the events, in one ring shared by every CPU (lesson 4 had one per CPU). Userspace sets its
+/// size at load time; 4 MiB holds about 50,000 events, whatever the number of CPUs.
 #[map]
-static EVENTS: PerfEventArray<ListenEvent> = PerfEventArray::new(0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// What did not become an event, per CPU (`common::COUNTER_*`): events a perf buffer had no room
-/// for, sockets that could not be read, calls whose end was never seen. The kernel tells userspace
-/// about a full ring only once room frees up again (a `PERF_RECORD_LOST` in the ring), so the last
-/// drops of a burst would go unreported: counting every failed output here gives the exact number.
+/// New: entry 0 is 1 while the reader waits for a wake-up. It sets it before it waits; the
+/// event that wakes it sets it back to 0.
+#[map]
+static READER_WAITS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// What did not become an event, per CPU (`common::COUNTER_*`): events the ring had no room for,
+/// sockets that could not be read, calls whose end was never seen. Nothing else tells userspace
+/// about an event a full ring refused: counting every failed output here gives the exact number.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
@@ -60,22 +67,17 @@ static LISTEN_FILTER: Global<ListenFilter> = Global::new(ListenFilter::ANY);
 
 // ANCHOR: send_event
 /// Lesson 3's reads plus the network namespace, as one event, unless a filter drops it or the socket
-/// is not a TCP or MPTCP one. `result` is `None` where the end of the call was not seen.
-fn send_event(
-    ctx: &impl EbpfContext,
-    sk: *const u8,
-    backlog: u32,
-    attach: u8,
-    result: Option<i32>,
-) -> Result<(), i32> {
-    send_event_of(ctx, Caller::current()?, sk, backlog, attach, result, None)
+/// is not a TCP or MPTCP one. `result` is `None` where the end of the call was not seen. Inlined:
+/// a BPF function takes its arguments in 5 registers, and an `Option` takes two.
+#[inline(always)]
+fn send_event(sk: *const u8, backlog: u32, attach: u8, result: Option<i32>) -> Result<(), i32> {
+    send_event_of(Caller::current()?, sk, backlog, attach, result, None)
 }
 
 /// The same for the thread `caller`; `protocol` replaces the socket's own where it is the TCP
 /// subflow of an MPTCP socket (the sockops path). Inlined: a BPF function takes at most 5 arguments.
 #[inline(always)]
 fn send_event_of(
-    ctx: &impl EbpfContext,
     caller: Caller,
     sk: *const u8,
     backlog: u32,
@@ -130,8 +132,8 @@ fn send_event_of(
         has_result: result.is_some() as u8,
         protocol,
     };
-    // No argument limit here: the whole struct goes to the ring of this CPU.
-    output_counting_drops(ctx, &event);
+    // No argument limit here: the whole struct goes into the ring that every CPU shares.
+    output_counting_drops(&event);
     Ok(())
 }
 
@@ -183,28 +185,35 @@ fn offsets() -> Result<SockOffsets, i32> {
     }
 }
 
-/// Sends `event` to this CPU's ring of `EVENTS`, and counts it as dropped if the ring is full.
-fn output_counting_drops(ctx: &impl EbpfContext, event: &ListenEvent) {
-    // aya's `PerfEventArray::output` discards the helper's result, which says whether the event
-    // fit; `PerfEventArray` is the map's definition itself (`repr(transparent)`), so its address is
-    // the map. The assertion stops the build if aya ever wraps the definition in something larger.
-    const _: () = assert!(
-        size_of::<PerfEventArray<ListenEvent>>() == size_of::<aya_ebpf::bindings::bpf_map_def>()
-    );
-    // SAFETY: a map and an event that live for the whole call; the helper copies the event.
-    let result = unsafe {
-        bpf_perf_event_output(
-            ctx.as_ptr(),
-            ptr::from_ref(&EVENTS).cast_mut().cast(),
-            BPF_F_CURRENT_CPU,
-            ptr::from_ref(event).cast_mut().cast(),
-            size_of::<ListenEvent>() as u64,
-        )
+// ANCHOR: output
+/// Puts `event` in the ring, and wakes the reader only if it said that it waits (the event that
+/// finds `READER_WAITS` at 1 sets it back to 0), or if the ring is a quarter full, so that a burst
+/// is read before the ring overflows. A reader that is busy or pausing is not woken: it finds the
+/// event when it drains next. Counts the event as dropped if the ring is full.
+fn output_counting_drops(event: &ListenEvent) {
+    let reader_waits = READER_WAITS.get_ptr_mut(0).is_some_and(|waits| {
+        // SAFETY: the map's one entry, which lives as long as the map. Two CPUs that both see 1
+        // both wake the reader: one wake-up too many, nothing lost.
+        unsafe {
+            let waiting = *waits == 1;
+            if waiting {
+                *waits = 0;
+            }
+            waiting
+        }
+    });
+    let filling_up =
+        EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= EVENTS.query(BPF_RB_RING_SIZE.into()) / 4;
+    let wake_up = if reader_waits || filling_up {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     };
-    if result < 0 {
+    if EVENTS.output(event, wake_up.into()).is_err() {
         count(COUNTER_DROPPED);
     }
 }
+// ANCHOR_END: output
 
 /// Adds one to a counter of `COUNTERS`. Atomically: a program can be preempted by another on the
 /// same CPU (a tracepoint or fexit program is not protected from that), and a plain `+= 1` could
@@ -284,7 +293,7 @@ pub fn listen_kretprobe(ctx: RetProbeContext) -> u32 {
         let result: i32 = ctx.ret();
         let sk = sock_of(call.sock as *const u8);
         count_unreadable(
-            sk.and_then(|sk| send_event(&ctx, sk, call.backlog, ATTACH_KPROBE, Some(result))),
+            sk.and_then(|sk| send_event(sk, call.backlog, ATTACH_KPROBE, Some(result))),
         );
     }
     0
@@ -305,7 +314,7 @@ pub fn mptcp_kretprobe(ctx: RetProbeContext) -> u32 {
         let result: i32 = ctx.ret();
         let sk = sock_of(call.sock as *const u8);
         count_unreadable(
-            sk.and_then(|sk| send_event(&ctx, sk, call.backlog, ATTACH_KPROBE, Some(result))),
+            sk.and_then(|sk| send_event(sk, call.backlog, ATTACH_KPROBE, Some(result))),
         );
     }
     0
@@ -318,7 +327,7 @@ pub fn listen_fexit(ctx: FExitContext) -> i32 {
     if !in_mptcp_listen() {
         let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
         count_unreadable(
-            sock_of(sock).and_then(|sk| send_event(&ctx, sk, backlog, ATTACH_FENTRY, Some(result))),
+            sock_of(sock).and_then(|sk| send_event(sk, backlog, ATTACH_FENTRY, Some(result))),
         );
     }
     0
@@ -337,7 +346,7 @@ pub fn mptcp_fexit(ctx: FExitContext) -> i32 {
     let _ = take(&MPTCP_CALLS);
     let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     count_unreadable(
-        sock_of(sock).and_then(|sk| send_event(&ctx, sk, backlog, ATTACH_FENTRY, Some(result))),
+        sock_of(sock).and_then(|sk| send_event(sk, backlog, ATTACH_FENTRY, Some(result))),
     );
     0
 }
@@ -404,7 +413,7 @@ pub fn listen_sys_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     match socket_of_file(file) {
-        Ok(Some(sock)) => count_unreadable(report_syscall(&ctx, sock, call.backlog, result as i32)),
+        Ok(Some(sock)) => count_unreadable(report_syscall(sock, call.backlog, result as i32)),
         Ok(None) => {} // not a socket (ENOTSOCK, EBADF): no TCP listen
         Err(_) => count(COUNTER_UNREADABLE),
     }
@@ -413,12 +422,7 @@ pub fn listen_sys_exit(ctx: TracePointContext) -> u32 {
 
 /// The event of a `listen()` system call on `sock`, with the backlog `listen()` used: the one it was
 /// given, capped to the namespace's `net.core.somaxconn` as the kernel does before anything else.
-fn report_syscall(
-    ctx: &TracePointContext,
-    sock: *const u8,
-    backlog: u32,
-    result: i32,
-) -> Result<(), i32> {
+fn report_syscall(sock: *const u8, backlog: u32, result: i32) -> Result<(), i32> {
     let offsets = offsets()?;
     let sk = sock_of(sock)?;
     let net: *const u8 = read_field(sk, offsets.skc_net)?;
@@ -428,7 +432,7 @@ fn report_syscall(
     } else {
         backlog
     };
-    send_event(ctx, sk, backlog, ATTACH_TRACEPOINT, Some(result))
+    send_event(sk, backlog, ATTACH_TRACEPOINT, Some(result))
 }
 
 /// The `struct file *` behind file descriptor `fd` of the current process:
@@ -460,7 +464,7 @@ fn socket_of_file(file: *const u8) -> Result<Option<*const u8>, i32> {
     if sock.is_null() {
         return Ok(None);
     }
-    let back: *const u8 = read_field(sock, offsets.socket_file).unwrap_or(ptr::null());
+    let back: *const u8 = read_field(sock, offsets.socket_file).unwrap_or(core::ptr::null());
     Ok((back == file).then_some(sock))
 }
 
@@ -479,7 +483,7 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
         let sk: *const u8 = ctx.arg(0);
         let backlog = offsets().and_then(|offsets| read_field(sk, offsets.sk_max_ack_backlog));
         count_unreadable(
-            backlog.and_then(|backlog| send_event(&ctx, sk, backlog, ATTACH_TRACEPOINT, None)),
+            backlog.and_then(|backlog| send_event(sk, backlog, ATTACH_TRACEPOINT, None)),
         );
     }
     0
@@ -527,7 +531,7 @@ fn report_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let protocol = take_start(thread)
         .filter(|start| start.sk == sk as u64 && start.mptcp != 0)
         .map(|_| IPPROTO_MPTCP);
-    send_event_of(ctx, caller, sk, backlog, ATTACH_SOCKOPS, Some(0), protocol)
+    send_event_of(caller, sk, backlog, ATTACH_SOCKOPS, Some(0), protocol)
 }
 
 /// The sockops path's view of `sock:inet_sock_set_state`: a socket that enters `TCP_LISTEN` is a
@@ -584,7 +588,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
                 .and_then(|backlog| {
                     let caller = Caller::current()?;
                     let result = Some(-EADDRINUSE);
-                    send_event_of(&ctx, caller, sk, backlog, ATTACH_SOCKOPS, result, protocol)
+                    send_event_of(caller, sk, backlog, ATTACH_SOCKOPS, result, protocol)
                 });
             count_unreadable(sent);
         }

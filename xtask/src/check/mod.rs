@@ -14,13 +14,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-mod ring_buffer;
 mod verdicts;
 
-use ring_buffer::check_ring_buffer;
 use verdicts::{
-    check_cgroup, check_fd, check_listened, check_pid, check_process_name, check_skc_num,
-    check_thread_id,
+    check_cgroup, check_comm, check_fd, check_listened, check_pid, check_process_name,
+    check_skc_num, check_thread_id,
 };
 
 use crate::{
@@ -43,10 +41,6 @@ pub struct Exercise {
     /// every other test of the lesson still passes (`cargo xtask mutants` checks both).
     pub changes_tests: &'static [&'static str],
 }
-
-/// The exercise that moves the tool's events to a BPF ring buffer: its check measures, and the
-/// bench and the stock guest run its solution.
-pub const RING_BUFFER: u8 = 8;
 
 pub const EXERCISES: [Exercise; 8] = [
     Exercise {
@@ -108,24 +102,14 @@ pub const EXERCISES: [Exercise; 8] = [
         changes_tests: &[],
     },
     Exercise {
-        number: RING_BUFFER,
+        number: 8,
         lesson: crate::lessons::TOOL,
-        title: "a ring buffer with wake-ups that adapt",
-        patch: "8-ring-buffer.patch",
-        page: "exercise-8-ring-buffer.md",
-        // The ring buffer's reader drains on a timer: the perf buffer's batch pause, and the line
-        // that says a stop cut it short, are gone.
-        changes_tests: &["ctrl_c_ends_the_batch_pause_at_once"],
+        title: "a filter on the thread's name, in the kernel",
+        patch: "8-comm.patch",
+        page: "lesson-8-tool.md",
+        changes_tests: &[],
     },
 ];
-
-/// Whether exercise 8's timings decide: they do for a learner; inside `cargo xtask test` (a shared
-/// machine) they are printed, never a verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timings {
-    Decide,
-    PrintOnly,
-}
 
 /// Whose code is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,16 +139,6 @@ fn find(number: u8) -> anyhow::Result<&'static Exercise> {
 pub fn build(toolchain: &Toolchain, number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
     let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
-    if number == RING_BUFFER {
-        // The floor of this exercise's cost: the lesson as committed, built first.
-        let committed = build_committed(toolchain, lesson)?;
-        std::fs::create_dir_all(floor_binary().parent().unwrap())?;
-        std::fs::copy(&committed, floor_binary())
-            .with_context(|| format!("cannot copy {}", committed.display()))?;
-        if attempt == Attempt::Starter {
-            return Ok(committed);
-        }
-    }
     match attempt {
         Attempt::Yours => {
             lessons::build(toolchain, &[lesson])?;
@@ -215,7 +189,7 @@ pub fn built_binary(number: u8, attempt: Attempt) -> anyhow::Result<PathBuf> {
 
 /// Checks exercise `number` with the `binary` that `build` made; `Ok` when it passes, an error
 /// saying what is missing otherwise.
-pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> anyhow::Result<()> {
+pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
     let exercise = find(number)?;
     let lesson = lessons::find(exercise.lesson)?;
     eprintln!(
@@ -230,7 +204,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path, timings: Timings) -> any
         5 => check_listened(binary),
         6 => check_fd(binary),
         7 => check_cgroup(binary),
-        _ => check_ring_buffer(binary, timings),
+        _ => check_comm(binary),
     };
     match verdict {
         Ok(()) => {
@@ -327,11 +301,6 @@ fn path_arg(path: &Path) -> anyhow::Result<&str> {
 /// Runs git in `root` and returns its standard output; an error with git's own words otherwise.
 fn git_output(root: &Path, args: &[&str]) -> anyhow::Result<String> {
     output_of(Command::new("git").arg("-C").arg(root).args(args))
-}
-
-/// Where exercise 8's check keeps lesson 8 as committed, the floor its cost is measured against.
-pub fn floor_binary() -> PathBuf {
-    target_dir().join("ring-buffer-exercise/tool-as-committed")
 }
 
 /// Builds `lesson` in a clean checkout of the last commit (a git worktree under `target/`), with

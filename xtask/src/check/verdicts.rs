@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 7: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 8: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -287,6 +287,67 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
              whole machine"
         )),
         None => Ok(()),
+    }
+}
+
+/// Exercise 8: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
+/// drops the others before they are sent: the summary's count of events received is the count of
+/// rows.
+pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
+    let help = Command::new(binary)
+        .arg("--help")
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
+    if !String::from_utf8_lossy(&help.stdout).contains("--comm") {
+        return Err("the program has no --comm option: its `--help` does not list it".into());
+    }
+    let (kept, dropped) = ("ex8-kept", "ex8-dropped");
+    let own_pid = std::process::id().to_string();
+    let mut step = start(binary, &["--json", "--pid", &own_pid, "--comm", kept])?;
+    // Each listen in a thread of that name; the listener closes when the thread ends.
+    let listen_as = |name: &str| -> Result<u16, String> {
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(|| trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8).map(|l| l.local_addr))
+            .map_err(|error| error.to_string())?
+            .join()
+            .map_err(|_| "the listening thread failed".to_string())?
+            .map(|addr| addr.port())
+            .map_err(|error| format!("{error:#}"))
+    };
+    let (first, other, last) = (listen_as(kept)?, listen_as(dropped)?, listen_as(kept)?);
+    let has_port = |line: &str, port: u16| line.contains(&format!("\"port\":{port},"));
+    // The events come in order: once the last one is printed, the other's would have been too.
+    for port in [first, last] {
+        if wait_for(&mut step, |line| has_port(line, port)).is_none() {
+            return Err(format!(
+                "a thread named {kept} listened on port {port}, but no line has that port; the \
+                 program printed:\n{}",
+                step.stdout()
+            ));
+        }
+    }
+    if let Some(row) = step.stdout().lines().find(|line| has_port(line, other)) {
+        return Err(format!(
+            "a listen of a thread named {dropped} has a line (`{row}`): --comm {kept} keeps only \
+             the threads of that name"
+        ));
+    }
+    let finished = step
+        .try_stop(nix::sys::signal::Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    let stderr = finished.stderr();
+    let received = stderr
+        .lines()
+        .find_map(|line| line.split_once(" events received")?.0.parse::<u64>().ok());
+    match received {
+        Some(2) => Ok(()),
+        Some(received) => Err(format!(
+            "the right lines are printed, but {received} events were received for 2 lines: the \
+             other thread's event is sent, then dropped in userspace. Drop it in the kernel side, \
+             as --pid does"
+        )),
+        None => Err(format!("no summary line `N events received` in:\n{stderr}")),
     }
 }
 

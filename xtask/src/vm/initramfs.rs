@@ -15,9 +15,6 @@ use anyhow::bail;
 use super::*;
 use crate::pinned::target_dir;
 
-/// How many listens exercise 8's burst makes in the stock kernel's guest, an emulated CPU.
-pub(super) const EXERCISE_8_GUEST_BURST: usize = 20_000;
-
 /// The guest's `/init`: mount what the tests need, run each case with a time limit, power off.
 /// Results go to the second serial port, apart from the kernel's messages on the first.
 pub(super) fn init_script(kernel: &GuestKernel) -> String {
@@ -91,13 +88,12 @@ pub(super) fn pack_shared_part(
 
 /// A guest's initramfs: the shared part (`pack_shared_part`) followed by its own small archive (the
 /// kernel unpacks concatenated archives one after the other), which holds its `/init`, its list of
-/// cases, and exercise 8's check and the extra cases where they run.
+/// cases, and the extra cases where they run.
 pub(super) fn build_initramfs(
     kernel: &GuestKernel,
     build: GuestBuild,
     shared: &Path,
     tests: &[KernelTests],
-    exercise_8: bool,
     extra: &[&ExtraCases],
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -107,34 +103,6 @@ pub(super) fn build_initramfs(
         for case in &test.cases {
             writeln!(cases, "{} {} {case}", test.step, test.inside().display())?;
         }
-    }
-    if exercise_8 {
-        // `cargo xtask check exercise 8 --solution` as a case of its own: this xtask, the solution
-        // and lesson 8 as committed, each where the check looks for it (`--built`).
-        let copy = |binary: &Path, inside: Option<&Path>| copy_for(build, binary, &staging, inside);
-        copy(&std::env::current_exe()?, Some(Path::new("/bin/xtask")))?;
-        copy(
-            &crate::check::built_binary(
-                crate::check::RING_BUFFER,
-                crate::check::Attempt::Solution,
-            )?,
-            None,
-        )?;
-        copy(&crate::check::floor_binary(), None)?;
-        // The check finds lesson 8 by its manifest in the checkout.
-        let manifest = crate::workspace_root().join("step8-tool/Cargo.toml");
-        copy_into(&manifest, &staging, &manifest)?;
-        let check = staging.join("exercise-8-check");
-        fs::write(
-            &check,
-            format!(
-                "#!/bin/busybox sh\nLISTEN_TRACE_BURST={EXERCISE_8_GUEST_BURST} exec /bin/xtask \
-                 --built '{}' check exercise 8 --solution --print-timings-only\n",
-                target_dir().display()
-            ),
-        )?;
-        fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
-        writeln!(cases, "exercise-8 /exercise-8-check solution")?;
     }
     for extra in extra {
         for (binary, inside) in &extra.binaries {

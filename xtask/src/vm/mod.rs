@@ -256,17 +256,6 @@ pub fn prepare(
     if case_count == 0 {
         bail!("no kernel test matches the filter {:?}", args.filter);
     }
-    // Exercise 8's reference solution is checked in the stock kernel too, where the kprobes work
-    // (here it is checked on this machine's path): in a run of every case.
-    let exercise_8 =
-        args.filter.is_none() && kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL);
-    if exercise_8 {
-        crate::check::build(
-            toolchain,
-            crate::check::RING_BUFFER,
-            crate::check::Attempt::Solution,
-        )?;
-    }
     ensure!(
         extra.is_empty() || kernels.iter().any(|kernel| kernel.series == STOCK_KERNEL),
         "the extra cases run in the stock kernel {STOCK_KERNEL}, which this run does not boot"
@@ -293,14 +282,12 @@ pub fn prepare(
             Arch::Arm64 => Accel::Tcg,
         };
         let is_stock = kernel.series == STOCK_KERNEL;
-        let with_exercise_8 = exercise_8 && is_stock;
         let extra_here = if is_stock { extra } else { &[] };
         let initramfs = build_initramfs(
             kernel,
             build,
             shared,
             tests,
-            with_exercise_8,
             extra_here,
             &vm_dir.join(kernel.package),
         )?;
@@ -312,7 +299,7 @@ pub fn prepare(
             accel,
             is_stock,
             extra_labels: extra_here.iter().map(|extra| extra.label.clone()).collect(),
-            own_cases: case_count + usize::from(with_exercise_8),
+            own_cases: case_count,
             extra_count,
         });
     }
@@ -446,7 +433,7 @@ struct PreparedGuest {
     is_stock: bool,
     /// The labels of the extra cases it runs.
     extra_labels: Vec<String>,
-    /// The workspace's cases (with exercise 8's check in the stock guest).
+    /// The workspace's cases.
     own_cases: usize,
     extra_count: usize,
 }

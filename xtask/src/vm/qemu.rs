@@ -246,14 +246,6 @@ pub(super) fn boot_and_run(
                 eprintln!("                   {line}");
             }
         }
-        // Exercise 8's check says what its solution cost here.
-        for line in result
-            .output
-            .lines()
-            .filter(|line| line.contains("exercise 8: a burst of"))
-        {
-            eprintln!("                   {}", line.trim());
-        }
         if !result.passed {
             eprintln!("{}", indent(&result.output, "        | "));
         }

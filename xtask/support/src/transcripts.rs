@@ -228,7 +228,7 @@ impl Transcript {
             .name("xtask".to_string())
             .spawn(move || {
                 // Every listen on one CPU (the threads it starts inherit this): their events then
-                // share one ring of the perf buffer and come out in the order they were made.
+                // share one ring of a perf buffer and come out in the order they were made.
                 let mut one_cpu = nix::sched::CpuSet::new();
                 let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
                     .ok()
