@@ -158,49 +158,6 @@ impl SockOffsets {
 /// The name of the eBPF program's global that holds the [`SockOffsets`].
 pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
 
-// ANCHOR: listen_event
-/// One `listen()`, as lesson 8's kernel side sends it through the perf buffer and its userspace side
-/// reads it back: the one definition both sides compile, so they cannot disagree on the layout.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenEvent {
-    /// The process: its thread group id, which `ps` calls the PID.
-    pub pid: u32,
-    /// The thread that called `listen()`.
-    pub tid: u32,
-    /// The inode of the socket's network namespace: N in the `net:[N]` of `/proc/PID/ns/net`.
-    pub netns: u32,
-    /// The backlog the kernel uses.
-    pub backlog: u32,
-    /// The bound address as the kernel stores it: IPv4 in the first 4 bytes, or IPv6 in all 16.
-    pub addr: [u8; 16],
-    /// The calling thread's name (`comm`), padded with NULs.
-    pub comm: [u8; 16],
-    /// `listen()`'s result, 0 or `-errno`; meaningful when `has_result` is 1.
-    pub result: i32,
-    /// The local port, in host byte order.
-    pub port: u16,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u16,
-    /// The attach path that saw it: [`ATTACH_KPROBE`], [`ATTACH_FENTRY`], [`ATTACH_TRACEPOINT`] or
-    /// [`ATTACH_SOCKOPS`].
-    pub attach: u8,
-    /// 1 where the program saw `listen()` finish (every path does for a `listen()` system call); 0
-    /// for a socket that started listening without a call the program could follow to its end
-    /// (io_uring's listen, or a socket of the kernel's own).
-    pub has_result: u8,
-    /// `IPPROTO_TCP` or `IPPROTO_MPTCP`.
-    pub protocol: u16,
-}
-// ANCHOR_END: listen_event
-
-/// Values of [`ListenEvent::attach`].
-pub const ATTACH_KPROBE: u8 = 1;
-pub const ATTACH_FENTRY: u8 = 2;
-pub const ATTACH_TRACEPOINT: u8 = 3;
-/// The sockops path of lessons 7 and 8: a cgroup's `sock_ops` program.
-pub const ATTACH_SOCKOPS: u8 = 4;
-
 /// `EADDRINUSE` from `include/uapi/asm-generic/errno.h` (the same on x86-64 and arm64): the error
 /// of a `listen()` whose port another socket holds, which the sockops path reports from the
 /// state tracepoint.
@@ -209,82 +166,6 @@ pub const EADDRINUSE: i32 = 98;
 /// not look for a socket behind it then.
 pub const EBADF: i32 = 9;
 pub const ENOTSOCK: i32 = 88;
-
-/// Lesson 8's counters (a per-CPU array, `COUNTERS`), read at exit: what did not become a row.
-/// Events a perf buffer had no room for.
-pub const COUNTER_DROPPED: u32 = 0;
-/// Calls whose socket could not be read (a failed `bpf_probe_read_kernel`).
-pub const COUNTER_UNREADABLE: u32 = 1;
-/// Calls whose end was never seen because the next call of the same thread replaced their entry:
-/// their return never came (a kretprobe beyond its `maxactive`).
-pub const COUNTER_END_REPLACED: u32 = 2;
-/// `listen()` system calls whose file descriptor named another file at the exit than at the entry
-/// (another thread closed it or `dup2`ed over it meanwhile): not reported, since the socket at the
-/// exit is not the one that listened.
-pub const COUNTER_FD_CHANGED: u32 = 3;
-/// Calls whose end could not be waited for: the full map of calls (or of sockops starts) refused
-/// their entry.
-pub const COUNTER_NO_ROOM: u32 = 4;
-/// How many counters there are.
-pub const COUNTERS: u32 = 5;
-
-/// A `listen()` on its way, kept by lesson 8's entry program for its return program, per thread:
-/// the arguments of `inet_listen()` or `mptcp_listen()` (`sock` is the `struct socket *`), or of
-/// the system call (`sock` is the file descriptor, `file` the `struct file *` it named at the
-/// entry). The padding is explicit, so that no byte of a map value is left uninitialised.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenCall {
-    pub sock: u64,
-    pub file: u64,
-    pub backlog: u32,
-    pub padding: u32,
-}
-
-impl ListenCall {
-    pub const fn new(sock: u64, backlog: u32) -> Self {
-        Self {
-            sock,
-            file: 0,
-            backlog,
-            padding: 0,
-        }
-    }
-}
-
-/// A socket that entered `TCP_LISTEN`, kept per thread by lesson 8's sockops path until the kernel
-/// says the start succeeded (`sock_ops`) or the socket leaves `TCP_LISTEN` (it failed). `sk` is the
-/// `struct sock *` (0 while only an MPTCP socket started), `mptcp` the MPTCP socket whose TCP
-/// subflow it is (0 for a plain TCP socket).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenStart {
-    pub sk: u64,
-    pub mptcp: u64,
-}
-
-/// Lesson 8's filters, applied in the kernel; 0 keeps every value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenFilter {
-    /// Only this process (`--pid`).
-    pub pid: u32,
-    /// Only this network namespace (`--netns`).
-    pub netns: u32,
-    /// Only this local port (`--port`).
-    pub port: u32,
-}
-
-impl ListenFilter {
-    pub const ANY: Self = Self {
-        pid: 0,
-        netns: 0,
-        port: 0,
-    };
-}
-
-/// The name of the eBPF program's global that holds the [`ListenFilter`].
-pub const LISTEN_FILTER_SYMBOL: &str = "LISTEN_FILTER";
 
 // ANCHOR: byte_order
 /// A port as the kernel stores it in `inet_sport`: in network byte order (big-endian). On a
@@ -301,18 +182,9 @@ pub const fn ipv4_from_network_order(stored: u32) -> u32 {
 }
 // ANCHOR_END: byte_order
 
-// SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding: any bytes are a
-// valid value.
+// SAFETY: a `repr(C)` struct of `u32`s, without padding: any bytes are a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockOffsets {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ListenFilter {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ListenEvent {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ListenCall {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ListenStart {}
 
 #[cfg(test)]
 mod tests {

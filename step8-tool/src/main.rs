@@ -6,6 +6,13 @@
 //! - new, one BPF ring buffer for every CPU instead of a perf buffer per CPU, whose reader is woken
 //!   only when it waits, and lets a burst gather (`--batch-pause`).
 
+// What both sides compile: the event, and the filters, counters and calls of the kernel side's maps.
+#[path = "../ebpf/src/event.rs"]
+mod event;
+// Some of its items are for the kernel side only.
+#[allow(dead_code)]
+#[path = "../ebpf/src/maps.rs"]
+mod maps;
 mod output;
 
 use std::{
@@ -23,9 +30,7 @@ use aya::{
 };
 use clap::Parser;
 use common::{
-    COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
-    LISTEN_FILTER_SYMBOL, LISTEN_FUNCTION, ListenCall, ListenEvent, ListenFilter,
-    MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
+    LISTEN_FUNCTION, MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_ENTER_TRACEPOINT,
     SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SYSCALL_TAX_LINE, SockOffsets,
     user::{
@@ -35,8 +40,19 @@ use common::{
         open_cgroup2_root,
     },
 };
+use event::ListenEvent;
+use maps::{
+    COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
+    LISTEN_FILTER_SYMBOL, ListenCall, ListenFilter,
+};
 use output::EventSink;
 use tokio::io::{Interest, unix::AsyncFd};
+
+// SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
+// spells its own out): any bytes are a valid value.
+unsafe impl aya::Pod for ListenEvent {}
+unsafe impl aya::Pod for ListenFilter {}
+unsafe impl aya::Pod for ListenCall {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -122,7 +138,7 @@ struct RingBuffer {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
     reader_waits: Array<MapData, u32>,
-    /// The kernel side's counters of what did not become an event (`common::COUNTER_*`).
+    /// The kernel side's counters of what did not become an event (`maps::COUNTER_*`).
     counters: PerCpuArray<MapData, u64>,
     /// `--batch-pause`: after a drain that found a burst, how long events gather before the next.
     batch_pause: Duration,
@@ -693,7 +709,7 @@ mod tests {
             result: -22,
             port: 4242,
             family: common::AF_INET,
-            attach: common::ATTACH_KPROBE,
+            attach: event::ATTACH_KPROBE,
             has_result: 1,
             protocol: common::IPPROTO_TCP,
         }

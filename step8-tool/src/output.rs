@@ -6,10 +6,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use common::{
-    AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, IPPROTO_MPTCP,
-    ListenEvent,
-};
+use common::{AF_INET6, IPPROTO_MPTCP};
+
+use crate::event::{ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, ListenEvent};
 use serde::Serialize;
 
 /// Where the events go: a table, JSON lines, a test's collector.

@@ -9,6 +9,11 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod event;
+// Some of its items are for the userspace side only.
+#[allow(dead_code)]
+mod maps;
+
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
     ptr,
@@ -31,11 +36,14 @@ use aya_ebpf::{
     },
 };
 use common::{
-    AF_INET, AF_INET6, ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT,
-    COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
-    COUNTERS as COUNTER_COUNT, EADDRINUSE, EBADF, ENOTSOCK, IPPROTO_MPTCP, IPPROTO_TCP, ListenCall,
-    ListenEvent, ListenFilter, ListenStart, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
-    SYSCALL_EXIT_RET_OFFSET, SockOffsets, TCP_LISTEN, port_from_network_order,
+    AF_INET, AF_INET6, EADDRINUSE, EBADF, ENOTSOCK, IPPROTO_MPTCP, IPPROTO_TCP,
+    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
+    TCP_LISTEN, port_from_network_order,
+};
+use event::{ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, ListenEvent};
+use maps::{
+    COUNTER_COUNT, COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM,
+    COUNTER_UNREADABLE, ListenCall, ListenFilter,
 };
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -54,7 +62,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static READER_WAITS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// What did not become an event, per CPU (`common::COUNTER_*`): events the ring had no room for,
+/// What did not become an event, per CPU (`maps::COUNTER_*`): events the ring had no room for,
 /// sockets that could not be read, calls whose end was never seen. Nothing else tells userspace
 /// about an event a full ring refused: counting every failed output here gives the exact number.
 #[map]
@@ -236,7 +244,7 @@ fn count_unreadable(result: Result<(), i32>) {
 
 // ANCHOR: entry_points
 /// Calls of `inet_listen()` (kprobe path) or of the system call (tracepoint path) on their way, per
-/// thread (`common::ListenCall`): an entry program and a return program are two programs. A plain
+/// thread (`maps::ListenCall`): an entry program and a return program are two programs. A plain
 /// hash map, not an LRU one: an LRU map would make room by evicting another thread's call without
 /// a word, where a full map refuses the insert, which is counted.
 #[map]
@@ -490,12 +498,20 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
 }
 
 // ANCHOR: sockops
-/// The sockops path's starts of listening on their way, per thread (`common::ListenStart`), kept
-/// by `sockops_tracepoint` for `listen_sockops`, or for the same thread's failure. Each leaves
-/// within its call: `listen_sockops` takes it when the start succeeds, the state change when it
-/// fails, and a thread's next start replaces it.
+/// A start of listening on its way, kept by `sockops_tracepoint` for `listen_sockops` (or for the
+/// same thread's failure): the socket, or, for an MPTCP socket, the socket of the MPTCP listen
+/// whose TCP subflow starts next.
+#[derive(Clone, Copy)]
+struct Start {
+    sk: u64,
+    mptcp: u64,
+}
+
+/// The sockops path's starts on their way, per thread. Each leaves within its call:
+/// `listen_sockops` takes it when the start succeeds, the state change when it fails, and a
+/// thread's next start replaces it.
 #[map]
-static STARTS: HashMap<u64, ListenStart> = HashMap::with_max_entries(10_240, 0);
+static STARTS: HashMap<u64, Start> = HashMap::with_max_entries(10_240, 0);
 
 /// The cgroup `listen_sockops` is attached to, set by userspace (slot 0). The state tracepoint
 /// fires for every thread of the machine, but the sock_ops program hears only of the sockets of
@@ -549,7 +565,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
         let thread = bpf_get_current_pid_tgid();
         let start = if protocol == Ok(IPPROTO_MPTCP) {
             // An MPTCP socket starts: its TCP subflow starts next, in the same thread.
-            ListenStart {
+            Start {
                 sk: 0,
                 mptcp: sk as u64,
             }
@@ -560,7 +576,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
                 Some(earlier) if earlier.sk == 0 => earlier.mptcp,
                 _ => 0,
             };
-            ListenStart {
+            Start {
                 sk: sk as u64,
                 mptcp,
             }
@@ -597,7 +613,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The start of listening `thread` has on its way, removed from `STARTS`.
-fn take_start(thread: u64) -> Option<ListenStart> {
+fn take_start(thread: u64) -> Option<Start> {
     // SAFETY: the value is copied out before the entry is removed.
     let start = unsafe { STARTS.get(&thread) }.copied()?;
     let _ = STARTS.remove(&thread);
