@@ -145,6 +145,9 @@ struct RingBuffer {
     received: u64,
 }
 
+/// What the sock_ops program hooks: the root of the cgroup2 hierarchy, every socket's cgroup.
+const CGROUP2_ROOT: &str = "the cgroup2 root";
+
 /// The ring's size without `--buffer-pages`: room for about 50,000 events, shared by every CPU (a
 /// perf buffer of 256 pages per CPU took 128 MiB on a machine of 128 CPUs).
 const DEFAULT_RING_BYTES: usize = 4 << 20;
@@ -410,15 +413,26 @@ impl fmt::Display for EventCounts {
 fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: ToolAttachMode) -> anyhow::Result<ToolPath> {
     let mut failures = Vec::new();
     for &path in mode.candidates() {
-        match load_and_attach(ebpf, path) {
-            Ok(attached) => {
+        let attached = if path == ToolPath::Exact(AttachPath::Tracepoint) {
+            prepare_syscall_tracepoints().and_then(|()| load_and_attach(ebpf, programs(path)))
+        } else {
+            load_and_attach(ebpf, programs(path))
+        };
+        match attached {
+            Ok(mut attached) => {
+                // MPTCP's pair of programs, where this kernel has MPTCP.
+                match load_and_attach(ebpf, mptcp_programs(path)) {
+                    Ok(mptcp) => attached.extend(mptcp),
+                    Err(error) => {
+                        unload(ebpf, mptcp_programs(path));
+                        eprintln!("{path}: MPTCP listens are not traced ({error:#})");
+                    }
+                }
                 eprintln!("{}", attached_line(path, &attached));
                 return Ok(path);
             }
             Err(error) => {
-                // Only the programs in use stay in the kernel.
-                unload(ebpf, programs(path));
-                unload(ebpf, mptcp_programs(path));
+                unload(ebpf, programs(path)); // only the programs in use stay in the kernel
                 let reason = explain_tool_attach_failure(path, &error);
                 eprintln!("{path}: not available: {reason}");
                 failures.push((path, reason));
@@ -428,132 +442,109 @@ fn attach_first_path_that_works(ebpf: &mut Ebpf, mode: ToolAttachMode) -> anyhow
     Err(no_tool_path_attached(mode, &failures))
 }
 
-/// Where a program of the kernel side is attached.
-#[derive(Clone, Copy)]
-enum Hook {
-    /// A kernel function: kprobe or kretprobe, fentry or fexit (the object says which).
-    Function(&'static str),
-    /// A tracepoint of the `syscalls` group (a perf-event tracepoint: tracefs must be mounted).
-    Syscall(&'static str),
-    /// A raw tracepoint.
-    RawTracepoint(&'static str),
-    /// The root of the cgroup2 hierarchy: every socket of the machine.
-    Cgroup2Root,
-}
-
-/// The kernel side's programs for each path (`ebpf/src/main.rs`) and where each goes. New: every
-/// path follows each call to its end, to see `listen()`'s result and the final port.
-fn programs(path: ToolPath) -> &'static [(&'static str, Hook)] {
+/// Each path's programs (`ebpf/src/main.rs`) and what each hooks. Each return side is attached
+/// before its entry side: a call that passed an entry side attached first could return before its
+/// return side was attached, and leave an entry in `CALLS` that no return takes.
+fn programs(path: ToolPath) -> &'static [(&'static str, &'static str)] {
     let path = match path {
         ToolPath::Exact(path) => path,
-        // New: the kernel calls the sock_ops program once a socket listens; the state change tells
+        // The kernel calls the sock_ops program once a socket listens; the state change tells
         // a start that failed. The sock_ops program first: a start the state change keeps then
-        // always finds it attached, and never waits in `STARTS` for a call that will not come.
+        // always finds it attached.
         ToolPath::Sockops => {
             return &[
-                ("listen_sockops", Hook::Cgroup2Root),
-                ("sockops_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
+                ("listen_sockops", CGROUP2_ROOT),
+                ("sockops_tracepoint", STATE_TRACEPOINT),
             ];
         }
     };
     match path {
-        // Each return side is attached before its entry side: otherwise a call that passed the
-        // new entry side before its return side was attached would leave an entry no return takes.
         AttachPath::Kprobe => &[
-            ("listen_kretprobe", Hook::Function(LISTEN_FUNCTION)),
-            ("listen_kprobe", Hook::Function(LISTEN_FUNCTION)),
+            ("listen_kretprobe", LISTEN_FUNCTION),
+            ("listen_kprobe", LISTEN_FUNCTION),
         ],
-        AttachPath::Fentry => &[("listen_fexit", Hook::Function(LISTEN_FUNCTION))],
-        // The system call's entry and exit see every call to its end; the state change sees a
-        // socket that starts listening without one.
+        // One program: fexit sees the arguments and the result together.
+        AttachPath::Fentry => &[("listen_fexit", LISTEN_FUNCTION)],
+        // The system call's exit and entry, and the state change for a socket that starts
+        // listening without a `listen()` system call.
         AttachPath::Tracepoint => &[
-            ("listen_sys_exit", Hook::Syscall(SYSCALL_EXIT_TRACEPOINT)),
-            ("listen_sys_enter", Hook::Syscall(SYSCALL_ENTER_TRACEPOINT)),
-            ("listen_tracepoint", Hook::RawTracepoint(STATE_TRACEPOINT)),
+            ("listen_sys_exit", SYSCALL_EXIT_TRACEPOINT),
+            ("listen_sys_enter", SYSCALL_ENTER_TRACEPOINT),
+            ("listen_tracepoint", STATE_TRACEPOINT),
         ],
     }
 }
 
-/// MPTCP sockets listen through `mptcp_listen()`, not `inet_listen()`: the kprobe and fentry paths
-/// hook it too, where the kernel has MPTCP. (The tracepoint path sees their system calls.)
-fn mptcp_programs(path: ToolPath) -> &'static [(&'static str, Hook)] {
+/// The same for `mptcp_listen()`. The tracepoint path sees an MPTCP `listen()` system call as any
+/// other.
+fn mptcp_programs(path: ToolPath) -> &'static [(&'static str, &'static str)] {
     let ToolPath::Exact(path) = path else {
         return &[]; // the sockops path tells an MPTCP socket by its start
     };
     match path {
         AttachPath::Kprobe => &[
-            ("mptcp_kretprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-            ("mptcp_kprobe", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+            ("mptcp_kretprobe", MPTCP_LISTEN_FUNCTION),
+            ("mptcp_kprobe", MPTCP_LISTEN_FUNCTION),
         ],
         AttachPath::Fentry => &[
-            ("mptcp_fexit", Hook::Function(MPTCP_LISTEN_FUNCTION)),
-            ("mptcp_fentry", Hook::Function(MPTCP_LISTEN_FUNCTION)),
+            ("mptcp_fexit", MPTCP_LISTEN_FUNCTION),
+            ("mptcp_fentry", MPTCP_LISTEN_FUNCTION),
         ],
         AttachPath::Tracepoint => &[],
     }
 }
 
-/// Loads and attaches the programs of `path`, then those for MPTCP where this kernel has it.
-/// Returns the names and the kernel's ids.
-fn load_and_attach(ebpf: &mut Ebpf, path: ToolPath) -> anyhow::Result<Vec<(&'static str, u32)>> {
-    if path == ToolPath::Exact(AttachPath::Tracepoint) {
-        prepare_syscall_tracepoints()?;
-    }
-    let mut attached = load_and_attach_programs(ebpf, programs(path))?;
-    match load_and_attach_programs(ebpf, mptcp_programs(path)) {
-        Ok(mptcp) => attached.extend(mptcp),
-        Err(error) => {
-            unload(ebpf, mptcp_programs(path));
-            eprintln!(
-                "{path}: MPTCP listens are not traced ({MPTCP_LISTEN_FUNCTION}(): {error:#})"
-            );
-        }
-    }
-    Ok(attached)
-}
-
 /// Looks each program up in the object, loads it into the kernel (where the verifier checks it)
-/// and attaches it where its type and hook say.
-fn load_and_attach_programs(
+/// and attaches it to what it hooks. Returns their names and the kernel's ids for them.
+fn load_and_attach(
     ebpf: &mut Ebpf,
-    programs: &[(&'static str, Hook)],
+    programs: &[(&'static str, &'static str)],
 ) -> anyhow::Result<Vec<(&'static str, u32)>> {
     let mut attached = Vec::new();
     for &(name, hook) in programs {
         let program = ebpf
             .program_mut(name)
             .with_context(|| format!("the eBPF object has no program {name}"))?;
-        match (program, hook) {
-            // A kprobe or a kretprobe: on the entry of the function, or on its return.
-            (Program::KProbe(kprobe), Hook::Function(function)) => {
+        let id = match program {
+            // A kprobe or a kretprobe: the object says which; both attach to a function.
+            Program::KProbe(kprobe) => {
                 kprobe.load()?;
-                kprobe.attach(function, 0)?;
+                kprobe.attach(hook, 0)?;
+                kprobe.info()?.id()
             }
-            // The trampoline's entry hook, and its return hook, which sees the arguments and the
-            // result together.
-            (Program::FEntry(fentry), Hook::Function(function)) => {
-                fentry.load(function, &Btf::from_sys_fs()?)?;
+            // A BPF trampoline: the verifier checks the program against the function's type,
+            // which it finds in the kernel's BTF.
+            Program::FEntry(fentry) => {
+                fentry.load(hook, &Btf::from_sys_fs()?)?;
                 fentry.attach()?;
+                fentry.info()?.id()
             }
-            (Program::FExit(fexit), Hook::Function(function)) => {
-                fexit.load(function, &Btf::from_sys_fs()?)?;
+            // The trampoline's return hook.
+            Program::FExit(fexit) => {
+                fexit.load(hook, &Btf::from_sys_fs()?)?;
                 fexit.attach()?;
+                fexit.info()?.id()
             }
-            (Program::TracePoint(tracepoint), Hook::Syscall(name)) => {
+            // A tracepoint of the `syscalls` group (a perf-event tracepoint, found in tracefs).
+            Program::TracePoint(tracepoint) => {
                 tracepoint.load()?;
-                tracepoint.attach("syscalls", name)?;
+                tracepoint.attach("syscalls", hook)?;
+                tracepoint.info()?.id()
             }
-            (Program::RawTracePoint(tracepoint), Hook::RawTracepoint(name)) => {
+            // A raw tracepoint: the tracepoint's own arguments, without tracefs.
+            Program::RawTracePoint(tracepoint) => {
                 tracepoint.load()?;
-                tracepoint.attach(name)?;
+                tracepoint.attach(hook)?;
+                tracepoint.info()?.id()
             }
-            // New: a cgroup's sock_ops program. From Linux 5.7 aya attaches it with a BPF link,
-            // which sits beside the cgroup's other programs whatever the mode (the kernel takes no
-            // mode flag for a link) and holds the cgroup, so its directory can be closed at once.
-            (Program::SockOps(sock_ops), Hook::Cgroup2Root) => {
+            // A cgroup's sock_ops program. From Linux 5.7 aya attaches it with a BPF link,
+            // which sits beside the cgroup's other programs whatever the mode and holds the
+            // cgroup, so its directory can be closed at once.
+            Program::SockOps(sock_ops) => {
                 let root = open_cgroup2_root()?;
                 sock_ops.load()?;
                 sock_ops.attach(&root, CgroupAttachMode::Single)?;
+                let id = sock_ops.info()?.id();
                 // The state tracepoint, attached next, keeps a start only for a thread of this
                 // cgroup, whose sockets the sock_ops program hears of.
                 CgroupArray::try_from(
@@ -561,19 +552,17 @@ fn load_and_attach_programs(
                         .context("the eBPF object has no map ATTACHED_CGROUP")?,
                 )?
                 .set(0, root, 0)?;
+                id
             }
-            (program, _) => bail!("{name} is a {:?} program", program.prog_type()),
-        }
-        let id = ebpf
-            .program(name)
-            .map_or(Ok(0), |program| program.info().map(|info| info.id()))?;
+            program => bail!("{name} is a {:?} program", program.prog_type()),
+        };
         attached.push((name, id));
     }
     Ok(attached)
 }
 
 /// Unloads the programs of a path that did not work out (those that never loaded are fine).
-fn unload(ebpf: &mut Ebpf, programs: &[(&'static str, Hook)]) {
+fn unload(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) {
     for &(name, _) in programs {
         let _ = match ebpf.program_mut(name) {
             Some(Program::KProbe(kprobe)) => kprobe.unload(),
