@@ -83,7 +83,8 @@ fn send_event(sk: *const u8, backlog: u32, attach: u8, result: Option<i32>) -> R
 }
 
 /// The same for the thread `caller`; `protocol` replaces the socket's own where it is the TCP
-/// subflow of an MPTCP socket (the sockops path). Inlined: a BPF function takes at most 5 arguments.
+/// subflow of an MPTCP socket (the sockops path). Inlined: a BPF function takes at most 5
+/// arguments.
 #[inline(always)]
 fn send_event_of(
     caller: Caller,
@@ -98,7 +99,7 @@ fn send_event_of(
     if filter.pid != 0 && filter.pid != caller.pid {
         return Ok(());
     }
-    // sk->__sk_common.skc_net.net->ns.inum: the number `ls -l /proc/PID/ns/net` shows.
+    // sk->__sk_common.skc_net.net->ns.inum, the number `ls -l /proc/PID/ns/net` shows.
     let net: *const u8 = read_field(sk, offsets.skc_net)?;
     let netns: u32 = read_field(net, offsets.net_ns_inum)?;
     if filter.netns != 0 && filter.netns != netns {
@@ -250,8 +251,9 @@ fn count_unreadable(result: Result<(), i32>) {
 #[map]
 static CALLS: HashMap<u64, ListenCall> = HashMap::with_max_entries(10_240, 0);
 
-/// Calls of `mptcp_listen()` on their way, per thread. On older kernels it calls `inet_listen()` for
-/// its subflow: that inner call is part of the MPTCP listen, not a listen of its own.
+/// The calls of `mptcp_listen()` on their way. An MPTCP socket listens through its first subflow, a
+/// TCP socket, so on older kernels `mptcp_listen()` calls `inet_listen()`: that inner call is part
+/// of the MPTCP listen, not a listen of its own.
 #[map]
 static MPTCP_CALLS: HashMap<u64, ListenCall> = HashMap::with_max_entries(10_240, 0);
 
@@ -268,7 +270,7 @@ fn remember(calls: &HashMap<u64, ListenCall>, call: ListenCall) {
     }
 }
 
-/// The call this thread has on its way, removed from `calls`.
+/// The call this thread has on its way, removed from `calls` (`None`: it began before we attached).
 fn take(calls: &HashMap<u64, ListenCall>) -> Option<ListenCall> {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
@@ -294,7 +296,7 @@ pub fn listen_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `inet_listen()` returns: now the socket has its port, and we know the result.
+/// `inet_listen()` returns: now the socket has its port, and its result is in the return register.
 #[kretprobe]
 pub fn listen_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take(&CALLS) {
@@ -307,7 +309,7 @@ pub fn listen_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `mptcp_listen(struct socket *sock, int backlog)`, the same for an MPTCP socket.
+/// `mptcp_listen(struct socket *sock, int backlog)`: the same, for an MPTCP socket.
 #[kprobe]
 pub fn mptcp_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sock), Some(backlog)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(1)) {
@@ -328,8 +330,8 @@ pub fn mptcp_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The BPF trampoline's return hook sees the arguments and the result together: an fexit
-/// program's context holds `inet_listen()`'s two arguments, then its return value.
+/// The trampoline's return hook sees the arguments and the result together: an fexit program's
+/// context holds `inet_listen()`'s two arguments, then its return value. No map is needed.
 #[fexit(function = "inet_listen")]
 pub fn listen_fexit(ctx: FExitContext) -> i32 {
     if !in_mptcp_listen() {
@@ -341,7 +343,7 @@ pub fn listen_fexit(ctx: FExitContext) -> i32 {
     0
 }
 
-/// `mptcp_listen()` starts: only so that `listen_fexit` knows an inner call is part of it.
+/// `mptcp_listen()` starts: only so that `listen_fexit` knows that an inner call is part of it.
 #[fentry(function = "mptcp_listen")]
 pub fn mptcp_fentry(ctx: FEntryContext) -> i32 {
     let (sock, backlog): (u64, u32) = (ctx.arg(0), ctx.arg(1));
@@ -472,7 +474,7 @@ fn socket_of_file(file: *const u8) -> Result<Option<*const u8>, i32> {
     if sock.is_null() {
         return Ok(None);
     }
-    let back: *const u8 = read_field(sock, offsets.socket_file).unwrap_or(core::ptr::null());
+    let back: *const u8 = read_field(sock, offsets.socket_file).unwrap_or(ptr::null());
     Ok((back == file).then_some(sock))
 }
 
@@ -515,9 +517,9 @@ static STARTS: HashMap<u64, Start> = HashMap::with_max_entries(10_240, 0);
 
 /// The cgroup `listen_sockops` is attached to, set by userspace (slot 0). The state tracepoint
 /// fires for every thread of the machine, but the sock_ops program hears only of the sockets of
-/// that cgroup (a container's, when the tool runs in one): a start is kept only for a thread
-/// under it, or the start of a thread outside, never taken, would later make its close look like
-/// a failed start.
+/// that cgroup (a container's, when the program runs in one): a start is kept only for a thread
+/// under it, or the start of a thread outside, never taken, would make its close look like a
+/// failed start.
 #[map]
 static ATTACHED_CGROUP: CgroupArray = CgroupArray::with_max_entries(1, 0);
 
