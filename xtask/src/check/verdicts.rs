@@ -239,13 +239,7 @@ pub(super) fn check_fd(binary: &Path) -> Result<(), String> {
 /// Exercise 7: `--cgroup PATH` attaches the sockops path to that cgroup: the listen of a process
 /// in it is a row, a listen outside it is not.
 pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
-    let help = Command::new(binary)
-        .arg("--help")
-        .output()
-        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--cgroup") {
-        return Err("the program has no --cgroup option: its `--help` does not list it".into());
-    }
+    require_option(binary, "--cgroup")?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let hierarchy = common::cgroup2::mount_point(&mountinfo).ok_or(
         "cgroup2 is not mounted here: mount it (`sudo mount -t cgroup2 none /sys/fs/cgroup`) and \
@@ -294,13 +288,7 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
 /// drops the others before they are sent: the summary's count of events received is the count of
 /// rows.
 pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
-    let help = Command::new(binary)
-        .arg("--help")
-        .output()
-        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--comm") {
-        return Err("the program has no --comm option: its `--help` does not list it".into());
-    }
+    require_option(binary, "--comm")?;
     let (kept, dropped) = ("ex8-kept", "ex8-dropped");
     let own_pid = std::process::id().to_string();
     let mut step = start(binary, &["--json", "--pid", &own_pid, "--comm", kept])?;
@@ -372,6 +360,21 @@ impl Drop for OwnCgroup {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// An error unless the program's `--help` lists `option`.
+fn require_option(binary: &Path, option: &str) -> Result<(), String> {
+    let help = Command::new(binary)
+        .arg("--help")
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
+    if String::from_utf8_lossy(&help.stdout).contains(option) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the program has no {option} option: its `--help` does not list it"
+        ))
     }
 }
 
