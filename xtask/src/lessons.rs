@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 8;
+pub const TOOL: u8 = 9;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 8] = [
+pub const LESSONS: [Lesson; 9] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -58,8 +58,13 @@ pub const LESSONS: [Lesson; 8] = [
     },
     Lesson {
         number: 8,
-        package: "step8-tool",
-        title: "+ the tool to keep: filters, exact counts, JSON, one ring buffer",
+        package: "step8-ring-buffer",
+        title: "+ one BPF ring buffer for every CPU, with wake-ups that adapt",
+    },
+    Lesson {
+        number: 9,
+        package: "step9-tool",
+        title: "+ the tool to keep: exact counts, filters, JSON",
     },
 ];
 
@@ -274,9 +279,9 @@ mod tests {
 
     #[test]
     fn a_bad_lesson_number_lists_the_lessons() {
-        let message = find(9).unwrap_err().to_string();
+        let message = find(10).unwrap_err().to_string();
         assert!(
-            message.starts_with("there is no lesson 9\nthe lessons"),
+            message.starts_with("there is no lesson 10\nthe lessons"),
             "{message}"
         );
         for lesson in &LESSONS {

@@ -23,20 +23,20 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 8 with every event filtered in the kernel: the probe alone, the floor.
-    Step8FilteredOut,
+    /// Lesson 9 with every event filtered in the kernel: the probe alone, the floor.
+    Step9FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
     /// Lesson 5's table: the same perf buffer, with each call followed to its end.
     Step5Table,
-    Step8Table,
-    Step8Json,
-    /// Lesson 8 `--json --batch-pause 0`: its reader lets no burst gather.
-    Step8JsonNoPause,
-    /// Lesson 8 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step8SockopsFilteredOut,
-    /// Lesson 8 on its sockops path, `--json`.
-    Step8SockopsJson,
+    Step9Table,
+    Step9Json,
+    /// Lesson 9 `--json --batch-pause 0`: its reader lets no burst gather.
+    Step9JsonNoPause,
+    /// Lesson 9 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step9SockopsFilteredOut,
+    /// Lesson 9 on its sockops path, `--json`.
+    Step9SockopsJson,
     Bpftrace,
 }
 
@@ -44,14 +44,14 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step8FilteredOut => "step 8, all filtered in the kernel",
+            Self::Step9FilteredOut => "step 9, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
             Self::Step5Table => "step 5, table to a file",
-            Self::Step8Table => "step 8, table to a file",
-            Self::Step8Json => "step 8 --json, to a file",
-            Self::Step8JsonNoPause => "step 8 --json --batch-pause 0, to a file",
-            Self::Step8SockopsFilteredOut => "step 8 --attach sockops, all filtered in the kernel",
-            Self::Step8SockopsJson => "step 8 --attach sockops --json, to a file",
+            Self::Step9Table => "step 9, table to a file",
+            Self::Step9Json => "step 9 --json, to a file",
+            Self::Step9JsonNoPause => "step 9 --json --batch-pause 0, to a file",
+            Self::Step9SockopsFilteredOut => "step 9 --attach sockops, all filtered in the kernel",
+            Self::Step9SockopsJson => "step 9 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -60,13 +60,13 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step8Json | Self::Step8JsonNoPause | Self::Step8SockopsJson
+            Self::Step9Json | Self::Step9JsonNoPause | Self::Step9SockopsJson
         )
     }
 
     /// Whether the tracer sends nothing (every event filtered in the kernel): the probe alone.
     pub fn filters_everything(self) -> bool {
-        matches!(self, Self::Step8FilteredOut | Self::Step8SockopsFilteredOut)
+        matches!(self, Self::Step9FilteredOut | Self::Step9SockopsFilteredOut)
     }
 
     /// The tracer's command: `binary` is the lesson's program, attached on
@@ -81,12 +81,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step8FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step5Table | Self::Step8Table => lesson(&[]),
-            Self::Step8Json => lesson(&["--json"]),
-            Self::Step8JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step8SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step8SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step9FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step5Table | Self::Step9Table => lesson(&[]),
+            Self::Step9Json => lesson(&["--json"]),
+            Self::Step9JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step9SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step9SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -109,7 +109,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 8 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 9 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

@@ -18,7 +18,7 @@ mod verdicts;
 
 use verdicts::{
     check_cgroup, check_comm, check_fd, check_listened, check_pid, check_process_name,
-    check_skc_num, check_thread_id,
+    check_skc_num, check_thread_id, check_wake_ups,
 };
 
 use crate::{
@@ -42,7 +42,7 @@ pub struct Exercise {
     pub changes_tests: &'static [&'static str],
 }
 
-pub const EXERCISES: [Exercise; 8] = [
+pub const EXERCISES: [Exercise; 9] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -103,10 +103,18 @@ pub const EXERCISES: [Exercise; 8] = [
     },
     Exercise {
         number: 8,
+        lesson: 8,
+        title: "count the wake-ups",
+        patch: "8-wake-ups.patch",
+        page: "lesson-8-ring-buffer.md",
+        changes_tests: &[],
+    },
+    Exercise {
+        number: 9,
         lesson: crate::lessons::TOOL,
         title: "a filter on the thread's name, in the kernel",
-        patch: "8-comm.patch",
-        page: "lesson-8-tool.md",
+        patch: "9-comm.patch",
+        page: "lesson-9-tool.md",
         changes_tests: &[],
     },
 ];
@@ -204,6 +212,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         5 => check_listened(binary),
         6 => check_fd(binary),
         7 => check_cgroup(binary),
+        8 => check_wake_ups(binary),
         _ => check_comm(binary),
     };
     match verdict {

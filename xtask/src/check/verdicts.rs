@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 8: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 9: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -261,8 +261,6 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
     let (pid, inside) = trigger::listen_in_another_process_after(localhost, 72, || {
         let _ = trigger::join_cgroup(&procs); // a child left outside has no row: the check says so
     });
-    let port_of =
-        |line: &str, port: u16| line.split_whitespace().any(|word| word == port.to_string());
     if wait_for(&mut step, |line| port_of(line, inside.port())).is_none() {
         return Err(format!(
             "process {pid} listened on port {} inside {path}, but no row has that port; the \
@@ -284,19 +282,95 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 8: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
+/// Exercise 8: the summary says how many times the kernel side woke the reader (`; W wake-ups`).
+/// A lone listen, which finds the reader waiting, wakes it; a burst, which finds it pausing, does
+/// so far fewer times than it has events.
+pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
+    const LONE: u64 = 3;
+    const BURST: u64 = 2_000;
+    let mut step = start(binary, &[])?;
+    for _ in 0..LONE {
+        thread::sleep(Duration::from_millis(300)); // the reader has drained and waits again
+        let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+            .map_err(|error| format!("{error:#}"))?
+            .local_addr
+            .port();
+        if wait_for(&mut step, |line| port_of(line, port)).is_none() {
+            return Err(format!(
+                "no row for our listen on port {port}; the program printed:\n{}",
+                step.stdout()
+            ));
+        }
+    }
+    thread::spawn(|| -> Result<(), String> {
+        for _ in 0..BURST {
+            trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+                .map_err(|error| format!("{error:#}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the listening thread failed".to_string())??;
+    thread::sleep(Duration::from_millis(500)); // the reader drains the burst
+    let finished = step
+        .try_stop(nix::sys::signal::Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    let stderr = finished.stderr();
+    let Some(summary) = stderr
+        .lines()
+        .find(|line| line.contains(" events received, "))
+    else {
+        return Err(format!(
+            "no summary line `N events received, M lost` in:\n{stderr}"
+        ));
+    };
+    let received = summary
+        .split_once(" events received")
+        .and_then(|(received, _)| received.parse::<u64>().ok());
+    let wake_ups = summary.split_once(" wake-ups").and_then(|(before, _)| {
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    match (received, wake_ups) {
+        (_, None) => Err(format!(
+            "the summary says nothing of wake-ups (`{summary}`): it should end with `; W \
+             wake-ups`, W being how many times the kernel side woke the reader"
+        )),
+        (None, _) => Err(format!(
+            "the summary `{summary}` has no count of events received"
+        )),
+        (Some(received), Some(_)) if received < LONE + BURST => Err(format!(
+            "only {received} events received for our {} listens: `{summary}`",
+            LONE + BURST
+        )),
+        (_, Some(wake_ups)) if wake_ups < LONE => Err(format!(
+            "{wake_ups} wake-ups, but each of our {LONE} lone listens found the reader waiting and \
+             had to wake it: count the wake-ups the kernel side asks for (BPF_RB_FORCE_WAKEUP)"
+        )),
+        (Some(received), Some(wake_ups)) if wake_ups * 4 > received => Err(format!(
+            "{wake_ups} wake-ups for {received} events: a burst finds the reader pausing, so most \
+             of its events wake no one. Count only the events sent with BPF_RB_FORCE_WAKEUP"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Exercise 9: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
 /// drops the others before they are sent: the summary's count of events received is the count of
 /// rows.
 pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
     require_option(binary, "--comm")?;
-    let (kept, dropped) = ("ex8-kept", "ex8-dropped");
+    let (kept, dropped) = ("ex9-kept", "ex9-dropped");
     let own_pid = std::process::id().to_string();
     let mut step = start(binary, &["--json", "--pid", &own_pid, "--comm", kept])?;
     // Each listen in a thread of that name; the listener closes when the thread ends.
     let listen_as = |name: &str| -> Result<u16, String> {
         thread::Builder::new()
             .name(name.into())
-            .spawn(|| trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8).map(|l| l.local_addr))
+            .spawn(|| trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 9).map(|l| l.local_addr))
             .map_err(|error| error.to_string())?
             .join()
             .map_err(|_| "the listening thread failed".to_string())?
@@ -388,6 +462,11 @@ pub(super) fn listen_once(backlog: i32) -> Result<(), String> {
 pub(super) fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String> {
     RunningStep::try_start(Command::new(binary).args(args), false)
         .map_err(|error| format!("the program {error}"))
+}
+
+/// Whether a table row has `port` as one of its words.
+fn port_of(line: &str, port: u16) -> bool {
+    line.split_whitespace().any(|word| word == port.to_string())
 }
 
 /// Waits up to 5 s for a stdout line that satisfies `wanted` (or finds it among those read).

@@ -111,11 +111,11 @@ pub(super) const MUTANTS: [Mutant; 18] = [
     Mutant {
         name: "a lost event not counted",
         lesson: 8,
-        file: "step8-tool/ebpf/src/main.rs",
+        file: "step8-ring-buffer/ebpf/src/main.rs",
         from: "count(COUNTER_DROPPED);",
         to: "let _ = COUNTER_DROPPED;",
         caught: Where::Host,
-        tests: &["a_storm_of_listens_is_counted_exactly_with_a_small_buffer"],
+        tests: &["a_full_ring_counts_each_event_it_drops"],
     },
     Mutant {
         name: "the syscall path's backlog not capped to somaxconn",
@@ -188,8 +188,8 @@ pub(super) const MUTANTS: [Mutant; 18] = [
     },
     Mutant {
         name: "the sockops path's thread taken for its process",
-        lesson: 8,
-        file: "step8-tool/ebpf/src/main.rs",
+        lesson: 9,
+        file: "step9-tool/ebpf/src/main.rs",
         from: "tid: read_field(task, offsets.task_pid)?,",
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,

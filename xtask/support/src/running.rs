@@ -186,7 +186,7 @@ impl RunningStep {
     }
 
     /// A line of `stream` that satisfies `wanted`, among those already read or, failing that, the
-    /// next ones: for events whose order is not guaranteed (lessons 4 to 8 read one ring per CPU).
+    /// next ones: for events whose order is not guaranteed (lessons 4 to 7 read one ring per CPU).
     pub fn find_line(
         &mut self,
         stream: Stream,

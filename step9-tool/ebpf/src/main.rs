@@ -1,6 +1,7 @@
-//! Lesson 8, kernel side: lesson 7's events, each `listen()` call followed to its end on every path
-//! (kretprobe, fexit, the system call's tracepoints, or the sockops path), now with exact counters
-//! of what did not become an event, and filters applied before anything is sent.
+//! Lesson 9, kernel side: lesson 8's events, each `listen()` call followed to its end on every path
+//! (kretprobe, fexit, the system call's tracepoints, or the sockops path) and sent through one ring
+//! buffer, now with exact counters of what did not become an event, and filters applied before
+//! anything is sent.
 #![no_std]
 #![no_main]
 // The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
@@ -52,12 +53,12 @@ use maps::{
 static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 
 // ANCHOR: maps
-/// New: the events, in one ring shared by every CPU (lesson 4 had one per CPU). Userspace sets its
+/// The events, in one ring shared by every CPU (lesson 4 had one per CPU). Userspace sets its
 /// size at load time; 4 MiB holds about 50,000 events, whatever the number of CPUs.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// New: entry 0 is 1 while the reader waits for a wake-up. It sets it before it waits; the
+/// Entry 0 is 1 while the reader waits for a wake-up. It sets it before it waits; the
 /// event that wakes it sets it back to 0.
 #[map]
 static READER_WAITS: Array<u32> = Array::with_max_entries(1, 0);

@@ -1,10 +1,8 @@
-//! Lesson 8, userspace side: lesson 7's events, each `listen()` followed to its end on every path
-//! (`--attach sockops` included), made the tool to keep:
+//! Lesson 9, userspace side: lesson 8's events, each `listen()` followed to its end on every path
+//! (`--attach sockops` included) and read from one BPF ring buffer, made the tool to keep:
 //!
 //! - counters in the kernel say exactly what did not become a row (lost, unreadable, unfinished);
-//! - filters the kernel applies (`--pid`, `--netns`, `--port`), and JSON output (in `output.rs`);
-//! - new, one BPF ring buffer for every CPU instead of a perf buffer per CPU, whose reader is woken
-//!   only when it waits, and lets a burst gather (`--batch-pause`).
+//! - filters the kernel applies (`--pid`, `--netns`, `--port`), and JSON output (in `output.rs`).
 
 // What both sides compile: the event, and the filters, counters and calls of the kernel side's maps.
 #[path = "../ebpf/src/event.rs"]
@@ -63,6 +61,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     "-ebpf"
 ));
 
+/// What the sock_ops program hooks: the root of the cgroup2 hierarchy, every socket's cgroup.
+const CGROUP2_ROOT: &str = "the cgroup2 root";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
@@ -78,7 +79,7 @@ async fn main() -> Result<(), Report> {
         netns: cli.netns.unwrap_or(0),
         port: cli.port.map_or(0, u32::from),
     };
-    // New: the ring's size, a power of two of pages: `--buffer-pages`, or 4 MiB on any machine.
+    // The ring's size, a power of two of pages: `--buffer-pages`, or 4 MiB on any machine.
     let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
         .map_or(4096, |size| size as usize);
     let ring_bytes = cli
@@ -94,11 +95,11 @@ async fn main() -> Result<(), Report> {
         .load(EBPF_OBJECT)
         .map_err(explain_load_failure)?;
 
-    // 2. New: one BPF ring buffer for every CPU, instead of a perf buffer per CPU (lesson 4), with
+    // 2. One BPF ring buffer for every CPU, instead of a perf buffer per CPU (lesson 4), with
     //    the kernel side's counters beside it.
     let mut events = RingBuffer::open(&mut ebpf, cli.batch_pause)?;
 
-    // 3. Attach: the first path in `--attach` that this kernel accepts, now with return probes.
+    // 3. Attach: the first path in `--attach` that this kernel accepts.
     let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
     if path == ToolPath::Exact(AttachPath::Tracepoint) {
         eprintln!("{SYSCALL_TAX_LINE}");
@@ -130,10 +131,10 @@ async fn main() -> Result<(), Report> {
 // ANCHOR_END: main
 
 // ANCHOR: ring_open
-/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The
-/// kernel side wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up;
-/// a reader that is busy, or pausing after a burst, is not woken at all. When the ring is full, the
-/// event is dropped and counted.
+/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel side
+/// wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a reader
+/// that is busy, or pausing after a burst, is not woken at all. When the ring is full, the event is
+/// dropped and counted.
 struct RingBuffer {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
@@ -144,9 +145,6 @@ struct RingBuffer {
     batch_pause: Duration,
     received: u64,
 }
-
-/// What the sock_ops program hooks: the root of the cgroup2 hierarchy, every socket's cgroup.
-const CGROUP2_ROOT: &str = "the cgroup2 root";
 
 /// The ring's size without `--buffer-pages`: room for about 50,000 events, shared by every CPU (a
 /// perf buffer of 256 pages per CPU took 128 MiB on a machine of 128 CPUs).

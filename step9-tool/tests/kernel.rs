@@ -1,4 +1,4 @@
-//! Lesson 8 against the real kernel: structured events with the exact values, both output formats
+//! Lesson 9 against the real kernel: structured events with the exact values, both output formats
 //! read back, the in-kernel filters, a storm of listens counted exactly (received + lost), and the
 //! ring buffer's reader, which lets events gather only in a burst.
 //!
@@ -14,7 +14,7 @@ use common::{IPPROTO_MPTCP, SYSCALL_TAX_LINE};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use support::{
-    kernel::{self, require_root, tool_attach_paths_here},
+    kernel::{require_root, tool_attach_paths_here},
     running::{RunningStep, Stream},
     trigger::{
         self, Domain, InNewNetns, listen_in_another_process,
@@ -22,10 +22,10 @@ use support::{
     },
 };
 
-const STEP: &str = env!("CARGO_BIN_EXE_step8-tool");
+const STEP: &str = env!("CARGO_BIN_EXE_step9-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts lesson 8 with `args`, printing JSON lines.
+/// Starts lesson 9 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
@@ -422,7 +422,7 @@ fn storm_size() -> usize {
 static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
-/// what lesson 8, filtered to that namespace, reported: (rows printed, received, lost).
+/// what lesson 9, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(
     path: &str,
     netns: &InNewNetns,
@@ -790,43 +790,11 @@ mod hardening {
     }
 }
 
-/// New: the events come through one BPF ring buffer, not a perf buffer, and the reader lets events
-/// gather only in a burst: with `--batch-pause 1000`, a lone listen shows well before such a pause
-/// could end.
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn a_lone_listen_is_not_held_back_by_the_batch_pause() {
-    require_root();
-    let mut step = start_json("auto", &["--batch-pause", "1000"]);
-    let maps = kernel::map_types_held(step.pid().as_raw() as u32).unwrap();
-    assert!(
-        maps.contains(&kernel::MAP_TYPE_RINGBUF)
-            && !maps.contains(&kernel::MAP_TYPE_PERF_EVENT_ARRAY),
-        "lesson 8 holds maps of types {maps:?}"
-    );
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1100)); // no burst: the last listen is long past
-        let listener = trigger::listen((LOCALHOST, 0).into(), 5).unwrap();
-        let port = listener.local_addr.port();
-        let shown = step.find_line(
-            Stream::Stdout,
-            |line| line.contains(&format!("\"port\":{port},")),
-            Duration::from_millis(900),
-        );
-        assert!(
-            shown.is_some(),
-            "a lone listen on port {port} waited for a batch pause:\n{:#?}",
-            step.output
-        );
-    }
-    step.stop_cleanly(Signal::SIGINT);
-}
-
-/// What the book shows lesson 8 printing, recorded for real: in a `vm-test` guest with kprobes
+/// What the book shows lesson 9 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
 #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
     require_root();
-    support::transcripts::record_and_print(8, STEP);
+    support::transcripts::record_and_print(9, STEP);
 }
