@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 9;
+pub const TOOL: u8 = 10;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 9] = [
+pub const LESSONS: [Lesson; 10] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -63,8 +63,13 @@ pub const LESSONS: [Lesson; 9] = [
     },
     Lesson {
         number: 9,
-        package: "step9-tool",
-        title: "+ the tool to keep: exact counts, filters, JSON",
+        package: "step9-counts",
+        title: "+ every call accounted for: exact counts of what did not become a row",
+    },
+    Lesson {
+        number: 10,
+        package: "step10-tool",
+        title: "+ the tool to keep: filters in the kernel, JSON",
     },
 ];
 
@@ -279,9 +284,9 @@ mod tests {
 
     #[test]
     fn a_bad_lesson_number_lists_the_lessons() {
-        let message = find(10).unwrap_err().to_string();
+        let message = find(11).unwrap_err().to_string();
         assert!(
-            message.starts_with("there is no lesson 10\nthe lessons"),
+            message.starts_with("there is no lesson 11\nthe lessons"),
             "{message}"
         );
         for lesson in &LESSONS {

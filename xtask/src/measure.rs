@@ -23,20 +23,20 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 9 with every event filtered in the kernel: the probe alone, the floor.
-    Step9FilteredOut,
+    /// Lesson 10 with every event filtered in the kernel: the probe alone, the floor.
+    Step10FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
     /// Lesson 5's table: the same perf buffer, with each call followed to its end.
     Step5Table,
-    Step9Table,
-    Step9Json,
-    /// Lesson 9 `--json --batch-pause 0`: its reader lets no burst gather.
-    Step9JsonNoPause,
-    /// Lesson 9 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step9SockopsFilteredOut,
-    /// Lesson 9 on its sockops path, `--json`.
-    Step9SockopsJson,
+    Step10Table,
+    Step10Json,
+    /// Lesson 10 `--json --batch-pause 0`: its reader lets no burst gather.
+    Step10JsonNoPause,
+    /// Lesson 10 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step10SockopsFilteredOut,
+    /// Lesson 10 on its sockops path, `--json`.
+    Step10SockopsJson,
     Bpftrace,
 }
 
@@ -44,14 +44,16 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step9FilteredOut => "step 9, all filtered in the kernel",
+            Self::Step10FilteredOut => "step 10, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
             Self::Step5Table => "step 5, table to a file",
-            Self::Step9Table => "step 9, table to a file",
-            Self::Step9Json => "step 9 --json, to a file",
-            Self::Step9JsonNoPause => "step 9 --json --batch-pause 0, to a file",
-            Self::Step9SockopsFilteredOut => "step 9 --attach sockops, all filtered in the kernel",
-            Self::Step9SockopsJson => "step 9 --attach sockops --json, to a file",
+            Self::Step10Table => "step 10, table to a file",
+            Self::Step10Json => "step 10 --json, to a file",
+            Self::Step10JsonNoPause => "step 10 --json --batch-pause 0, to a file",
+            Self::Step10SockopsFilteredOut => {
+                "step 10 --attach sockops, all filtered in the kernel"
+            }
+            Self::Step10SockopsJson => "step 10 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -60,13 +62,16 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step9Json | Self::Step9JsonNoPause | Self::Step9SockopsJson
+            Self::Step10Json | Self::Step10JsonNoPause | Self::Step10SockopsJson
         )
     }
 
     /// Whether the tracer sends nothing (every event filtered in the kernel): the probe alone.
     pub fn filters_everything(self) -> bool {
-        matches!(self, Self::Step9FilteredOut | Self::Step9SockopsFilteredOut)
+        matches!(
+            self,
+            Self::Step10FilteredOut | Self::Step10SockopsFilteredOut
+        )
     }
 
     /// The tracer's command: `binary` is the lesson's program, attached on
@@ -81,12 +86,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step9FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step5Table | Self::Step9Table => lesson(&[]),
-            Self::Step9Json => lesson(&["--json"]),
-            Self::Step9JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step9SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step9SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step10FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step5Table | Self::Step10Table => lesson(&[]),
+            Self::Step10Json => lesson(&["--json"]),
+            Self::Step10JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step10SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step10SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -109,7 +114,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 9 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 10 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

@@ -17,8 +17,8 @@ use anyhow::{Context as _, bail};
 mod verdicts;
 
 use verdicts::{
-    check_cgroup, check_comm, check_fd, check_listened, check_pid, check_process_name,
-    check_skc_num, check_thread_id, check_wake_ups,
+    check_cgroup, check_comm, check_failed, check_fd, check_listened, check_pid,
+    check_process_name, check_skc_num, check_thread_id, check_wake_ups,
 };
 
 use crate::{
@@ -42,7 +42,7 @@ pub struct Exercise {
     pub changes_tests: &'static [&'static str],
 }
 
-pub const EXERCISES: [Exercise; 9] = [
+pub const EXERCISES: [Exercise; 10] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -111,10 +111,18 @@ pub const EXERCISES: [Exercise; 9] = [
     },
     Exercise {
         number: 9,
+        lesson: 9,
+        title: "count the calls that failed",
+        patch: "9-failed.patch",
+        page: "lesson-9-counts.md",
+        changes_tests: &[],
+    },
+    Exercise {
+        number: 10,
         lesson: crate::lessons::TOOL,
         title: "a filter on the thread's name, in the kernel",
-        patch: "9-comm.patch",
-        page: "lesson-9-tool.md",
+        patch: "10-comm.patch",
+        page: "lesson-10-tool.md",
         changes_tests: &[],
     },
 ];
@@ -213,6 +221,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         6 => check_fd(binary),
         7 => check_cgroup(binary),
         8 => check_wake_ups(binary),
+        9 => check_failed(binary),
         _ => check_comm(binary),
     };
     match verdict {

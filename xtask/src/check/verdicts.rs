@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 9: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 10: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -358,12 +358,78 @@ pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 9: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
+/// Exercise 9: the summary counts the calls that failed (`; F failed`), in the kernel side: ours
+/// are 3 of 23, and a count of every call is refused.
+pub(super) fn check_failed(binary: &Path) -> Result<(), String> {
+    const WORKED: usize = 20;
+    let mut step = start(binary, &[])?;
+    let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let fail = |error: anyhow::Error| format!("{error:#}");
+    for _ in 0..WORKED {
+        trigger::listen(localhost, 9).map_err(fail)?;
+    }
+    let mut failed_on = Vec::new();
+    for _ in 0..2 {
+        let (listener, _second, _error) =
+            trigger::listen_on_a_port_in_use(localhost, 9).map_err(fail)?;
+        failed_on.push(listener.local_addr.port());
+    }
+    let (_server, client, _error) =
+        trigger::listen_on_a_connected_socket(localhost, 9).map_err(fail)?;
+    let last = client
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .map(|addr| addr.port())
+        .ok_or("our client has no port")?;
+    if wait_for(&mut step, |line| port_of(line, last)).is_none() {
+        return Err(format!(
+            "no row for our listen() on a connected socket (port {last}); the program printed:\n{}",
+            step.stdout()
+        ));
+    }
+    let finished = step
+        .try_stop(nix::sys::signal::Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    let stderr = finished.stderr();
+    let Some(summary) = stderr
+        .lines()
+        .find(|line| line.contains(" events received, "))
+    else {
+        return Err(format!(
+            "no summary line `N events received, M lost` in:\n{stderr}"
+        ));
+    };
+    let failed = summary.split_once(" failed").and_then(|(before, _)| {
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    match failed {
+        None => Err(format!(
+            "the summary says nothing of the calls that failed (`{summary}`): it should end with \
+             `; F failed`, F being how many calls the kernel side saw fail"
+        )),
+        Some(failed) if failed < 3 => Err(format!(
+            "{failed} failed, but 3 of our calls failed (two EADDRINUSE on ports {failed_on:?}, \
+             one EINVAL): count each call whose result is negative"
+        )),
+        Some(failed) if failed >= WORKED as u64 => Err(format!(
+            "{failed} failed, but {WORKED} of our calls worked: count only the calls whose result \
+             is negative"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Exercise 10: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
 /// drops the others before they are sent: the summary's count of events received is the count of
 /// rows.
 pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
     require_option(binary, "--comm")?;
-    let (kept, dropped) = ("ex9-kept", "ex9-dropped");
+    let (kept, dropped) = ("ex10-kept", "ex10-dropped");
     let own_pid = std::process::id().to_string();
     let mut step = start(binary, &["--json", "--pid", &own_pid, "--comm", kept])?;
     // Each listen in a thread of that name; the listener closes when the thread ends.

@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 18] = [
+pub(super) const MUTANTS: [Mutant; 19] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -187,9 +187,18 @@ pub(super) const MUTANTS: [Mutant; 18] = [
         tests: &["the_sockops_path_keeps_no_start_after_its_call"],
     },
     Mutant {
-        name: "the sockops path's thread taken for its process",
+        name: "every call that was read counted as unreadable",
         lesson: 9,
-        file: "step9-tool/ebpf/src/main.rs",
+        file: "step9-counts/ebpf/src/main.rs",
+        from: "fn count_unreadable(result: Result<(), i32>) {\n    if result.is_err() {",
+        to: "fn count_unreadable(result: Result<(), i32>) {\n    if result.is_ok() {",
+        caught: Where::Host,
+        tests: &["every_call_is_one_row_with_its_final_port_and_result"],
+    },
+    Mutant {
+        name: "the sockops path's thread taken for its process",
+        lesson: 10,
+        file: "step10-tool/ebpf/src/main.rs",
         from: "tid: read_field(task, offsets.task_pid)?,",
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,

@@ -1,4 +1,4 @@
-//! Lesson 9 against the real kernel: structured events with the exact values, both output formats
+//! Lesson 10 against the real kernel: structured events with the exact values, both output formats
 //! read back, the in-kernel filters, a storm of listens counted exactly (received + lost), and the
 //! ring buffer's reader, which lets events gather only in a burst.
 //!
@@ -22,10 +22,10 @@ use support::{
     },
 };
 
-const STEP: &str = env!("CARGO_BIN_EXE_step9-tool");
+const STEP: &str = env!("CARGO_BIN_EXE_step10-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts lesson 9 with `args`, printing JSON lines.
+/// Starts lesson 10 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
@@ -422,7 +422,7 @@ fn storm_size() -> usize {
 static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
-/// what lesson 9, filtered to that namespace, reported: (rows printed, received, lost).
+/// what lesson 10, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(
     path: &str,
     netns: &InNewNetns,
@@ -790,11 +790,11 @@ mod hardening {
     }
 }
 
-/// What the book shows lesson 9 printing, recorded for real: in a `vm-test` guest with kprobes
+/// What the book shows lesson 10 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
 #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
     require_root();
-    support::transcripts::record_and_print(9, STEP);
+    support::transcripts::record_and_print(10, STEP);
 }
