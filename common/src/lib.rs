@@ -35,7 +35,7 @@ pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 /// The line a step prints once it is attached and reading; the tests and xtask wait for it.
 pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
-/// What lesson 10 prints before its ready line when it pairs the `listen()` system call's
+/// What lesson 11 prints before its ready line when it pairs the `listen()` system call's
 /// tracepoints: what that costs the whole machine, and the path that costs nothing.
 pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
     machine while it is attached (a syscall tracepoint makes each one take the kernel's \
@@ -59,7 +59,7 @@ pub const IPPROTO_MPTCP: u16 = 262;
 /// kernels (and calls it for its subflow on older ones).
 pub const MPTCP_LISTEN_FUNCTION: &str = "mptcp_listen";
 
-/// The system call's tracepoints, in the `syscalls` group, which lessons 6 to 10 pair with
+/// The system call's tracepoints, in the `syscalls` group, which lessons 6 to 11 pair with
 /// `inet_sock_set_state` to see the end of each call.
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter_listen";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit_listen";
@@ -103,7 +103,7 @@ pub struct SockOffsets {
     pub net_ns_inum: u32,
     /// `struct net`: `core.sysctl_somaxconn`, the cap `listen()` puts on a backlog.
     pub net_somaxconn: u32,
-    /// From a file descriptor to its socket, for the end of a `listen()` system call (lessons 6 to 10):
+    /// From a file descriptor to its socket, for the end of a `listen()` system call (lessons 6 to 11):
     /// `struct task_struct`: `files`.
     pub task_files: u32,
     /// `struct files_struct`: `fdt`, the table of open files.
@@ -116,7 +116,7 @@ pub struct SockOffsets {
     pub file_private_data: u32,
     /// `struct socket`: `file`, which points back to the file of a real socket.
     pub socket_file: u32,
-    /// Who called, for the sockops path of lessons 7 to 10, whose programs may not ask the helpers:
+    /// Who called, for the sockops path of lessons 7 to 11, whose programs may not ask the helpers:
     /// `struct task_struct`: `tgid`, the process.
     pub task_tgid: u32,
     /// `struct task_struct`: `pid`, the thread.

@@ -6,7 +6,7 @@
 //! programs on the machine listen too.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use support::{
     kernel::{require_root, tool_attach_paths_here},
     running::{RunningStep, Stream},
-    table::{self, Columns},
+    table::Columns,
     trigger::{self, Domain, InNewNetns, socket2::Socket},
 };
 
@@ -38,47 +38,6 @@ fn row_for(netns: u64, proto: &str, backlog: u32, addr: SocketAddr, result: &str
         addr.port().to_string(),
         result.to_string(),
     ]
-}
-
-/// Waits for the row of our listen on `addr` in the namespace `netns`: its values of `COLUMNS`.
-fn row_with(step: &mut RunningStep, netns: u64, addr: SocketAddr) -> Vec<String> {
-    table::row_with(step, &COLUMNS, netns, addr)
-}
-
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn rows_carry_the_exact_values_on_every_attach_path() {
-    require_root();
-    let netns = InNewNetns::new();
-    for path in tool_attach_paths_here() {
-        let mut step = RunningStep::start(STEP, &["--attach", path]);
-        let addresses: [IpAddr; 3] = [
-            Ipv4Addr::LOCALHOST.into(),
-            Ipv6Addr::LOCALHOST.into(),
-            Ipv4Addr::UNSPECIFIED.into(),
-        ];
-        // Port 0: the kernel picks a free port at bind(), before listen(): our own port.
-        let (listened, _listeners) = netns.run(move || {
-            let listeners: Vec<_> = addresses
-                .iter()
-                .map(|&ip| trigger::listen((ip, 0).into(), 31).unwrap())
-                .collect();
-            let listened: Vec<_> = listeners
-                .iter()
-                .map(|listener| listener.local_addr)
-                .collect();
-            (listened, listeners)
-        });
-        for addr in listened {
-            let proto = if addr.is_ipv6() { "TCPv6" } else { "TCPv4" };
-            assert_eq!(
-                row_with(&mut step, netns.inode, addr),
-                row_for(netns.inode, proto, 31, addr, "ok"),
-                "path {path}"
-            );
-        }
-        step.stop_cleanly(Signal::SIGINT);
-    }
 }
 
 /// Every kind of `listen()`, made in a namespace of our own: each call is one row, with the port it

@@ -427,6 +427,7 @@ fn check_exercises(toolchain: &Toolchain) -> anyhow::Result<()> {
         (8, "says nothing of wake-ups"),
         (9, "says nothing of the calls that failed"),
         (10, "no --comm option"),
+        (11, "no --csv option"),
     ] {
         match check(number, check::Attempt::Starter) {
             Ok(()) => anyhow::bail!("exercise {number} passes before anything was changed"),

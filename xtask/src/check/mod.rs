@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 mod verdicts;
 
 use verdicts::{
-    check_cgroup, check_comm, check_failed, check_fd, check_listened, check_pid,
+    check_cgroup, check_comm, check_csv, check_failed, check_fd, check_listened, check_pid,
     check_process_name, check_skc_num, check_thread_id, check_wake_ups,
 };
 
@@ -42,7 +42,7 @@ pub struct Exercise {
     pub changes_tests: &'static [&'static str],
 }
 
-pub const EXERCISES: [Exercise; 10] = [
+pub const EXERCISES: [Exercise; 11] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -119,10 +119,18 @@ pub const EXERCISES: [Exercise; 10] = [
     },
     Exercise {
         number: 10,
-        lesson: crate::lessons::TOOL,
+        lesson: 10,
         title: "a filter on the thread's name, in the kernel",
         patch: "10-comm.patch",
-        page: "lesson-10-tool.md",
+        page: "lesson-10-filters.md",
+        changes_tests: &[],
+    },
+    Exercise {
+        number: 11,
+        lesson: crate::lessons::TOOL,
+        title: "a third output: CSV",
+        patch: "11-csv.patch",
+        page: "lesson-11-tool.md",
         changes_tests: &[],
     },
 ];
@@ -222,7 +230,8 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         7 => check_cgroup(binary),
         8 => check_wake_ups(binary),
         9 => check_failed(binary),
-        _ => check_comm(binary),
+        10 => check_comm(binary),
+        _ => check_csv(binary),
     };
     match verdict {
         Ok(()) => {

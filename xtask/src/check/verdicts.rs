@@ -312,28 +312,11 @@ pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
     .join()
     .map_err(|_| "the listening thread failed".to_string())??;
     thread::sleep(Duration::from_millis(500)); // the reader drains the burst
-    let finished = step
-        .try_stop(nix::sys::signal::Signal::SIGINT)
-        .map_err(|error| format!("the program did not stop: {error}"))?;
-    let stderr = finished.stderr();
-    let Some(summary) = stderr
-        .lines()
-        .find(|line| line.contains(" events received, "))
-    else {
-        return Err(format!(
-            "no summary line `N events received, M lost` in:\n{stderr}"
-        ));
-    };
+    let summary = stop_for_summary(step)?;
     let received = summary
         .split_once(" events received")
         .and_then(|(received, _)| received.parse::<u64>().ok());
-    let wake_ups = summary.split_once(" wake-ups").and_then(|(before, _)| {
-        before
-            .rsplit(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse::<u64>()
-            .ok()
-    });
+    let wake_ups = count_before(&summary, " wake-ups");
     match (received, wake_ups) {
         (_, None) => Err(format!(
             "the summary says nothing of wake-ups (`{summary}`): it should end with `; W \
@@ -388,25 +371,8 @@ pub(super) fn check_failed(binary: &Path) -> Result<(), String> {
             step.stdout()
         ));
     }
-    let finished = step
-        .try_stop(nix::sys::signal::Signal::SIGINT)
-        .map_err(|error| format!("the program did not stop: {error}"))?;
-    let stderr = finished.stderr();
-    let Some(summary) = stderr
-        .lines()
-        .find(|line| line.contains(" events received, "))
-    else {
-        return Err(format!(
-            "no summary line `N events received, M lost` in:\n{stderr}"
-        ));
-    };
-    let failed = summary.split_once(" failed").and_then(|(before, _)| {
-        before
-            .rsplit(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse::<u64>()
-            .ok()
-    });
+    let summary = stop_for_summary(step)?;
+    let failed = count_before(&summary, " failed");
     match failed {
         None => Err(format!(
             "the summary says nothing of the calls that failed (`{summary}`): it should end with \
@@ -431,7 +397,7 @@ pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
     require_option(binary, "--comm")?;
     let (kept, dropped) = ("ex10-kept", "ex10-dropped");
     let own_pid = std::process::id().to_string();
-    let mut step = start(binary, &["--json", "--pid", &own_pid, "--comm", kept])?;
+    let mut step = start(binary, &["--pid", &own_pid, "--comm", kept])?;
     // Each listen in a thread of that name; the listener closes when the thread ends.
     let listen_as = |name: &str| -> Result<u16, String> {
         thread::Builder::new()
@@ -444,38 +410,36 @@ pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
             .map_err(|error| format!("{error:#}"))
     };
     let (first, other, last) = (listen_as(kept)?, listen_as(dropped)?, listen_as(kept)?);
-    let has_port = |line: &str, port: u16| line.contains(&format!("\"port\":{port},"));
     // The events come in order: once the last one is printed, the other's would have been too.
     for port in [first, last] {
-        if wait_for(&mut step, |line| has_port(line, port)).is_none() {
+        if wait_for(&mut step, |line| port_of(line, port)).is_none() {
             return Err(format!(
-                "a thread named {kept} listened on port {port}, but no line has that port; the \
+                "a thread named {kept} listened on port {port}, but no row has that port; the \
                  program printed:\n{}",
                 step.stdout()
             ));
         }
     }
-    if let Some(row) = step.stdout().lines().find(|line| has_port(line, other)) {
+    if let Some(row) = step.stdout().lines().find(|line| port_of(line, other)) {
         return Err(format!(
-            "a listen of a thread named {dropped} has a line (`{row}`): --comm {kept} keeps only \
+            "a listen of a thread named {dropped} has a row (`{row}`): --comm {kept} keeps only \
              the threads of that name"
         ));
     }
-    let finished = step
-        .try_stop(nix::sys::signal::Signal::SIGINT)
-        .map_err(|error| format!("the program did not stop: {error}"))?;
-    let stderr = finished.stderr();
-    let received = stderr
-        .lines()
-        .find_map(|line| line.split_once(" events received")?.0.parse::<u64>().ok());
+    let summary = stop_for_summary(step)?;
+    let received = summary
+        .split_once(" events received")
+        .and_then(|(received, _)| received.parse::<u64>().ok());
     match received {
         Some(2) => Ok(()),
         Some(received) => Err(format!(
-            "the right lines are printed, but {received} events were received for 2 lines: the \
+            "the right rows are printed, but {received} events were received for 2 rows: the \
              other thread's event is sent, then dropped in userspace. Drop it in the kernel side, \
              as --pid does"
         )),
-        None => Err(format!("no summary line `N events received` in:\n{stderr}")),
+        None => Err(format!(
+            "the summary `{summary}` has no count of events received"
+        )),
     }
 }
 
@@ -528,6 +492,74 @@ pub(super) fn listen_once(backlog: i32) -> Result<(), String> {
 pub(super) fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String> {
     RunningStep::try_start(Command::new(binary).args(args), false)
         .map_err(|error| format!("the program {error}"))
+}
+
+/// Exercise 11: `--csv` prints a header row, then one CSV row per event with the fields of
+/// `CSV_HEADER`, the thread's name quoted.
+pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
+    const CSV_HEADER: &str = "pid,tid,comm,netns,proto,backlog,addr,port,result";
+    require_option(binary, "--csv")?;
+    let pid = std::process::id();
+    let mut step = start(binary, &["--csv", "--pid", &pid.to_string()])?;
+    let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let (tid, port) = thread::Builder::new()
+        .name("ex11-csv".into())
+        .spawn(move || {
+            let listener = trigger::listen(localhost, 11).map_err(|error| format!("{error:#}"))?;
+            Ok::<_, String>((nix::unistd::gettid().as_raw(), listener.local_addr.port()))
+        })
+        .map_err(|error| error.to_string())?
+        .join()
+        .map_err(|_| "the listening thread failed".to_string())??;
+    let (listener, _second, _error) =
+        trigger::listen_on_a_port_in_use(localhost, 11).map_err(|error| format!("{error:#}"))?;
+    let in_use = listener.local_addr.port();
+    let netns = trigger::netns_inode().map_err(|error| format!("{error:#}"))?;
+    let wanted = [
+        format!("{pid},{tid},\"ex11-csv\",{netns},TCPv4,11,127.0.0.1,{port},ok"),
+        format!(",{netns},TCPv4,12,127.0.0.1,{in_use},EADDRINUSE"),
+    ];
+    for row in &wanted {
+        if wait_for(&mut step, |line| line.ends_with(row.as_str())).is_none() {
+            return Err(format!(
+                "no row ends with `{row}`; the program printed:\n{}",
+                step.stdout()
+            ));
+        }
+    }
+    match step.stdout().lines().next() {
+        Some(CSV_HEADER) => Ok(()),
+        header => Err(format!(
+            "the first line is {header:?}; it should be the header row `{CSV_HEADER}`"
+        )),
+    }
+}
+
+/// Stops the lesson with Ctrl-C and returns its summary line, `N events received, M lost…`.
+fn stop_for_summary(step: RunningStep) -> Result<String, String> {
+    let finished = step
+        .try_stop(nix::sys::signal::Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    let stderr = finished.stderr();
+    match stderr
+        .lines()
+        .find(|line| line.contains(" events received, "))
+    {
+        Some(summary) => Ok(summary.to_string()),
+        None => Err(format!(
+            "no summary line `N events received, M lost` in:\n{stderr}"
+        )),
+    }
+}
+
+/// The number just before `words` in `summary` (`3` for `" wake-ups"` in `…; 3 wake-ups`).
+fn count_before(summary: &str, words: &str) -> Option<u64> {
+    let (before, _) = summary.split_once(words)?;
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether a table row has `port` as one of its words.

@@ -197,8 +197,8 @@ pub(super) const MUTANTS: [Mutant; 19] = [
     },
     Mutant {
         name: "the sockops path's thread taken for its process",
-        lesson: 10,
-        file: "step10-tool/ebpf/src/main.rs",
+        lesson: 11,
+        file: "step11-tool/ebpf/src/main.rs",
         from: "tid: read_field(task, offsets.task_pid)?,",
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,

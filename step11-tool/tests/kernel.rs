@@ -1,4 +1,4 @@
-//! Lesson 10 against the real kernel: structured events with the exact values, both output formats
+//! Lesson 11 against the real kernel: structured events with the exact values, both output formats
 //! read back, the in-kernel filters, a storm of listens counted exactly (received + lost), and the
 //! ring buffer's reader, which lets events gather only in a burst.
 //!
@@ -10,22 +10,22 @@ use std::{
     time::Duration,
 };
 
-use common::{IPPROTO_MPTCP, SYSCALL_TAX_LINE};
+use common::IPPROTO_MPTCP;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use support::{
     kernel::{require_root, tool_attach_paths_here},
     running::{RunningStep, Stream},
     trigger::{
-        self, Domain, InNewNetns, listen_in_another_process,
+        self, Domain, InNewNetns,
         socket2::{Protocol, Socket, Type},
     },
 };
 
-const STEP: &str = env!("CARGO_BIN_EXE_step10-tool");
+const STEP: &str = env!("CARGO_BIN_EXE_step11-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts lesson 10 with `args`, printing JSON lines.
+/// Starts lesson 11 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
     let mut all = vec!["--json", "--attach", path];
     all.extend(args);
@@ -134,117 +134,6 @@ fn the_table_shows_the_same_values_under_one_header() {
         1,
         "one header"
     );
-}
-
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_pid_filter_drops_other_processes() {
-    require_root();
-    let pid = std::process::id().to_string();
-    let mut filtered = start_json("tracepoint", &["--pid", &pid]);
-    let mut unfiltered = start_json("tracepoint", &[]);
-    let (child, foreign) = listen_in_another_process((LOCALHOST, 0).into(), 35);
-    let own = trigger::listen((LOCALHOST, 0).into(), 35)
-        .unwrap()
-        .local_addr;
-    // The control: without the filter, both listens are seen, each with its own process.
-    assert_eq!(json_event_for(&mut unfiltered, foreign)["pid"], child);
-    assert_eq!(
-        json_event_for(&mut unfiltered, own)["pid"],
-        std::process::id()
-    );
-    // With it, ours arrives and the other process's never does.
-    assert_eq!(
-        json_event_for(&mut filtered, own)["pid"],
-        std::process::id()
-    );
-    let finished = filtered.stop(Signal::SIGINT);
-    let foreign_port = foreign.port();
-    for line in finished.stdout().lines() {
-        let event: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(
-            event["pid"],
-            std::process::id(),
-            "the filter let through {line}"
-        );
-        assert_ne!(event["port"], foreign_port);
-    }
-    unfiltered.stop_cleanly(Signal::SIGINT);
-}
-
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_netns_filter_drops_other_namespaces() {
-    require_root();
-    let netns = InNewNetns::new();
-    let mut filtered = start_json("tracepoint", &["--netns", &netns.inode.to_string()]);
-    let mut unfiltered = start_json("tracepoint", &[]);
-    let inside = netns.run(|| {
-        trigger::listen((LOCALHOST, 0).into(), 37)
-            .unwrap()
-            .local_addr
-    });
-    let outside = trigger::listen((LOCALHOST, 0).into(), 37)
-        .unwrap()
-        .local_addr;
-    let inside_again = netns.run(|| {
-        trigger::listen((LOCALHOST, 0).into(), 37)
-            .unwrap()
-            .local_addr
-    });
-    // The control sees the listen outside the namespace.
-    assert_eq!(
-        json_event_for(&mut unfiltered, outside)["netns"],
-        trigger::netns_inode().unwrap()
-    );
-    assert_eq!(json_event_for(&mut filtered, inside)["netns"], netns.inode);
-    assert_eq!(
-        json_event_for(&mut filtered, inside_again)["netns"],
-        netns.inode
-    );
-    let finished = filtered.stop(Signal::SIGINT);
-    for line in finished.stdout().lines() {
-        let event: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(event["netns"], netns.inode, "the filter let through {line}");
-    }
-    unfiltered.stop_cleanly(Signal::SIGINT);
-}
-
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_port_filter_drops_other_ports() {
-    require_root();
-    let netns = InNewNetns::new();
-    // A port that is free in our namespace: the kernel gives one, we let it go and filter on it.
-    let port = netns.run(|| {
-        trigger::listen((LOCALHOST, 0).into(), 1)
-            .unwrap()
-            .local_addr
-            .port()
-    });
-    let mut filtered = start_json("tracepoint", &["--port", &port.to_string()]);
-    let mut unfiltered = start_json("tracepoint", &["--netns", &netns.inode.to_string()]);
-    let (other, _kept) = netns.run(move || {
-        let other = trigger::listen((LOCALHOST, 0).into(), 39).unwrap();
-        let kept = trigger::listen((LOCALHOST, port).into(), 39).unwrap();
-        (other, kept)
-    });
-    // The control sees the listen on the other port; the filter keeps only ours.
-    assert_eq!(
-        json_event_for(&mut unfiltered, other.local_addr)["port"],
-        other.local_addr.port()
-    );
-    let kept = json_event_for(&mut filtered, (LOCALHOST, port).into());
-    assert_eq!(
-        (kept["port"].as_u64(), kept["netns"].as_u64()),
-        (Some(u64::from(port)), Some(netns.inode))
-    );
-    let finished = filtered.stop_cleanly(Signal::SIGINT);
-    for line in finished.stdout().lines() {
-        let event: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(event["port"], port, "the filter let through {line}");
-    }
-    unfiltered.stop_cleanly(Signal::SIGINT);
 }
 
 /// A listen on a socket of each kind, and listens that fail, in a namespace of our own: each call
@@ -422,7 +311,7 @@ fn storm_size() -> usize {
 static ONE_STORM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Makes `STORM` listens inside `netns` (socket, bind to a free port, listen, close) and returns
-/// what lesson 10, filtered to that namespace, reported: (rows printed, received, lost).
+/// what lesson 11, filtered to that namespace, reported: (rows printed, received, lost).
 fn storm(
     path: &str,
     netns: &InNewNetns,
@@ -524,22 +413,6 @@ fn a_storm_of_listens_is_counted_exactly_on_the_sockops_path() {
                 "{stderr}"
             );
         }
-    }
-}
-
-/// The tracepoint path says, before its ready line, what it costs every system call, and which
-/// path costs nothing; the other paths have no such cost to name.
-#[test]
-#[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
-fn the_tracepoint_path_names_its_cost_to_every_system_call() {
-    require_root();
-    for path in tool_attach_paths_here() {
-        let step = start_json(path, &[]);
-        let finished = step.stop_cleanly(Signal::SIGINT);
-        let stderr = finished.stderr();
-        let before_ready = stderr.split(common::READY_LINE).next().unwrap_or_default();
-        let named = before_ready.lines().any(|line| line == SYSCALL_TAX_LINE);
-        assert_eq!(named, path == "tracepoint", "on the {path} path:\n{stderr}");
     }
 }
 
@@ -790,11 +663,11 @@ mod hardening {
     }
 }
 
-/// What the book shows lesson 10 printing, recorded for real: in a `vm-test` guest with kprobes
+/// What the book shows lesson 11 printing, recorded for real: in a `vm-test` guest with kprobes
 /// this becomes the page's stock-kernel transcript.
 #[test]
 #[ignore = "kernel test: loads eBPF programs, needs root (`cargo xtask test` runs it)"]
 fn the_books_transcript_is_recorded() {
     require_root();
-    support::transcripts::record_and_print(10, STEP);
+    support::transcripts::record_and_print(11, STEP);
 }

@@ -1,6 +1,6 @@
-//! Lesson 10, userspace side: lesson 9's events and counts, made the tool to keep: filters the
-//! kernel applies (`--pid`, `--netns`, `--port`), the thread and the attach path in each event, and
-//! a table or JSON lines (in `output.rs`), ended quietly when the output closes.
+//! Lesson 10, userspace side: lesson 9's events and counts, with filters that the kernel side
+//! applies before anything is sent (`--pid`, `--netns`, `--port`): an event filtered out takes no
+//! room in the ring and wakes nobody.
 
 // What both sides compile: the event, and the filters, counters and calls of the kernel side's maps.
 #[path = "../ebpf/src/event.rs"]
@@ -9,11 +9,10 @@ mod event;
 #[allow(dead_code)]
 #[path = "../ebpf/src/maps.rs"]
 mod maps;
-mod output;
 
 use std::{
-    fmt, io,
-    mem::size_of,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ptr,
     time::{Duration, Instant},
 };
@@ -26,9 +25,10 @@ use aya::{
 };
 use clap::Parser;
 use common::{
-    LISTEN_FUNCTION, MPTCP_LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
-    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_ENTER_TRACEPOINT,
-    SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SYSCALL_TAX_LINE, SockOffsets,
+    AF_INET6, IPPROTO_MPTCP, LISTEN_FUNCTION, MPTCP_LISTEN_FUNCTION, READY_LINE,
+    SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
+    SYSCALL_ENTER_TRACEPOINT, SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SYSCALL_TAX_LINE,
+    SockOffsets,
     user::{
         AttachPath, Options, Report, StopReason, StopSignals, ToolAttachMode, ToolPath,
         attached_line, check_privileges, check_tracepoint_field, explain_load_failure,
@@ -41,14 +41,13 @@ use maps::{
     COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
     LISTEN_FILTER_SYMBOL, ListenCall, ListenFilter,
 };
-use output::EventSink;
 use tokio::io::{Interest, unix::AsyncFd};
 
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
 // spells its own out): any bytes are a valid value.
 unsafe impl aya::Pod for ListenEvent {}
-unsafe impl aya::Pod for ListenFilter {}
 unsafe impl aya::Pod for ListenCall {}
+unsafe impl aya::Pod for ListenFilter {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -66,8 +65,9 @@ const CGROUP2_ROOT: &str = "the cgroup2 root";
 async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
 
-    // 1. Load the object, with this kernel's struct offsets written into it (lesson 2) and, new,
-    //    the filters the kernel side applies before it sends anything.
+    // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3), the
+    //    ring's size (`--buffer-pages`, or 4 MiB on any machine) and, new, the filters the kernel
+    //    side applies before it sends anything.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = SockOffsets::of_running_kernel()?;
@@ -77,7 +77,6 @@ async fn main() -> Result<(), Report> {
         netns: cli.netns.unwrap_or(0),
         port: cli.port.map_or(0, u32::from),
     };
-    // The ring's size, a power of two of pages: `--buffer-pages`, or 4 MiB on any machine.
     let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
         .map_or(4096, |size| size as usize);
     let ring_bytes = cli
@@ -103,25 +102,21 @@ async fn main() -> Result<(), Report> {
         eprintln!("{SYSCALL_TAX_LINE}");
     }
 
-    // 4. Print each event as a table row or a JSON line until Ctrl-C, SIGTERM, the end of
-    //    `--duration`, or a closed output.
-    let mut sink: Box<dyn EventSink> = if cli.json {
-        Box::new(output::JsonLines::new(io::stdout()))
-    } else {
-        Box::new(output::Table::new(io::stdout())?)
-    };
+    // 4. Print each event as a table row, until Ctrl-C, SIGTERM or the end of `--duration`.
     let mut stop = StopSignals::install(cli.options.duration)?;
+    println!(
+        "{:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} RESULT",
+        "PID", "COMM", "NETNS", "PROTO", "BACKLOG", "ADDR", "PORT"
+    );
     eprintln!("{READY_LINE}");
-    let mut reason = events.read_until_stopped(&mut sink, &mut stop).await?;
+    let reason = events.read_until_stopped(&mut stop).await?;
 
-    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them. The
-    //    maps read after that are taken out first, and only then is the rest drained and counted,
-    //    so that no event comes between the last drain and the counters.
+    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them. New:
+    //    the maps read after that are taken out first, and only then is the rest drained and
+    //    counted, so that no event comes between the last drain and the counters.
     let calls = take_calls_maps(&mut ebpf)?;
     drop(ebpf);
-    if let Err(error) = events.drain(&mut sink) {
-        reason = closed_or_fail(error)?;
-    }
+    events.drain();
     eprintln!("{}", events.counts(calls_in_flight(&calls)?)?);
     eprintln!("{reason}: detached from the {path} and unloaded the programs");
     Ok(())
@@ -129,10 +124,10 @@ async fn main() -> Result<(), Report> {
 // ANCHOR_END: main
 
 // ANCHOR: ring_open
-/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel side
-/// wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a reader
-/// that is busy, or pausing after a burst, is not woken at all. When the ring is full, the event is
-/// dropped and counted.
+/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel
+/// side wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a
+/// reader that is busy, or pausing after a burst, is not woken at all. When the ring is full, the
+/// event is dropped and counted.
 struct RingBuffer {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
@@ -181,20 +176,12 @@ impl RingBuffer {
     // ANCHOR_END: ring_open
 
     // ANCHOR: ring_read
-    /// Hands every event to `sink` until `stop` fires or the sink fails (a closed pipe ends the
-    /// run quietly). Returns why it stopped.
-    async fn read_until_stopped(
-        &mut self,
-        sink: &mut impl EventSink,
-        stop: &mut StopSignals,
-    ) -> anyhow::Result<StopReason> {
+    /// Prints every event until `stop` fires. Returns why it stopped.
+    async fn read_until_stopped(&mut self, stop: &mut StopSignals) -> anyhow::Result<StopReason> {
         // When the last wake-up came, and whether the one before came less than a pause earlier.
         let (mut last_wake_up, mut woken_again_soon) = (None::<Instant>, false);
         let reason = loop {
-            let drained = match self.drain(sink) {
-                Ok(drained) => drained,
-                Err(error) => break closed_or_fail(error)?,
-            };
+            let drained = self.drain();
             // Events come fast: a drain found more than one, or a wake-up came soon after the last
             // (on a single CPU the reader, woken at once, finds one event each time). Let more
             // gather, without saying that we wait, so nothing wakes us.
@@ -210,10 +197,8 @@ impl RingBuffer {
             self.reader_waits
                 .set(0, &1, 0)
                 .context("cannot tell the kernel side that the reader waits")?;
-            match self.drain(sink) {
-                Ok(0) => {}
-                Ok(_) => continue,
-                Err(error) => break closed_or_fail(error)?,
+            if self.drain() > 0 {
+                continue;
             }
             tokio::select! {
                 reason = stop.wait() => break reason,
@@ -231,24 +216,21 @@ impl RingBuffer {
         Ok(reason)
     }
 
-    /// Hands every event waiting in the ring to `sink`, copying each out once; returns how many.
-    fn drain(&mut self, sink: &mut impl EventSink) -> io::Result<u64> {
+    /// Prints every event waiting in the ring as a row, copying each out once; returns how many.
+    fn drain(&mut self) -> u64 {
         let ring = self.ring.get_mut();
         let mut drained = 0;
         while let Some(item) = ring.next() {
             drained += 1;
             self.received += 1;
             if let Some(event) = event_from(&item) {
-                sink.write(&event)?;
+                print_row(&event);
             }
         }
-        if drained > 0 {
-            sink.flush()?;
-        }
-        Ok(drained)
+        drained
     }
-    // ANCHOR_END: ring_read
 
+    // ANCHOR: counts
     /// How many events arrived, and what the kernel side counted as not sent: dropped per CPU,
     /// unreadable, and calls whose end was missed (`in_flight`: those still waiting for theirs).
     fn counts(&self, in_flight: u64) -> anyhow::Result<EventCounts> {
@@ -297,7 +279,11 @@ type CallsMap = aya::maps::HashMap<MapData, u64, ListenCall>;
 fn calls_in_flight(maps: &[CallsMap]) -> anyhow::Result<u64> {
     Ok(maps.iter().map(|calls| calls.keys().count() as u64).sum())
 }
+// ANCHOR_END: counts
 
+/// An item's bytes, copied into an event. A ring buffer's item is in one piece (the kernel maps the
+/// ring twice in a row, so an item that wraps around its end reads on), and its length is the one
+/// the kernel side gave: a shorter one is refused, never read past.
 /// An item's bytes, copied into an event. A ring buffer's item is in one piece (the kernel maps the
 /// ring twice in a row, so an item that wraps around its end reads on), and its length is the one
 /// the kernel side gave: a shorter one is refused, never read past.
@@ -305,14 +291,6 @@ fn event_from(item: &[u8]) -> Option<ListenEvent> {
     let bytes = item.get(..size_of::<ListenEvent>())?;
     // SAFETY: `ListenEvent` is plain data (`aya::Pod`), and `bytes` holds exactly one.
     Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
-fn closed_or_fail(error: io::Error) -> anyhow::Result<StopReason> {
-    if error.kind() == io::ErrorKind::BrokenPipe {
-        Ok(StopReason::OutputClosed)
-    } else {
-        Err(anyhow::Error::new(error).context("cannot write the events"))
-    }
 }
 
 /// How many events arrived and how many the kernel dropped, per CPU.
@@ -402,6 +380,52 @@ impl fmt::Display for EventCounts {
         Ok(())
     }
 }
+
+/// One row of the table: the fields of the event, the address and name as people read them.
+fn print_row(event: &ListenEvent) {
+    let addr: IpAddr = if event.family == AF_INET6 {
+        Ipv6Addr::from(event.addr).into()
+    } else {
+        let [a, b, c, d, ..] = event.addr;
+        Ipv4Addr::new(a, b, c, d).into()
+    };
+    // The thread's name, up to its first NUL. Any bytes can be a name (`prctl(PR_SET_NAME)`), so
+    // they are read as UTF-8 lossily, never assumed to be text.
+    let name = event
+        .comm
+        .split(|&byte| byte == 0)
+        .next()
+        .unwrap_or_default();
+    let comm = String::from_utf8_lossy(name);
+    let proto = match (event.protocol == IPPROTO_MPTCP, event.family == AF_INET6) {
+        (false, false) => "TCPv4",
+        (false, true) => "TCPv6",
+        (true, false) => "MPTCPv4",
+        (true, true) => "MPTCPv6",
+    };
+    println!(
+        "{:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} {}",
+        event.pid,
+        comm,
+        event.netns,
+        proto,
+        event.backlog,
+        addr.to_string(),
+        event.port,
+        result_text(event)
+    );
+}
+
+/// The call's result as people read it: `ok`, the error's name (`EADDRINUSE`), or `-` where
+/// the program did not see the call end.
+fn result_text(event: &ListenEvent) -> String {
+    match (event.has_result, event.result) {
+        (0, _) => "-".into(),
+        (_, 0) => "ok".into(),
+        (_, result) => format!("{:?}", nix::errno::Errno::from_raw(-result)),
+    }
+}
+// ANCHOR_END: ring_read
 
 // ANCHOR: attach
 /// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the
@@ -614,9 +638,6 @@ fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
 struct Cli {
     #[command(flatten)]
     options: Options<ToolAttachMode>,
-    /// Print one JSON object per line instead of a table
-    #[arg(long)]
-    json: bool,
     /// Only this process (its PID, as `ps` shows it)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pid: Option<u32>,
@@ -660,44 +681,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_parse_and_bad_values_are_refused() {
-        let cli = Cli::try_parse_from(["step5", "--json", "--pid", "42", "--netns", "4026531840"])
-            .unwrap();
-        assert!(cli.json);
-        assert_eq!(
-            (cli.pid, cli.netns, cli.buffer_pages),
-            (Some(42), Some(4026531840), None)
-        );
-        let error = Cli::try_parse_from(["step5", "--buffer-pages", "3"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("`3` is not a power of two"), "{error}");
-        assert_eq!(cli.batch_pause, Duration::from_millis(1));
-        let cli = Cli::try_parse_from(["step5", "--batch-pause", "0"]).unwrap();
-        assert_eq!(cli.batch_pause, Duration::ZERO);
-        let error = Cli::try_parse_from(["step5", "--batch-pause", "5s"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("not a number of milliseconds"), "{error}");
-        assert!(Cli::try_parse_from(["step5", "--pid", "0"]).is_err());
-        assert!(Cli::try_parse_from(["step5", "--pid", "x"]).is_err());
+    fn the_result_says_ok_the_error_or_that_the_end_was_not_seen() {
+        let mut event = sample_event();
+        assert_eq!(result_text(&event), "EADDRINUSE");
+        event.result = 0;
+        assert_eq!(result_text(&event), "ok");
+        event.has_result = 0;
+        assert_eq!(result_text(&event), "-");
     }
 
     fn sample_event() -> ListenEvent {
         ListenEvent {
             pid: 4321,
-            tid: 4322,
             netns: 4026531840,
             backlog: 7,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"xtask\0\0\0\0\0\0\0\0\0\0\0",
-            result: -22,
             port: 4242,
             family: common::AF_INET,
-            attach: event::ATTACH_KPROBE,
-            has_result: 1,
             protocol: common::IPPROTO_TCP,
+            result: -98,
+            has_result: 1,
         }
+    }
+
+    #[test]
+    fn the_event_has_no_padding() {
+        assert_eq!(size_of::<ListenEvent>(), 4 * 4 + 16 + 16 + 4 * 2);
     }
 
     #[test]
@@ -743,5 +753,30 @@ mod tests {
             "; 9 calls whose end was not seen (4 replaced by their thread's next call, 5 with no \
              room left to wait)"
         ));
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let cli = Cli::try_parse_from(["step8", "--buffer-pages", "16"]).unwrap();
+        assert_eq!(cli.buffer_pages, Some(16));
+        assert_eq!(cli.batch_pause, Duration::from_millis(1));
+        let error = Cli::try_parse_from(["step8", "--buffer-pages", "3"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`3` is not a power of two"), "{error}");
+        let cli = Cli::try_parse_from(["step8", "--batch-pause", "0"]).unwrap();
+        assert_eq!(cli.batch_pause, Duration::ZERO);
+        let error = Cli::try_parse_from(["step8", "--batch-pause", "5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a number of milliseconds"), "{error}");
+        let cli = Cli::try_parse_from(["step10", "--pid", "42", "--netns", "4026531840"]).unwrap();
+        assert_eq!(
+            (cli.pid, cli.netns, cli.port),
+            (Some(42), Some(4026531840), None)
+        );
+        assert!(Cli::try_parse_from(["step10", "--pid", "0"]).is_err());
+        assert!(Cli::try_parse_from(["step10", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["step10", "--port", "65536"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Lesson 10's output: the events as an aligned table, like solisten's, or as JSON lines. Both write
+//! Lesson 11's output: the events as an aligned table, like solisten's, or as JSON lines. Both write
 //! into one buffer that is flushed per batch of events, without allocating per event.
 
 use std::{

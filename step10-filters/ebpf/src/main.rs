@@ -1,5 +1,5 @@
 //! Lesson 10, kernel side: lesson 9's events and counters, now with filters applied before anything
-//! is sent, and the thread and the attach path in each event.
+//! is sent: a process, a network namespace, a port.
 #![no_std]
 #![no_main]
 // The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
@@ -39,7 +39,7 @@ use common::{
     SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
     TCP_LISTEN, port_from_network_order,
 };
-use event::{ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, ListenEvent};
+use event::ListenEvent;
 use maps::{
     COUNTER_COUNT, COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM,
     COUNTER_UNREADABLE, ListenCall, ListenFilter,
@@ -67,18 +67,18 @@ static READER_WAITS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// `--pid` and `--netns`, written by userspace before load (0 keeps everything).
+/// New: `--pid`, `--netns` and `--port`, written by userspace before load (0 keeps everything).
 #[unsafe(no_mangle)]
 static LISTEN_FILTER: Global<ListenFilter> = Global::new(ListenFilter::ANY);
 // ANCHOR_END: maps
 
 // ANCHOR: send_event
-/// Lesson 3's reads plus the network namespace, as one event, unless a filter drops it or the socket
-/// is not a TCP or MPTCP one. `result` is `None` where the end of the call was not seen. Inlined:
-/// a BPF function takes its arguments in 5 registers, and an `Option` takes two.
+/// Lesson 4's event, with the call's result where its end was seen (`None`: it was not), unless a
+/// filter drops it or the socket is not a TCP or MPTCP one. Inlined: a BPF function takes its arguments in 5 registers,
+/// and an `Option` takes two.
 #[inline(always)]
-fn send_event(sk: *const u8, backlog: u32, attach: u8, result: Option<i32>) -> Result<(), i32> {
-    send_event_of(Caller::current()?, sk, backlog, attach, result, None)
+fn send_event(sk: *const u8, backlog: u32, result: Option<i32>) -> Result<(), i32> {
+    send_event_of(Caller::current()?, sk, backlog, result, None)
 }
 
 /// The same for the thread `caller`; `protocol` replaces the socket's own where it is the TCP
@@ -89,11 +89,11 @@ fn send_event_of(
     caller: Caller,
     sk: *const u8,
     backlog: u32,
-    attach: u8,
     result: Option<i32>,
     protocol: Option<u16>,
 ) -> Result<(), i32> {
     let offsets = offsets()?;
+    // New: each filter is tested as soon as its value is known, before anything else is read.
     let filter = LISTEN_FILTER.load();
     if filter.pid != 0 && filter.pid != caller.pid {
         return Ok(());
@@ -128,17 +128,16 @@ fn send_event_of(
     }
     let event = ListenEvent {
         pid: caller.pid,
-        tid: caller.tid,
         netns,
         backlog,
         addr,
         comm: caller.comm,
-        result: result.unwrap_or(0),
         port,
         family,
-        attach,
-        has_result: result.is_some() as u8,
+        // TCP, or MPTCP (`mptcp_listen()`'s socket is the MPTCP one).
         protocol,
+        result: result.unwrap_or(0),
+        has_result: result.is_some() as u16,
     };
     // No argument limit here: the whole struct goes into the ring that every CPU shares.
     output_counting_drops(&event);
@@ -301,9 +300,7 @@ pub fn listen_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take(&CALLS) {
         let result: i32 = ctx.ret();
         let sk = sock_of(call.sock as *const u8);
-        count_unreadable(
-            sk.and_then(|sk| send_event(sk, call.backlog, ATTACH_KPROBE, Some(result))),
-        );
+        count_unreadable(sk.and_then(|sk| send_event(sk, call.backlog, Some(result))));
     }
     0
 }
@@ -322,9 +319,7 @@ pub fn mptcp_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take(&MPTCP_CALLS) {
         let result: i32 = ctx.ret();
         let sk = sock_of(call.sock as *const u8);
-        count_unreadable(
-            sk.and_then(|sk| send_event(sk, call.backlog, ATTACH_KPROBE, Some(result))),
-        );
+        count_unreadable(sk.and_then(|sk| send_event(sk, call.backlog, Some(result))));
     }
     0
 }
@@ -335,9 +330,7 @@ pub fn mptcp_kretprobe(ctx: RetProbeContext) -> u32 {
 pub fn listen_fexit(ctx: FExitContext) -> i32 {
     if !in_mptcp_listen() {
         let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-        count_unreadable(
-            sock_of(sock).and_then(|sk| send_event(sk, backlog, ATTACH_FENTRY, Some(result))),
-        );
+        count_unreadable(sock_of(sock).and_then(|sk| send_event(sk, backlog, Some(result))));
     }
     0
 }
@@ -354,9 +347,7 @@ pub fn mptcp_fentry(ctx: FEntryContext) -> i32 {
 pub fn mptcp_fexit(ctx: FExitContext) -> i32 {
     let _ = take(&MPTCP_CALLS);
     let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    count_unreadable(
-        sock_of(sock).and_then(|sk| send_event(sk, backlog, ATTACH_FENTRY, Some(result))),
-    );
+    count_unreadable(sock_of(sock).and_then(|sk| send_event(sk, backlog, Some(result))));
     0
 }
 
@@ -441,7 +432,7 @@ fn report_syscall(sock: *const u8, backlog: u32, result: i32) -> Result<(), i32>
     } else {
         backlog
     };
-    send_event(sk, backlog, ATTACH_TRACEPOINT, Some(result))
+    send_event(sk, backlog, Some(result))
 }
 
 /// The `struct file *` behind file descriptor `fd` of the current process:
@@ -491,9 +482,7 @@ pub fn listen_tracepoint(ctx: RawTracePointContext) -> i32 {
     if !in_syscall {
         let sk: *const u8 = ctx.arg(0);
         let backlog = offsets().and_then(|offsets| read_field(sk, offsets.sk_max_ack_backlog));
-        count_unreadable(
-            backlog.and_then(|backlog| send_event(sk, backlog, ATTACH_TRACEPOINT, None)),
-        );
+        count_unreadable(backlog.and_then(|backlog| send_event(sk, backlog, None)));
     }
     0
 }
@@ -548,7 +537,7 @@ fn report_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let protocol = take_start(thread)
         .filter(|start| start.sk == sk as u64 && start.mptcp != 0)
         .map(|_| IPPROTO_MPTCP);
-    send_event_of(caller, sk, backlog, ATTACH_SOCKOPS, Some(0), protocol)
+    send_event_of(caller, sk, backlog, Some(0), protocol)
 }
 
 /// The sockops path's view of `sock:inet_sock_set_state`: a socket that enters `TCP_LISTEN` is a
@@ -605,7 +594,7 @@ pub fn sockops_tracepoint(ctx: RawTracePointContext) -> i32 {
                 .and_then(|backlog| {
                     let caller = Caller::current()?;
                     let result = Some(-EADDRINUSE);
-                    send_event_of(caller, sk, backlog, ATTACH_SOCKOPS, result, protocol)
+                    send_event_of(caller, sk, backlog, result, protocol)
                 });
             count_unreadable(sent);
         }
