@@ -35,7 +35,7 @@ pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 /// The line a step prints once it is attached and reading; the tests and xtask wait for it.
 pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
-/// What lesson 11 prints before its ready line when it pairs the `listen()` system call's
+/// What lessons 8 to 11 print before their ready line when they pair the `listen()` system call's
 /// tracepoints: what that costs the whole machine, and the path that costs nothing.
 pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
     machine while it is attached (a syscall tracepoint makes each one take the kernel's \

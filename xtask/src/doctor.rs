@@ -175,7 +175,7 @@ struct LessonVerdict {
 
 /// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
 /// the state tracepoint, and lesson 5 adds their returns (kretprobe, fexit): they take the first
-/// path lesson 1 showed working (`path_works`). Lessons 6 to 9 and the tool (lesson 11) follow each call
+/// path lesson 1 showed working (`path_works`). Lessons 6 to 10 and the tool (lesson 11) follow each call
 /// to its end on every path (the syscall tracepoints with the state tracepoint where kprobes and
 /// fentry are missing) and reads every struct field the others read: it is run here, as lesson 1 was, and
 /// what it printed says whether the offsets resolve in this kernel's BTF and which path it took.

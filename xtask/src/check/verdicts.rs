@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 10: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 11: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -313,9 +313,7 @@ pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
     .map_err(|_| "the listening thread failed".to_string())??;
     thread::sleep(Duration::from_millis(500)); // the reader drains the burst
     let summary = stop_for_summary(step)?;
-    let received = summary
-        .split_once(" events received")
-        .and_then(|(received, _)| received.parse::<u64>().ok());
+    let received = count_before(&summary, " events received");
     let wake_ups = count_before(&summary, " wake-ups");
     match (received, wake_ups) {
         (_, None) => Err(format!(
@@ -427,10 +425,7 @@ pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
         ));
     }
     let summary = stop_for_summary(step)?;
-    let received = summary
-        .split_once(" events received")
-        .and_then(|(received, _)| received.parse::<u64>().ok());
-    match received {
+    match count_before(&summary, " events received") {
         Some(2) => Ok(()),
         Some(received) => Err(format!(
             "the right rows are printed, but {received} events were received for 2 rows: the \
