@@ -142,10 +142,7 @@ pub(super) const MUTANTS: [Mutant; 19] = [
         from: r#"("listen_sys_exit", SYSCALL_EXIT_TRACEPOINT),"#,
         to: r#"("listen_sys_exit", "sys_exit_bind"),"#,
         caught: Where::Host,
-        tests: &[
-            "rows_carry_the_exact_values_on_every_attach_path",
-            "every_call_is_one_row_with_its_final_port_and_result",
-        ],
+        tests: &["every_call_is_one_row_with_its_final_port_and_result"],
     },
     Mutant {
         name: "the fexit program's backlog and result swapped",
@@ -154,10 +151,7 @@ pub(super) const MUTANTS: [Mutant; 19] = [
         from: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));",
         to: "    if !in_mptcp_listen() {\n        let (sock, backlog, result): (*const u8, u32, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(1));",
         caught: Where::Guest,
-        tests: &[
-            "rows_carry_the_exact_values_on_every_attach_path",
-            "every_call_is_one_row_with_its_final_port_and_result",
-        ],
+        tests: &["every_call_is_one_row_with_its_final_port_and_result"],
     },
     Mutant {
         name: "the sockops path's failed start reported as a success",
