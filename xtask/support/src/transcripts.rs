@@ -267,11 +267,21 @@ impl Transcript {
             })?
             .join()
             .map_err(|_| anyhow!("the listening thread failed"))??;
-        // Every listen's event, or 10 s (an emulated CPU is slow); then a moment for the rest.
+        // Every listen's event, or 10 s (an emulated CPU is slow); then a moment for the rest. Where
+        // the rows depend on the path, some listens have none: there, 2 s without a new line after
+        // the first event ends the wait too (the listens were all made before it began).
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut step = step;
+        let mut last_line = Instant::now();
         while Instant::now() < deadline && self.events_in(&step.output) < listeners.len() {
-            step.next_line(Duration::from_millis(100));
+            if step.next_line(Duration::from_millis(100)).is_some() {
+                last_line = Instant::now();
+            } else if self.rows_depend_on_the_path
+                && self.events_in(&step.output) > 0
+                && last_line.elapsed() >= Duration::from_secs(2)
+            {
+                break;
+            }
         }
         thread::sleep(Duration::from_millis(500));
         let finished = step
