@@ -1,7 +1,7 @@
 //! What a learner who is not root does, done for real by such a user: `cargo xtask test
 //! --learner-flows` (and every run under `CI`) creates a user with sudo rights for the run only,
 //! gives it a copy of this working tree, and runs as that user `cargo xtask run step 1`, `check
-//! exercise 1 --solution`, `listen --netns` and the kernel tests of lesson 1 (`test --lesson 1`).
+//! exercise 1` (before and after the edit), `listen --netns` and the kernel tests of lesson 1 (`test --lesson 1`).
 //! Each must go through sudo by itself, the way the book says. Afterwards, also when a flow fails
 //! or the run is interrupted, the user, its group, its sudoers entry and its home are removed,
 //! and that nothing of them is left is checked.
@@ -184,9 +184,29 @@ fn flows() -> anyhow::Result<()> {
     }
     eprintln!("    run step 1: Hello World!, through sudo");
 
+    // Exercise 1 as a learner does it, in the lesson's own folder: the check says what is missing,
+    // the learner edits (here: applies the reference solution), and the check passes. The check
+    // builds in the learner's target folder, next to the lesson it just built.
+    eprintln!("==> as the learner: cargo xtask check exercise 1 (not done yet: it must say so)");
+    let unsolved = as_learner(&checkout, "cargo xtask check exercise 1")
+        .output()
+        .context("cannot start cargo xtask check exercise 1 as the learner")?;
+    let said = String::from_utf8_lossy(&unsolved.stderr);
+    if unsolved.status.success() || !said.contains("is not done yet") {
+        bail!(
+            "cargo xtask check exercise 1 on the untouched lesson, as the learner, did not say \
+             that the exercise is not done yet ({}):\n{said}",
+            unsolved.status
+        );
+    }
+    eprintln!("    check exercise 1: not done yet, as it should say");
     run_step(
-        "as the learner: cargo xtask check exercise 1 --solution",
-        &mut as_learner(&checkout, "cargo xtask check exercise 1 --solution"),
+        "as the learner: the reference solution applied, then cargo xtask check exercise 1",
+        &mut as_learner(
+            &checkout,
+            "git apply docs/exercises/1-process-name.patch && cargo xtask check exercise 1 \
+             && git apply -R docs/exercises/1-process-name.patch",
+        ),
     )?;
 
     // A listener in a new network namespace: the namespace needs root, the command finds it.
