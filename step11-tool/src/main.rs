@@ -41,7 +41,7 @@ use maps::{
     COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
     LISTEN_FILTER_SYMBOL, ListenCall, ListenFilter,
 };
-use output::EventSink;
+use output::{EventSink, WallClock};
 use tokio::io::{Interest, unix::AsyncFd};
 
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
@@ -105,10 +105,12 @@ async fn main() -> Result<(), Report> {
 
     // 4. Print each event as a table row or a JSON line until Ctrl-C, SIGTERM, the end of
     //    `--duration`, or a closed output.
+    //    Each event carries the kernel's time stamp; the clock turns it into a time of day.
+    let clock = WallClock::now()?;
     let mut sink: Box<dyn EventSink> = if cli.json {
-        Box::new(output::JsonLines::new(io::stdout()))
+        Box::new(output::JsonLines::new(io::stdout(), clock))
     } else {
-        Box::new(output::Table::new(io::stdout())?)
+        Box::new(output::Table::new(io::stdout(), clock)?)
     };
     let mut stop = StopSignals::install(cli.options.duration)?;
     eprintln!("{READY_LINE}");
@@ -685,6 +687,7 @@ mod tests {
 
     fn sample_event() -> ListenEvent {
         ListenEvent {
+            time_ns: 1_500_000_000,
             pid: 4321,
             tid: 4322,
             netns: 4026531840,
@@ -697,6 +700,7 @@ mod tests {
             attach: event::ATTACH_KPROBE,
             has_result: 1,
             protocol: common::IPPROTO_TCP,
+            reserved: [0; 4],
         }
     }
 

@@ -1,5 +1,5 @@
-//! Lesson 11's output: the events as an aligned table, like solisten's, or as JSON lines. Both write
-//! into one buffer that is flushed per batch of events, without allocating per event.
+//! Lesson 11's output: the events as an aligned table, like solisten's, or as JSON lines, each with
+//! the time the kernel made it. Both write into one buffer that is flushed per batch of events.
 
 use std::{
     io::{self, BufWriter, Write},
@@ -9,6 +9,8 @@ use std::{
 use common::{AF_INET6, IPPROTO_MPTCP};
 
 use crate::event::{ATTACH_FENTRY, ATTACH_KPROBE, ATTACH_SOCKOPS, ATTACH_TRACEPOINT, ListenEvent};
+use jiff::{SignedDuration, Timestamp, civil, tz::TimeZone};
+use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
 /// Where the events go: a table, JSON lines, a test's collector.
@@ -27,6 +29,39 @@ impl<S: EventSink + ?Sized> EventSink for Box<S> {
         (**self).flush()
     }
 }
+
+// ANCHOR: wall_clock
+/// Turns the kernel's time stamps (nanoseconds since boot) into wall-clock time: the moment the
+/// machine booted, found once at the start by reading both clocks, plus the stamp.
+#[derive(Clone)]
+pub struct WallClock {
+    booted: Timestamp,
+    zone: TimeZone,
+}
+
+impl WallClock {
+    /// Reads the boot clock (the one `bpf_ktime_get_boot_ns` reads) and the wall clock, one after
+    /// the other; the table shows times of day in this machine's time zone.
+    pub fn now() -> nix::Result<Self> {
+        let since_boot = clock_gettime(ClockId::CLOCK_BOOTTIME)?;
+        let since_boot = SignedDuration::new(since_boot.tv_sec(), since_boot.tv_nsec() as i32);
+        Ok(Self {
+            booted: Timestamp::now() - since_boot,
+            zone: TimeZone::system(),
+        })
+    }
+
+    /// When an event stamped `time_ns` (nanoseconds since boot) was made.
+    pub fn at(&self, time_ns: u64) -> Timestamp {
+        self.booted + SignedDuration::from_nanos(time_ns as i64)
+    }
+
+    /// Its time of day, here.
+    pub fn time_of_day(&self, time_ns: u64) -> civil::Time {
+        self.zone.to_datetime(self.at(time_ns)).time()
+    }
+}
+// ANCHOR_END: wall_clock
 
 /// The bound address, IPv4 or IPv6, as people read it.
 pub fn address(event: &ListenEvent) -> IpAddr {
@@ -93,24 +128,29 @@ fn result_text(event: &ListenEvent) -> String {
 /// An aligned table with a header, one row per event.
 pub struct Table<W: Write> {
     out: BufWriter<W>,
+    clock: WallClock,
 }
 
 impl<W: Write> Table<W> {
-    pub const HEADER: &'static str = "PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
+    pub const HEADER: &'static str = "TIME     PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
 
-    pub fn new(out: W) -> io::Result<Self> {
+    pub fn new(out: W, clock: WallClock) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
         writeln!(out, "{}", Self::HEADER)?;
         out.flush()?;
-        Ok(Self { out })
+        Ok(Self { out, clock })
     }
 }
 
 impl<W: Write> EventSink for Table<W> {
     fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
+        let time = self.clock.time_of_day(event.time_ns);
         writeln!(
             self.out,
-            "{:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} {}",
+            "{:02}:{:02}:{:02} {:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} {}",
+            time.hour(),
+            time.minute(),
+            time.second(),
             event.pid,
             comm(event),
             event.netns,
@@ -131,12 +171,14 @@ impl<W: Write> EventSink for Table<W> {
 /// One JSON object per line, for `jq` and other programs.
 pub struct JsonLines<W: Write> {
     out: BufWriter<W>,
+    clock: WallClock,
 }
 
 impl<W: Write> JsonLines<W> {
-    pub fn new(out: W) -> Self {
+    pub fn new(out: W, clock: WallClock) -> Self {
         Self {
             out: BufWriter::with_capacity(1 << 16, out),
+            clock,
         }
     }
 }
@@ -144,6 +186,8 @@ impl<W: Write> JsonLines<W> {
 /// The JSON form of an event.
 #[derive(Serialize)]
 struct JsonEvent<'a> {
+    /// RFC 3339, in UTC, to the nanosecond: `2026-12-07T16:44:50.123456789Z`.
+    time: Timestamp,
     pid: u32,
     tid: u32,
     comm: &'a str,
@@ -163,6 +207,7 @@ struct JsonEvent<'a> {
 impl<W: Write> EventSink for JsonLines<W> {
     fn write(&mut self, event: &ListenEvent) -> io::Result<()> {
         let json = JsonEvent {
+            time: self.clock.at(event.time_ns),
             pid: event.pid,
             tid: event.tid,
             comm: comm(event),
@@ -190,8 +235,18 @@ mod tests {
 
     use super::*;
 
+    /// A clock of a machine that booted at 16:44:50 UTC.
+    fn clock() -> WallClock {
+        WallClock {
+            booted: "2026-12-07T16:44:50Z".parse().unwrap(),
+            zone: TimeZone::UTC,
+        }
+    }
+
     fn event(family: u16, addr: [u8; 16], result: Option<i32>) -> ListenEvent {
         ListenEvent {
+            // 1.5 s after the boot.
+            time_ns: 1_500_000_000,
             pid: 4321,
             tid: 4322,
             netns: 4026531840,
@@ -208,6 +263,7 @@ mod tests {
             },
             has_result: result.is_some() as u8,
             protocol: common::IPPROTO_TCP,
+            reserved: [0; 4],
         }
     }
 
@@ -219,7 +275,7 @@ mod tests {
 
     fn table_of(events: &[ListenEvent]) -> String {
         let mut buffer = Vec::new();
-        let mut table = Table::new(&mut buffer).unwrap();
+        let mut table = Table::new(&mut buffer, clock()).unwrap();
         for event in events {
             table.write(event).unwrap();
         }
@@ -241,16 +297,16 @@ mod tests {
         assert_eq!(lines[0], Table::<Vec<u8>>::HEADER);
         assert_eq!(
             lines[1],
-            "4321    nginx            4026531840  TCPv4   7        127.0.0.1                                4242   ok"
+            "16:44:51 4321    nginx            4026531840  TCPv4   7        127.0.0.1                                4242   ok"
         );
         assert_eq!(
             lines[2],
-            "4321    nginx            4026531840  TCPv6   7        2001:db8::ffff:abcd                      4242   unseen"
+            "16:44:51 4321    nginx            4026531840  TCPv6   7        2001:db8::ffff:abcd                      4242   unseen"
         );
         assert!(lines[3].ends_with("4242   EINVAL"), "{}", lines[3]);
         // Every column starts where its header starts.
         for column in [
-            "COMM", "NETNS", "PROTO", "BACKLOG", "ADDR", "PORT", "RESULT",
+            "PID", "COMM", "NETNS", "PROTO", "BACKLOG", "ADDR", "PORT", "RESULT",
         ] {
             let at = lines[0].find(column).unwrap();
             for line in &lines[1..] {
@@ -263,7 +319,7 @@ mod tests {
     #[test]
     fn json_lines_parse_back() {
         let mut buffer = Vec::new();
-        let mut json = JsonLines::new(&mut buffer);
+        let mut json = JsonLines::new(&mut buffer, clock());
         json.write(&event(AF_INET, ipv4([127, 0, 0, 1]), Some(-98)))
             .unwrap();
         json.write(&event(AF_INET6, Ipv6Addr::LOCALHOST.octets(), None))
@@ -278,7 +334,7 @@ mod tests {
         assert_eq!(
             lines[0],
             serde_json::json!({
-                "pid": 4321, "tid": 4322, "comm": "nginx", "netns": 4026531840u32, "proto": "TCPv4",
+                "time": "2026-12-07T16:44:51.5Z", "pid": 4321, "tid": 4322, "comm": "nginx", "netns": 4026531840u32, "proto": "TCPv4",
                 "backlog": 7, "addr": "127.0.0.1", "port": 4242, "result": -98,
                 "error": "EADDRINUSE", "attach": "kprobe"
             })

@@ -1,5 +1,5 @@
-//! Lesson 11 against the real kernel: structured events with the exact values, both output formats
-//! read back, the in-kernel filters, a storm of listens counted exactly (received + lost), and the
+//! Lesson 11 against the real kernel: structured events with the exact values and the time they
+//! were made, both output formats read back, the in-kernel filters, a storm of listens counted exactly (received + lost), and the
 //! ring buffer's reader, which lets events gather only in a burst.
 //!
 //! Our own events are told apart by their own ports, and by a network namespace of their own.
@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::IPPROTO_MPTCP;
+use jiff::{Timestamp, tz::TimeZone};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use support::{
@@ -24,6 +25,17 @@ use support::{
 
 const STEP: &str = env!("CARGO_BIN_EXE_step11-tool");
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// How far an event's time may be from the moments around its listen: the tool finds when the
+/// machine booted by reading two clocks one after the other, which an emulated CPU does slowly.
+const CLOCK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_millis(20);
+
+/// Checks that `time` is between `before` and `after`, give or take `CLOCK_SLACK`.
+fn assert_between(time: Timestamp, before: Timestamp, after: Timestamp, what: &str) {
+    assert!(
+        before - CLOCK_SLACK <= time && time <= after + CLOCK_SLACK,
+        "{what}: made at {time}, but the listen was between {before} and {after}"
+    );
+}
 
 /// Starts lesson 11 with `args`, printing JSON lines.
 fn start_json(path: &str, args: &[&str]) -> RunningStep {
@@ -55,6 +67,7 @@ fn events_carry_the_exact_values_on_every_attach_path() {
     let netns = InNewNetns::new();
     for path in tool_attach_paths_here() {
         let mut step = start_json(path, &[]);
+        let before = Timestamp::now();
         let (addr, tid, _listener) = netns.run(|| {
             let listener = trigger::listen((LOCALHOST, 0).into(), 31).unwrap();
             (
@@ -63,7 +76,15 @@ fn events_carry_the_exact_values_on_every_attach_path() {
                 listener,
             )
         });
-        let event = json_event_for(&mut step, addr);
+        let after = Timestamp::now();
+        let mut event = json_event_for(&mut step, addr);
+        let time = event
+            .as_object_mut()
+            .unwrap()
+            .remove("time")
+            .expect("a time");
+        let time: Timestamp = time.as_str().expect("RFC 3339").parse().unwrap();
+        assert_between(time, before, after, path);
         assert_eq!(
             event,
             json!({
@@ -88,12 +109,26 @@ fn events_carry_the_exact_values_on_every_attach_path() {
 fn the_table_shows_the_same_values_under_one_header() {
     require_root();
     let mut step = RunningStep::start(STEP, &["--attach", "tracepoint"]);
+    let before = Timestamp::now();
     let v4 = trigger::listen((LOCALHOST, 0).into(), 33)
         .unwrap()
         .local_addr;
     let v6 = trigger::listen(("::1".parse::<std::net::IpAddr>().unwrap(), 0).into(), 33)
         .unwrap()
         .local_addr;
+    let after = Timestamp::now();
+    // The times of day (this machine's zone, to the second) the rows may show.
+    let zone = TimeZone::system();
+    let time_of_day = |time: Timestamp| {
+        zone.to_datetime(time)
+            .time()
+            .strftime("%H:%M:%S")
+            .to_string()
+    };
+    let seconds = (before - CLOCK_SLACK).as_second()..=(after + CLOCK_SLACK).as_second();
+    let times: Vec<String> = seconds
+        .map(|second| time_of_day(Timestamp::from_second(second).unwrap()))
+        .collect();
     for (addr, proto, ip) in [(v4, "TCPv4", "127.0.0.1"), (v6, "TCPv6", "::1")] {
         let port = addr.port().to_string();
         // The IPv4 and IPv6 listeners may get the same port number: a row is its port and address.
@@ -102,7 +137,7 @@ fn the_table_shows_the_same_values_under_one_header() {
                 Stream::Stdout,
                 |line| {
                     let columns: Vec<_> = line.split_whitespace().collect();
-                    columns.get(5) == Some(&ip) && columns.get(6) == Some(&port.as_str())
+                    columns.get(6) == Some(&ip) && columns.get(7) == Some(&port.as_str())
                 },
                 Duration::from_secs(10),
             )
@@ -110,9 +145,14 @@ fn the_table_shows_the_same_values_under_one_header() {
         let columns: Vec<_> = row.split_whitespace().collect();
         let own_netns = trigger::netns_inode().unwrap().to_string();
         let pid = std::process::id().to_string();
-        assert_eq!(columns[0], pid);
-        assert_eq!(columns[2], own_netns);
-        assert_eq!(&columns[3..], [proto, "33", ip, port.as_str(), "ok"]);
+        assert!(
+            times.iter().any(|time| time == columns[0]),
+            "TIME {} is not one of {times:?}",
+            columns[0]
+        );
+        assert_eq!(columns[1], pid);
+        assert_eq!(columns[3], own_netns);
+        assert_eq!(&columns[4..], [proto, "33", ip, port.as_str(), "ok"]);
         // The thread's name, cut to the kernel's 15 characters.
         let thread = std::thread::current()
             .name()
@@ -120,16 +160,16 @@ fn the_table_shows_the_same_values_under_one_header() {
             .chars()
             .take(15)
             .collect::<String>();
-        assert_eq!(columns[1], thread);
+        assert_eq!(columns[2], thread);
     }
     let finished = step.stop(Signal::SIGINT);
     let stdout = finished.stdout();
-    let header = "PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
+    let header = "TIME     PID     COMM             NETNS       PROTO   BACKLOG  ADDR                                     PORT   RESULT";
     assert_eq!(stdout.lines().next(), Some(header));
     assert_eq!(
         stdout
             .lines()
-            .filter(|line| line.starts_with("PID "))
+            .filter(|line| line.starts_with("TIME "))
             .count(),
         1,
         "one header"
@@ -347,7 +387,8 @@ fn storm(
     let rows = finished
         .stdout()
         .lines()
-        .filter(|line| line.split_whitespace().nth(4) == Some("47"))
+        // The BACKLOG column, after TIME, PID, COMM, NETNS and PROTO.
+        .filter(|line| line.split_whitespace().nth(5) == Some("47"))
         .count();
     let (received, lost) = received_and_lost(&finished.stderr());
     (rows, received, lost)

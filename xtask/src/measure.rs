@@ -104,11 +104,15 @@ impl Tracer {
     pub fn is_own_event(self, line: &str, port: Option<u16>) -> bool {
         let own_pid = std::process::id();
         if self.prints_json() {
-            line.starts_with(&format!("{{\"pid\":{own_pid},"))
+            line.contains(&format!("\"pid\":{own_pid},"))
                 && port.is_none_or(|port| line.contains(&format!("\"port\":{port},")))
         } else {
+            // The PID is the first column, or the second after lesson 11's time of day.
             let words: Vec<&str> = line.split_whitespace().collect();
-            words.first() == Some(&own_pid.to_string().as_str())
+            words
+                .iter()
+                .take(2)
+                .any(|&column| column == own_pid.to_string())
                 && port.is_none_or(|port| words.contains(&port.to_string().as_str()))
         }
     }

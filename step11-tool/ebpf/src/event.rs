@@ -1,13 +1,17 @@
 // ANCHOR: listen_event
 /// One `listen()`, as the kernel side sends it through the ring buffer and the userspace side reads
 /// it back. Both sides compile this one file (the userspace side includes it with `#[path]`), so
-/// they cannot disagree on the layout. New: the thread, and the attach path that saw the call.
+/// they cannot disagree on the layout. New: the time, the thread, and the attach path that saw the
+/// call.
 ///
 /// `repr(C)`, and ordered so that the compiler adds no padding: every byte the kernel side copies
 /// into the buffer is one it wrote (the verifier and `aya::Pod` both want that).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenEvent {
+    /// When the kernel side made the event, in nanoseconds since boot (`bpf_ktime_get_boot_ns`, a
+    /// clock that keeps counting while the machine sleeps); userspace turns it into a time of day.
+    pub time_ns: u64,
     /// The process: its thread group id, which `ps` calls the PID.
     pub pid: u32,
     /// The thread that called `listen()`.
@@ -35,6 +39,9 @@ pub struct ListenEvent {
     pub has_result: u8,
     /// `IPPROTO_TCP` or `IPPROTO_MPTCP`.
     pub protocol: u16,
+    /// Zeros. `time_ns` aligns the struct to 8 bytes, so without these 4 the compiler would add 4
+    /// bytes of padding that nobody writes.
+    pub reserved: [u8; 4],
 }
 // ANCHOR_END: listen_event
 

@@ -25,7 +25,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, sock_ops, tracepoint},
     maps::{Array, CgroupArray, HashMap, PerCpuArray, RingBuf},
@@ -128,6 +129,8 @@ fn send_event_of(
         return Ok(());
     }
     let event = ListenEvent {
+        // SAFETY: a helper without arguments, allowed in every program type.
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid: caller.pid,
         tid: caller.tid,
         netns,
@@ -140,6 +143,7 @@ fn send_event_of(
         attach,
         has_result: result.is_some() as u8,
         protocol,
+        reserved: [0; 4],
     };
     // No argument limit here: the whole struct goes into the ring that every CPU shares.
     output_counting_drops(&event);

@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 19] = [
+pub(super) const MUTANTS: [Mutant; 20] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -197,5 +197,17 @@ pub(super) const MUTANTS: [Mutant; 19] = [
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,
         tests: &["events_carry_the_exact_values_on_every_attach_path"],
+    },
+    Mutant {
+        name: "the kernel's time stamp shown as if the machine had booted just now",
+        lesson: 11,
+        file: "step11-tool/src/output.rs",
+        from: "booted: Timestamp::now() - since_boot,",
+        to: "booted: Timestamp::now(),",
+        caught: Where::Host,
+        tests: &[
+            "events_carry_the_exact_values_on_every_attach_path",
+            "the_table_shows_the_same_values_under_one_header",
+        ],
     },
 ];

@@ -8,6 +8,12 @@ use crate::running::{RunningStep, Stream};
 /// How long a header or a row may take to show.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether `line` is a lesson's table header: `PID …`, or `TIME PID …` where the rows begin with
+/// the time of day (lesson 11).
+pub fn is_header(line: &str) -> bool {
+    line.starts_with("PID ") || line.starts_with("TIME ")
+}
+
 /// Where some of a table's columns are, by their names in its header.
 pub struct Columns {
     names: Vec<&'static str>,
@@ -15,11 +21,11 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// Waits for the table's header (`PID …`, which comes before any row) and finds each of
+    /// Waits for the table's header (`PID …` or `TIME …`, before any row) and finds each of
     /// `names` in it.
     pub fn of(step: &mut RunningStep, names: &[&'static str]) -> Self {
         let header = step
-            .find_line(Stream::Stdout, |line| line.starts_with("PID "), TIMEOUT)
+            .find_line(Stream::Stdout, is_header, TIMEOUT)
             .unwrap_or_else(|| panic!("no table header; output: {:#?}", step.output));
         let in_header: Vec<&str> = header.split_whitespace().collect();
         let positions = names

@@ -183,7 +183,7 @@ pub const TRANSCRIPTS: [Transcript; 12] = [
         lesson: 11,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
-        keep: |line| line.starts_with(&format!("{{\"pid\":{},", std::process::id())),
+        keep: |line| line.contains(&format!(",\"pid\":{},", std::process::id())),
         rows_depend_on_the_path: false,
     },
 ];
@@ -226,10 +226,15 @@ fn listen_in_a_netns_and_on_ipv6() -> anyhow::Result<Vec<trigger::Listener>> {
     Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
 }
 
-/// The table's header and the rows of this process's listens (other programs listen too).
+/// The table's header and the rows of this process's listens (other programs listen too): their
+/// first column is our PID, or the second after a time of day.
 fn table_rows_of_ours(line: &str) -> bool {
-    line.starts_with("PID ")
-        || line.split_whitespace().next() == Some(&std::process::id().to_string())
+    let pid = std::process::id().to_string();
+    let mut words = line.split_whitespace();
+    let first = words.next();
+    crate::table::is_header(line)
+        || first == Some(&pid)
+        || (first.is_some_and(|time| time.contains(':')) && words.next() == Some(&pid))
 }
 
 /// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
@@ -313,7 +318,7 @@ impl Transcript {
         // The header of a table comes first among the events.
         let (header, status): (Vec<_>, Vec<_>) = before
             .into_iter()
-            .partition(|line| line.starts_with("PID "));
+            .partition(|line| crate::table::is_header(line));
         if events.is_empty() {
             bail!("{} printed no event of our listens", binary.display());
         }
@@ -331,7 +336,7 @@ impl Transcript {
         output
             .iter()
             .filter(|(stream, line)| {
-                *stream == Stream::Stdout && (self.keep)(line) && !line.starts_with("PID ")
+                *stream == Stream::Stdout && (self.keep)(line) && !crate::table::is_header(line)
             })
             .count()
     }
