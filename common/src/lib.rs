@@ -174,12 +174,6 @@ pub const ENOTSOCK: i32 = 88;
 pub const fn port_from_network_order(stored: u16) -> u16 {
     u16::from_be(stored)
 }
-
-/// An IPv4 address as the kernel stores it in `skc_rcv_saddr` (network byte order), as the number
-/// whose bytes, most significant first, are the address's: 127.0.0.1 becomes 0x7f000001.
-pub const fn ipv4_from_network_order(stored: u32) -> u32 {
-    u32::from_be(stored)
-}
 // ANCHOR_END: byte_order
 
 // SAFETY: a `repr(C)` struct of `u32`s, without padding: any bytes are a valid value.
@@ -188,8 +182,6 @@ unsafe impl aya::Pod for SockOffsets {}
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
 
     /// What a load of those bytes gives on the CPU we run on, as `bpf_probe_read_kernel` would.
@@ -209,30 +201,5 @@ mod tests {
         }
         assert_eq!(port_from_network_order(stored_u16([0, 0])), 0);
         assert_eq!(port_from_network_order(stored_u16([0xff, 0xff])), 65535);
-    }
-
-    #[test]
-    fn an_ipv4_address_is_stored_big_endian() {
-        let stored = u32::from_ne_bytes([127, 0, 0, 1]);
-        assert_eq!(
-            Ipv4Addr::from(ipv4_from_network_order(stored)),
-            Ipv4Addr::LOCALHOST
-        );
-        if cfg!(target_endian = "little") {
-            assert_eq!(
-                stored, 0x0100_007f,
-                "the hex the article printed for 127.0.0.1"
-            );
-        }
-        let any = u32::from_ne_bytes([0, 0, 0, 0]);
-        assert_eq!(
-            Ipv4Addr::from(ipv4_from_network_order(any)),
-            Ipv4Addr::UNSPECIFIED
-        );
-        let private = u32::from_ne_bytes([192, 168, 1, 20]);
-        assert_eq!(
-            Ipv4Addr::from(ipv4_from_network_order(private)),
-            Ipv4Addr::new(192, 168, 1, 20)
-        );
     }
 }

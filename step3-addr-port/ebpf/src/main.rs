@@ -12,10 +12,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
-use common::{
-    AF_INET6, IPPROTO_TCP, SockOffsets, TCP_LISTEN, ipv4_from_network_order,
-    port_from_network_order,
-};
+use common::{AF_INET6, IPPROTO_TCP, SockOffsets, TCP_LISTEN, port_from_network_order};
 
 // ANCHOR: sock_offsets_global
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -51,7 +48,9 @@ fn say_where(ctx: &impl EbpfContext, sk: *const u8, backlog: u32) -> Result<(), 
         info!(
             ctx,
             "Listening on {:i}:{} with up to {} pending connections! (as stored: rcv_saddr 0x{:x}, inet_sport {})",
-            ipv4_from_network_order(saddr),
+            // As the number whose bytes, most significant first, are the address's (what `{:i}`
+            // wants): 127.0.0.1 becomes 0x7f000001.
+            u32::from_be(saddr),
             port,
             backlog,
             saddr,
