@@ -62,6 +62,30 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 /// What the sock_ops program hooks: the root of the cgroup2 hierarchy, every socket's cgroup.
 const CGROUP2_ROOT: &str = "the cgroup2 root";
 
+/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF.
+const FIELDS_READ: &[&str] = &[
+    "socket_sk",
+    "sk_max_ack_backlog",
+    "sk_protocol",
+    "skc_family",
+    "skc_rcv_saddr",
+    "skc_v6_rcv_saddr",
+    "inet_sport",
+    "skc_net",
+    "net_ns_inum",
+    "net_somaxconn",
+    "task_files",
+    "files_fdt",
+    "fdtable_max_fds",
+    "fdtable_fd",
+    "file_private_data",
+    "socket_file",
+    "task_tgid",
+    "task_pid",
+    "task_comm",
+    "sock_ops_sk",
+];
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
@@ -71,7 +95,7 @@ async fn main() -> Result<(), Report> {
     //    applies before it sends anything.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel()?;
+    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
     let filter = ListenFilter {
         pid: cli.pid.unwrap_or(0),

@@ -28,6 +28,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     "-ebpf"
 ));
 
+/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF,
+/// so that a kernel without a field that only a later lesson reads still runs this one.
+const FIELDS_READ: &[&str] = &["sk_max_ack_backlog", "sk_protocol"];
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let options = Options::parse(); // --attach auto|kprobe|fentry|tracepoint, --duration SECS
@@ -38,7 +42,7 @@ async fn main() -> Result<(), Report> {
     //    read-only global SOCK_OFFSETS first, so that the verifier sees them as constants.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel()?;
+    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)

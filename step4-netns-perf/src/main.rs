@@ -49,6 +49,20 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 /// How many pages each CPU's ring of the perf buffer has (a power of two).
 const PAGES_PER_CPU: usize = 64;
 
+/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF.
+/// New: `skc_net`, `net_ns_inum`.
+const FIELDS_READ: &[&str] = &[
+    "socket_sk",
+    "sk_max_ack_backlog",
+    "sk_protocol",
+    "skc_family",
+    "skc_rcv_saddr",
+    "skc_v6_rcv_saddr",
+    "inet_sport",
+    "skc_net",
+    "net_ns_inum",
+];
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let options = Options::parse(); // --attach auto|kprobe|fentry|tracepoint, --duration SECS
@@ -56,7 +70,7 @@ async fn main() -> Result<(), Report> {
     // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3).
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel()?;
+    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)

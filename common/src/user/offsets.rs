@@ -8,43 +8,80 @@ use btf_rs::{Backend, Btf, BtfType as _, Struct, Type};
 
 use crate::{KERNEL_BTF, KERNEL_BTF_VARIABLE, SockOffsets};
 
+/// Each field of [`SockOffsets`]: its name there, then where it is in the kernel (a struct, the path
+/// of members to it) and the size the eBPF programs read it as: a field that changed type (not
+/// only place) on some kernel is an error here, not a wrong value later.
+const FIELDS: [(&str, &str, &[&str], usize); 20] = [
+    ("socket_sk", "socket", &["sk"], POINTER),
+    ("sk_max_ack_backlog", "sock", &["sk_max_ack_backlog"], 4),
+    ("sk_protocol", "sock", &["sk_protocol"], 2),
+    ("skc_family", "sock", &["__sk_common", "skc_family"], 2),
+    (
+        "skc_rcv_saddr",
+        "sock",
+        &["__sk_common", "skc_rcv_saddr"],
+        4,
+    ),
+    (
+        "skc_v6_rcv_saddr",
+        "sock",
+        &["__sk_common", "skc_v6_rcv_saddr"],
+        16,
+    ),
+    ("inet_sport", "inet_sock", &["inet_sport"], 2),
+    (
+        "skc_net",
+        "sock",
+        &["__sk_common", "skc_net", "net"],
+        POINTER,
+    ),
+    ("net_ns_inum", "net", &["ns", "inum"], 4),
+    ("net_somaxconn", "net", &["core", "sysctl_somaxconn"], 4),
+    ("task_files", "task_struct", &["files"], POINTER),
+    ("files_fdt", "files_struct", &["fdt"], POINTER),
+    ("fdtable_max_fds", "fdtable", &["max_fds"], 4),
+    ("fdtable_fd", "fdtable", &["fd"], POINTER),
+    ("file_private_data", "file", &["private_data"], POINTER),
+    ("socket_file", "socket", &["file"], POINTER),
+    ("task_tgid", "task_struct", &["tgid"], 4),
+    ("task_pid", "task_struct", &["pid"], 4),
+    ("task_comm", "task_struct", &["comm"], 16),
+    ("sock_ops_sk", "bpf_sock_ops_kern", &["sk"], POINTER),
+];
+const POINTER: usize = size_of::<u64>();
+
 impl SockOffsets {
-    /// The offsets in the running kernel, from its BTF (or the file `LISTEN_TRACE_KERNEL_BTF`
-    /// names).
-    pub fn of_running_kernel() -> anyhow::Result<Self> {
-        Self::from_btf_file(&running_kernel_btf())
+    /// What a field that its lesson does not read holds: no offset at all (a read there fails).
+    pub const NOT_LOOKED_UP: u32 = u32::MAX;
+
+    /// The offsets of `fields` (named as in this struct) in the running kernel, from its BTF (or
+    /// the file `LISTEN_TRACE_KERNEL_BTF` names). Each lesson names the fields it reads, so that a
+    /// kernel without a field of a later lesson still runs it; the others hold `NOT_LOOKED_UP`.
+    pub fn of_running_kernel(fields: &[&str]) -> anyhow::Result<Self> {
+        Self::from_btf_file(&running_kernel_btf(), fields)
     }
 
-    /// The offsets described by the BTF file at `path`.
-    pub fn from_btf_file(path: &Path) -> anyhow::Result<Self> {
+    /// The offsets of `fields` described by the BTF file at `path`.
+    pub fn from_btf_file(path: &Path, fields: &[&str]) -> anyhow::Result<Self> {
         let started = Instant::now();
+        if let Some(unknown) = fields
+            .iter()
+            .find(|name| !FIELDS.iter().any(|(known, ..)| known == *name))
+        {
+            bail!("SockOffsets has no field {unknown}");
+        }
         let btf = open_btf(path)?;
-        // Each field with the size the eBPF programs read it as: a field that changed type (not
-        // only place) on some kernel is an error here, not a wrong value later.
-        const POINTER: usize = size_of::<u64>();
-        let offsets = Self {
+        let mut offsets = Self {
             resolved: 1,
-            socket_sk: field(&btf, "socket", &["sk"], POINTER)?,
-            sk_max_ack_backlog: field(&btf, "sock", &["sk_max_ack_backlog"], 4)?,
-            sk_protocol: field(&btf, "sock", &["sk_protocol"], 2)?,
-            skc_family: field(&btf, "sock", &["__sk_common", "skc_family"], 2)?,
-            skc_rcv_saddr: field(&btf, "sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
-            skc_v6_rcv_saddr: field(&btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
-            inet_sport: field(&btf, "inet_sock", &["inet_sport"], 2)?,
-            skc_net: field(&btf, "sock", &["__sk_common", "skc_net", "net"], POINTER)?,
-            net_ns_inum: field(&btf, "net", &["ns", "inum"], 4)?,
-            net_somaxconn: field(&btf, "net", &["core", "sysctl_somaxconn"], 4)?,
-            task_files: field(&btf, "task_struct", &["files"], POINTER)?,
-            files_fdt: field(&btf, "files_struct", &["fdt"], POINTER)?,
-            fdtable_max_fds: field(&btf, "fdtable", &["max_fds"], 4)?,
-            fdtable_fd: field(&btf, "fdtable", &["fd"], POINTER)?,
-            file_private_data: field(&btf, "file", &["private_data"], POINTER)?,
-            socket_file: field(&btf, "socket", &["file"], POINTER)?,
-            task_tgid: field(&btf, "task_struct", &["tgid"], 4)?,
-            task_pid: field(&btf, "task_struct", &["pid"], 4)?,
-            task_comm: field(&btf, "task_struct", &["comm"], 16)?,
-            sock_ops_sk: field(&btf, "bpf_sock_ops_kern", &["sk"], POINTER)?,
+            ..Self::UNSET
         };
+        for (name, strukt, members, size) in FIELDS {
+            *offsets.slot(name) = if fields.contains(&name) {
+                field(&btf, strukt, members, size)?
+            } else {
+                Self::NOT_LOOKED_UP
+            };
+        }
         log::debug!(
             "struct offsets from {} in {:?}: {offsets:?}",
             path.display(),
@@ -52,25 +89,55 @@ impl SockOffsets {
         );
         Ok(offsets)
     }
+
+    /// The field called `name` (one of `FIELDS`).
+    fn slot(&mut self, name: &str) -> &mut u32 {
+        match name {
+            "socket_sk" => &mut self.socket_sk,
+            "sk_max_ack_backlog" => &mut self.sk_max_ack_backlog,
+            "sk_protocol" => &mut self.sk_protocol,
+            "skc_family" => &mut self.skc_family,
+            "skc_rcv_saddr" => &mut self.skc_rcv_saddr,
+            "skc_v6_rcv_saddr" => &mut self.skc_v6_rcv_saddr,
+            "inet_sport" => &mut self.inet_sport,
+            "skc_net" => &mut self.skc_net,
+            "net_ns_inum" => &mut self.net_ns_inum,
+            "net_somaxconn" => &mut self.net_somaxconn,
+            "task_files" => &mut self.task_files,
+            "files_fdt" => &mut self.files_fdt,
+            "fdtable_max_fds" => &mut self.fdtable_max_fds,
+            "fdtable_fd" => &mut self.fdtable_fd,
+            "file_private_data" => &mut self.file_private_data,
+            "socket_file" => &mut self.socket_file,
+            "task_tgid" => &mut self.task_tgid,
+            "task_pid" => &mut self.task_pid,
+            "task_comm" => &mut self.task_comm,
+            "sock_ops_sk" => &mut self.sock_ops_sk,
+            _ => unreachable!("{name} is one of FIELDS"),
+        }
+    }
 }
 
 impl std::fmt::Display for SockOffsets {
+    /// The socket's fields that were looked up (the file and task ones are left out).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "socket.sk +{}, sock.sk_max_ack_backlog +{}, sock.sk_protocol +{}, sock.skc_family +{}, \
-             sock.skc_rcv_saddr +{}, sock.skc_v6_rcv_saddr +{}, inet_sock.inet_sport +{}, \
-             sock.skc_net.net +{}, net.ns.inum +{}",
-            self.socket_sk,
-            self.sk_max_ack_backlog,
-            self.sk_protocol,
-            self.skc_family,
-            self.skc_rcv_saddr,
-            self.skc_v6_rcv_saddr,
-            self.inet_sport,
-            self.skc_net,
-            self.net_ns_inum
-        )
+        let shown = [
+            ("socket.sk", self.socket_sk),
+            ("sock.sk_max_ack_backlog", self.sk_max_ack_backlog),
+            ("sock.sk_protocol", self.sk_protocol),
+            ("sock.skc_family", self.skc_family),
+            ("sock.skc_rcv_saddr", self.skc_rcv_saddr),
+            ("sock.skc_v6_rcv_saddr", self.skc_v6_rcv_saddr),
+            ("inet_sock.inet_sport", self.inet_sport),
+            ("sock.skc_net.net", self.skc_net),
+            ("net.ns.inum", self.net_ns_inum),
+        ];
+        let looked_up: Vec<String> = shown
+            .iter()
+            .filter(|(_, offset)| *offset != Self::NOT_LOOKED_UP)
+            .map(|(name, offset)| format!("{name} +{offset}"))
+            .collect();
+        write!(f, "{}", looked_up.join(", "))
     }
 }
 
@@ -227,7 +294,8 @@ mod tests {
 
     #[test]
     fn a_kernel_without_btf_is_a_clear_error() {
-        let error = SockOffsets::from_btf_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let error = SockOffsets::from_btf_file(Path::new("/nonexistent/vmlinux"), &["socket_sk"])
+            .unwrap_err();
         let message = format!("{error:#}");
         assert!(
             message.contains("built without BTF (CONFIG_DEBUG_INFO_BTF)"),
@@ -243,7 +311,7 @@ mod tests {
             .unwrap()
             .write_all(b"this is not BTF")
             .unwrap();
-        let error = SockOffsets::from_btf_file(&path).unwrap_err();
+        let error = SockOffsets::from_btf_file(&path, &["socket_sk"]).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(
             format!("{error:#}").contains("is not valid BTF"),
@@ -259,7 +327,8 @@ mod tests {
             eprintln!("SKIPPED: no {} on this machine", btf.display());
             return;
         }
-        let offsets = SockOffsets::of_running_kernel().unwrap();
+        let all: Vec<&str> = FIELDS.iter().map(|(name, ..)| *name).collect();
+        let offsets = SockOffsets::of_running_kernel(&all).unwrap();
         // struct sock starts with struct sock_common, whose layout begins with the addresses.
         assert!(offsets.skc_rcv_saddr < offsets.skc_family);
         assert!(offsets.skc_family < offsets.sk_max_ack_backlog);
@@ -292,6 +361,33 @@ mod tests {
                 .to_string()
                 .starts_with("struct sock: field sk_max_ack_backlog is 4 bytes in this kernel, where the lessons read 2"),
             "{error}"
+        );
+    }
+
+    /// A lesson that reads two fields looks up those two only, and says so.
+    #[test]
+    fn only_the_fields_a_lesson_reads_are_looked_up() {
+        let btf = running_kernel_btf();
+        if !btf.exists() {
+            eprintln!("SKIPPED: no {} on this machine", btf.display());
+            return;
+        }
+        let offsets =
+            SockOffsets::of_running_kernel(&["sk_max_ack_backlog", "sk_protocol"]).unwrap();
+        assert_ne!(offsets.sk_max_ack_backlog, SockOffsets::NOT_LOOKED_UP);
+        assert_eq!(offsets.socket_sk, SockOffsets::NOT_LOOKED_UP);
+        assert_eq!(offsets.sock_ops_sk, SockOffsets::NOT_LOOKED_UP);
+        let said = offsets.to_string();
+        assert!(said.starts_with("sock.sk_max_ack_backlog +"), "{said}");
+        assert!(!said.contains("socket.sk"), "{said}");
+    }
+
+    #[test]
+    fn a_field_the_struct_does_not_have_is_an_error() {
+        let error = SockOffsets::of_running_kernel(&["sk_backlog"]).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no field sk_backlog"),
+            "{error:#}"
         );
     }
 }
