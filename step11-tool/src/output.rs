@@ -33,7 +33,6 @@ impl<S: EventSink + ?Sized> EventSink for Box<S> {
 // ANCHOR: wall_clock
 /// Turns the kernel's time stamps (nanoseconds since boot) into wall-clock time: the moment the
 /// machine booted, found once at the start by reading both clocks, plus the stamp.
-#[derive(Clone)]
 pub struct WallClock {
     booted: Timestamp,
     zone: TimeZone,

@@ -335,8 +335,7 @@ fn measure_startup(step11: &Path, with_bpftrace: bool) -> anyhow::Result<Startup
     Ok(figures)
 }
 
-/// Starts `command` and listens every 5 ms until a line with our pid appears in its output (its
-/// first column, or its second after the time of day of lesson 11's table).
+/// Starts `command` and listens every 5 ms until a row with our pid appears in its output.
 fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
     let own_pid = std::process::id().to_string();
     let started = Instant::now();
@@ -348,10 +347,7 @@ fn exec_to_first_event(command: &mut Command) -> anyhow::Result<f64> {
         while let Some(left) = Duration::from_millis(5).checked_sub(listened.elapsed()) {
             match tracer.next_line(left) {
                 Some((Stream::Stdout, line))
-                    if line
-                        .split_whitespace()
-                        .take(2)
-                        .any(|column| column == own_pid) =>
+                    if support::table::pid_of_row(&line) == Some(own_pid.as_str()) =>
                 {
                     return Ok(started.elapsed().as_secs_f64()); // dropping `tracer` kills it
                 }

@@ -1,8 +1,8 @@
 //! What a learner who is not root does, done for real by such a user: `cargo xtask test
 //! --learner-flows` (and every run under `CI`) creates a user with sudo rights for the run only,
 //! gives it a copy of this working tree, and runs as that user `cargo xtask run step 1`, `check
-//! exercise 1` (before and after the edit), `listen --netns` and the kernel tests of lesson 1 (`test --lesson 1`).
-//! Each must go through sudo by itself, the way the book says. Afterwards, also when a flow fails
+//! exercise 1` (before and after the edit), `listen --netns` and the kernel tests of lesson 1
+//! (`test --lesson 1`). Each must go through sudo by itself, the way the book says. Afterwards, also when a flow fails
 //! or the run is interrupted, the user, its group, its sudoers entry and its home are removed,
 //! and that nothing of them is left is checked.
 //!

@@ -107,12 +107,8 @@ impl Tracer {
             line.contains(&format!("\"pid\":{own_pid},"))
                 && port.is_none_or(|port| line.contains(&format!("\"port\":{port},")))
         } else {
-            // The PID is the first column, or the second after lesson 11's time of day.
             let words: Vec<&str> = line.split_whitespace().collect();
-            words
-                .iter()
-                .take(2)
-                .any(|&column| column == own_pid.to_string())
+            support::table::pid_of_row(line) == Some(own_pid.to_string().as_str())
                 && port.is_none_or(|port| words.contains(&port.to_string().as_str()))
         }
     }

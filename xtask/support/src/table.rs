@@ -14,6 +14,15 @@ pub fn is_header(line: &str) -> bool {
     line.starts_with("PID ") || line.starts_with("TIME ")
 }
 
+/// The PID of a lesson's table row: its first column, or its second after lesson 11's time of day.
+pub fn pid_of_row(line: &str) -> Option<&str> {
+    let mut columns = line.split_whitespace();
+    match columns.next() {
+        Some(time) if time.contains(':') => columns.next(),
+        first => first,
+    }
+}
+
 /// Where some of a table's columns are, by their names in its header.
 pub struct Columns {
     names: Vec<&'static str>,

@@ -226,15 +226,10 @@ fn listen_in_a_netns_and_on_ipv6() -> anyhow::Result<Vec<trigger::Listener>> {
     Ok(vec![in_netns, listen_on("::1", 4243, 7)?])
 }
 
-/// The table's header and the rows of this process's listens (other programs listen too): their
-/// first column is our PID, or the second after a time of day.
+/// The table's header and the rows of this process's listens (other programs listen too).
 fn table_rows_of_ours(line: &str) -> bool {
-    let pid = std::process::id().to_string();
-    let mut words = line.split_whitespace();
-    let first = words.next();
     crate::table::is_header(line)
-        || first == Some(&pid)
-        || (first.is_some_and(|time| time.contains(':')) && words.next() == Some(&pid))
+        || crate::table::pid_of_row(line) == Some(&std::process::id().to_string())
 }
 
 /// Listens on `ip:port`, or on a port the kernel picks if that one is taken.
