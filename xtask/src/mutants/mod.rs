@@ -6,7 +6,9 @@
 //! test is reported, never counted as a catch. `--all` runs every test of the lesson instead.
 //!
 //! The other side of the same proof: each exercise's reference solution, applied alone, must leave
-//! its lesson's tests passing (they check facts, not the wording an exercise changes).
+//! its lesson's tests passing (they check facts, not the wording an exercise changes), and pass
+//! its exercise's check. Those runs come first: a named test that passed in one needs
+//! no baseline run of its own.
 //!
 //! Where a mutant is caught: on this machine for the paths it has (the tracepoint everywhere), in
 //! the stock Debian 12 kernel under qemu (`vm::STOCK_KERNEL`, with kprobes and fentry) for the
@@ -43,7 +45,8 @@ pub struct MutantsArgs {
     /// Leave out the mutants that need a guest kernel (the kprobe and fentry code)
     #[arg(long)]
     pub host_only: bool,
-    /// Leave out the exercises' solutions (whose lessons' tests must still pass)
+    /// Leave out the exercises' solutions (which must pass their checks and leave their lessons'
+    /// tests passing)
     #[arg(long)]
     pub no_solutions: bool,
     /// Only the exercises' solutions, no mutant
@@ -187,7 +190,41 @@ pub fn run_with_guest(
         scratch.tree.display()
     );
 
-    // The baseline: every named test passes without a mutant, here.
+    // The exercises' reference solutions, each applied alone: its lesson's tests must still pass
+    // (they check facts, not the wording an exercise changes), and its check must pass on the
+    // binary those tests built.
+    let mut solutions = Vec::new();
+    // The tests that passed here with a solution applied: they build and pass in this copy, so a
+    // mutant that makes one fail is caught by its mutation, not by the copy.
+    let mut passed_here: BTreeSet<(u8, String)> = BTreeSet::new();
+    if !args.no_solutions && args.filter.is_none() {
+        for exercise in &crate::check::EXERCISES {
+            let patch = workspace_root().join("docs/exercises").join(exercise.patch);
+            eprintln!(
+                "==> exercise {}'s solution: lesson {}'s tests must still pass, and its check",
+                exercise.number, exercise.lesson
+            );
+            let (results, checked) = scratch.with_patch(&patch, || {
+                let results = scratch.host_tests(toolchain, exercise.lesson, None)?;
+                let binary = scratch.binary(exercise.lesson)?;
+                let checked =
+                    crate::check::run(exercise.number, crate::check::Attempt::Solution, &binary);
+                Ok((results, checked))
+            })?;
+            let mut failed = Vec::new();
+            for (test, passed) in results {
+                if passed {
+                    passed_here.insert((exercise.lesson, test));
+                } else {
+                    failed.push(test);
+                }
+            }
+            solutions.push((exercise, failed, checked));
+        }
+    }
+
+    // The baseline: every named test passes without a mutant, here (those that passed with a
+    // solution above, whose change is not theirs, need no second run).
     let mut lessons_here: Vec<u8> = host.iter().map(|mutant| mutant.lesson).collect();
     lessons_here.dedup();
     for lesson in lessons_here {
@@ -195,7 +232,15 @@ pub fn run_with_guest(
             .iter()
             .filter(|mutant| mutant.lesson == lesson)
             .flat_map(|mutant| mutant.tests.iter().copied())
+            .filter(|test| !passed_here.contains(&(lesson, test.to_string())))
             .collect();
+        if named.is_empty() {
+            eprintln!(
+                "==> baseline: lesson {lesson}'s tests named by its mutants passed here with its \
+                 exercise's solution"
+            );
+            continue;
+        }
         let named: Vec<&str> = named.into_iter().collect();
         eprintln!(
             "==> baseline: lesson {lesson}'s tests named by its mutants pass without any mutant"
@@ -292,28 +337,12 @@ pub fn run_with_guest(
             .position(|mutant| mutant.name == outcome.mutant.name)
     });
 
-    let mut solutions = Vec::new();
-    if !args.no_solutions && args.filter.is_none() {
-        for exercise in &crate::check::EXERCISES {
-            let patch = workspace_root().join("docs/exercises").join(exercise.patch);
-            eprintln!(
-                "==> exercise {}'s solution: lesson {}'s tests must still pass",
-                exercise.number, exercise.lesson
-            );
-            let results = scratch.with_patch(&patch, || {
-                scratch.host_tests(toolchain, exercise.lesson, None)
-            })?;
-            let failed: Vec<String> = results
-                .into_iter()
-                .filter(|(_, passed)| !passed)
-                .map(|(test, _)| test)
-                .collect();
-            solutions.push((exercise, failed));
-        }
-    }
     println!("{}", table(&outcomes));
     let mut broken = Vec::new();
-    for (exercise, failed) in &solutions {
+    for (exercise, failed, checked) in &solutions {
+        if let Err(error) = checked {
+            broken.push(format!("exercise {}'s check: {error:#}", exercise.number));
+        }
         let changed = exercise.changes_tests;
         let unexpected: Vec<&String> = failed
             .iter()
@@ -324,8 +353,13 @@ pub fn run_with_guest(
             .filter(|test| !failed.iter().any(|failed| failed == *test))
             .collect();
         println!(
-            "exercise {} solved: lesson {}'s tests pass{}",
+            "exercise {} solved: {}lesson {}'s tests pass{}",
             exercise.number,
+            if checked.is_ok() {
+                "its check passes, and "
+            } else {
+                "its check FAILS; "
+            },
             exercise.lesson,
             if changed.is_empty() {
                 String::new()
@@ -346,7 +380,8 @@ pub fn run_with_guest(
     }
     if !broken.is_empty() {
         bail!(
-            "a correct exercise changes other tests of its lesson than its page says: {}",
+            "an exercise's reference solution fails its check, or changes other tests of its \
+             lesson than its page says: {}",
             broken.join("; ")
         );
     }
@@ -547,6 +582,12 @@ impl Scratch {
             "no test of {package} ran; the output was:\n{output}"
         );
         Ok(results)
+    }
+
+    /// Lesson `lesson`'s program as its tests last built it here.
+    fn binary(&self, lesson: u8) -> anyhow::Result<PathBuf> {
+        let package = lessons::find(lesson)?.package;
+        Ok(self.target.join("release").join(package))
     }
 
     /// The eBPF objects of `package`'s kernel side, built from the scratch tree.
