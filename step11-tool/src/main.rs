@@ -12,9 +12,7 @@ mod maps;
 mod output;
 
 use std::{
-    fmt, io,
-    mem::size_of,
-    ptr,
+    fmt, io, ptr,
     time::{Duration, Instant},
 };
 
@@ -47,8 +45,8 @@ use tokio::io::{Interest, unix::AsyncFd};
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
 // spells its own out): any bytes are a valid value.
 unsafe impl aya::Pod for ListenEvent {}
-unsafe impl aya::Pod for ListenFilter {}
 unsafe impl aya::Pod for ListenCall {}
+unsafe impl aya::Pod for ListenFilter {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -91,8 +89,8 @@ async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
 
     // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3), the
-    //    ring's size (`--buffer-pages`, or 4 MiB on any machine) and the filters the kernel side
-    //    applies before it sends anything.
+    //    ring's size (`--buffer-pages`, or 4 MiB on any machine) and the filters the kernel
+    //    side applies before it sends anything.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
@@ -140,9 +138,9 @@ async fn main() -> Result<(), Report> {
     eprintln!("{READY_LINE}");
     let mut reason = events.read_until_stopped(&mut sink, &mut stop).await?;
 
-    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them. The
-    //    maps read after that are taken out first, and only then is the rest drained and counted,
-    //    so that no event comes between the last drain and the counters.
+    // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
+    //    The maps read after that are taken out first, and only then is the rest drained and
+    //    counted, so that no event comes between the last drain and the counters.
     let calls = take_calls_maps(&mut ebpf)?;
     drop(ebpf);
     if let Err(error) = events.drain(&mut sink) {
@@ -155,10 +153,10 @@ async fn main() -> Result<(), Report> {
 // ANCHOR_END: main
 
 // ANCHOR: ring_open
-/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel side
-/// wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a reader
-/// that is busy, or pausing after a burst, is not woken at all. When the ring is full, the event is
-/// dropped and counted.
+/// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel
+/// side wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a
+/// reader that is busy, or pausing after a burst, is not woken at all. When the ring is full, the
+/// event is dropped and counted.
 struct RingBuffer {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
@@ -685,30 +683,6 @@ fn power_of_two(text: &str) -> Result<usize, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_parse_and_bad_values_are_refused() {
-        let cli = Cli::try_parse_from(["step5", "--json", "--pid", "42", "--netns", "4026531840"])
-            .unwrap();
-        assert!(cli.json);
-        assert_eq!(
-            (cli.pid, cli.netns, cli.buffer_pages),
-            (Some(42), Some(4026531840), None)
-        );
-        let error = Cli::try_parse_from(["step5", "--buffer-pages", "3"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("`3` is not a power of two"), "{error}");
-        assert_eq!(cli.batch_pause, Duration::from_millis(1));
-        let cli = Cli::try_parse_from(["step5", "--batch-pause", "0"]).unwrap();
-        assert_eq!(cli.batch_pause, Duration::ZERO);
-        let error = Cli::try_parse_from(["step5", "--batch-pause", "5s"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("not a number of milliseconds"), "{error}");
-        assert!(Cli::try_parse_from(["step5", "--pid", "0"]).is_err());
-        assert!(Cli::try_parse_from(["step5", "--pid", "x"]).is_err());
-    }
-
     fn sample_event() -> ListenEvent {
         ListenEvent {
             time_ns: 1_500_000_000,
@@ -718,14 +692,19 @@ mod tests {
             backlog: 7,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"xtask\0\0\0\0\0\0\0\0\0\0\0",
-            result: -22,
             port: 4242,
             family: common::AF_INET,
+            protocol: common::IPPROTO_TCP,
+            result: -98,
             attach: event::ATTACH_KPROBE,
             has_result: 1,
-            protocol: common::IPPROTO_TCP,
             reserved: [0; 4],
         }
+    }
+
+    #[test]
+    fn the_event_has_no_padding() {
+        assert_eq!(size_of::<ListenEvent>(), 8 + 4 * 4 + 16 + 16 + 4 * 4);
     }
 
     #[test]
@@ -771,5 +750,32 @@ mod tests {
             "; 9 calls whose end was not seen (4 replaced by their thread's next call, 5 with no \
              room left to wait)"
         ));
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let cli = Cli::try_parse_from(["step8", "--buffer-pages", "16"]).unwrap();
+        assert_eq!(cli.buffer_pages, Some(16));
+        assert_eq!(cli.batch_pause, Duration::from_millis(1));
+        let error = Cli::try_parse_from(["step8", "--buffer-pages", "3"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`3` is not a power of two"), "{error}");
+        let cli = Cli::try_parse_from(["step8", "--batch-pause", "0"]).unwrap();
+        assert_eq!(cli.batch_pause, Duration::ZERO);
+        let error = Cli::try_parse_from(["step8", "--batch-pause", "5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a number of milliseconds"), "{error}");
+        let cli = Cli::try_parse_from(["step10", "--pid", "42", "--netns", "4026531840"]).unwrap();
+        assert!(!cli.json);
+        assert!(Cli::try_parse_from(["step11", "--json"]).unwrap().json);
+        assert_eq!(
+            (cli.pid, cli.netns, cli.port),
+            (Some(42), Some(4026531840), None)
+        );
+        assert!(Cli::try_parse_from(["step10", "--pid", "0"]).is_err());
+        assert!(Cli::try_parse_from(["step10", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["step10", "--port", "65536"]).is_err());
     }
 }

@@ -301,9 +301,6 @@ fn calls_in_flight(maps: &[CallsMap]) -> anyhow::Result<u64> {
 /// An item's bytes, copied into an event. A ring buffer's item is in one piece (the kernel maps the
 /// ring twice in a row, so an item that wraps around its end reads on), and its length is the one
 /// the kernel side gave: a shorter one is refused, never read past.
-/// An item's bytes, copied into an event. A ring buffer's item is in one piece (the kernel maps the
-/// ring twice in a row, so an item that wraps around its end reads on), and its length is the one
-/// the kernel side gave: a shorter one is refused, never read past.
 fn event_from(item: &[u8]) -> Option<ListenEvent> {
     let bytes = item.get(..size_of::<ListenEvent>())?;
     // SAFETY: `ListenEvent` is plain data (`aya::Pod`), and `bytes` holds exactly one.
