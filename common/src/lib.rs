@@ -1,12 +1,12 @@
 //! What both sides of every lesson must agree on, as aya-template's `-common` crate holds it.
 //!
 //! The crate root is `no_std` and dependency-free, because the eBPF programs compile it too: the
-//! names of the hooks, kernel constants, the structs that cross between kernel and userspace, and
-//! byte order. The `user` feature adds what only the step binaries need: helpers whose subject is
-//! not eBPF (the words that explain an attach failure, the BTF member-offset lookup, command-line
-//! conventions, stop signals), and the `aya::Pod` impls of the shared structs. What the eBPF
-//! programs need beyond these definitions (a panic handler, reading a kernel struct's field) each
-//! program has itself, so that a lesson can be copied out on its own.
+//! names of the hooks, kernel constants and byte order. The `user` feature adds what only the step
+//! binaries need: helpers whose subject is not eBPF (the words that explain an attach failure, the
+//! BTF member-offset lookup, command-line conventions, stop signals). What one lesson teaches (its
+//! event, its struct offsets) lives in that lesson's folder, and what the eBPF programs need beyond
+//! these definitions (a panic handler, reading a kernel struct's field) each program has itself,
+//! so that a lesson can be copied out on its own.
 #![cfg_attr(not(any(test, feature = "user", feature = "tracefs")), no_std)]
 
 #[cfg(feature = "tracefs")]
@@ -70,92 +70,8 @@ pub const SYSCALL_ENTER_FD_OFFSET: usize = 16;
 pub const SYSCALL_ENTER_BACKLOG_OFFSET: usize = 24;
 pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
 
-// ANCHOR: sock_offsets
-/// Where the fields the lessons read sit in this kernel's structs: bytes from the start of the
-/// struct, which differ from kernel to kernel. Rust eBPF programs get no CO-RE relocations, so
-/// userspace looks them up in the running kernel's BTF (checking each field's size too) and hands
-/// them to the program before it is loaded, as the read-only global [`SOCK_OFFSETS_SYMBOL`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// 1 once userspace has filled in the offsets: a program never reads with unset ones.
-    pub resolved: u32,
-    /// `struct socket`: `sk`, the `struct sock *` behind the socket.
-    pub socket_sk: u32,
-    // ANCHOR: sock_offsets_lesson_2
-    /// `struct sock`: `sk_max_ack_backlog`, the backlog `listen()` set.
-    pub sk_max_ack_backlog: u32,
-    /// `struct sock`: `sk_protocol`, `IPPROTO_TCP` or `IPPROTO_MPTCP` for the sockets we report.
-    pub sk_protocol: u32,
-    // ANCHOR_END: sock_offsets_lesson_2
-    /// `struct sock`: `__sk_common.skc_family`, `AF_INET` or `AF_INET6`.
-    pub skc_family: u32,
-    /// `struct sock`: `__sk_common.skc_rcv_saddr`, the bound IPv4 address (network byte order).
-    pub skc_rcv_saddr: u32,
-    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr`, the bound IPv6 address.
-    pub skc_v6_rcv_saddr: u32,
-    /// `struct inet_sock`, which starts with `struct sock`: `inet_sport`, the local port (network
-    /// byte order).
-    pub inet_sport: u32,
-    /// `struct sock`: `__sk_common.skc_net.net`, the socket's network namespace (`struct net *`).
-    pub skc_net: u32,
-    /// `struct net`: `ns.inum`, the namespace's inode number.
-    pub net_ns_inum: u32,
-    /// `struct net`: `core.sysctl_somaxconn`, the cap `listen()` puts on a backlog.
-    pub net_somaxconn: u32,
-    /// From a file descriptor to its socket, for the end of a `listen()` system call (lessons 6 to 11):
-    /// `struct task_struct`: `files`.
-    pub task_files: u32,
-    /// `struct files_struct`: `fdt`, the table of open files.
-    pub files_fdt: u32,
-    /// `struct fdtable`: `max_fds`, its size.
-    pub fdtable_max_fds: u32,
-    /// `struct fdtable`: `fd`, the array of `struct file *`.
-    pub fdtable_fd: u32,
-    /// `struct file`: `private_data`, the `struct socket *` of a socket's file.
-    pub file_private_data: u32,
-    /// `struct socket`: `file`, which points back to the file of a real socket.
-    pub socket_file: u32,
-    /// Who called, for the sockops path of lessons 7 to 11, whose programs may not ask the helpers:
-    /// `struct task_struct`: `tgid`, the process.
-    pub task_tgid: u32,
-    /// `struct task_struct`: `pid`, the thread.
-    pub task_pid: u32,
-    /// `struct task_struct`: `comm`, the thread's name.
-    pub task_comm: u32,
-    /// `struct bpf_sock_ops_kern`: `sk`, the socket a `sock_ops` program is called for.
-    pub sock_ops_sk: u32,
-}
-// ANCHOR_END: sock_offsets
-
-impl SockOffsets {
-    /// Placeholder values in the compiled program, replaced by the loader.
-    pub const UNSET: Self = Self {
-        resolved: 0,
-        socket_sk: 0,
-        sk_max_ack_backlog: 0,
-        sk_protocol: 0,
-        skc_family: 0,
-        skc_rcv_saddr: 0,
-        skc_v6_rcv_saddr: 0,
-        inet_sport: 0,
-        skc_net: 0,
-        net_ns_inum: 0,
-        net_somaxconn: 0,
-        task_files: 0,
-        files_fdt: 0,
-        fdtable_max_fds: 0,
-        fdtable_fd: 0,
-        file_private_data: 0,
-        socket_file: 0,
-        task_tgid: 0,
-        task_pid: 0,
-        task_comm: 0,
-        sock_ops_sk: 0,
-    };
-}
-
-/// The name of the eBPF program's global that holds the [`SockOffsets`].
+/// The name of the eBPF program's global that holds the struct offsets of its lesson (each lesson's
+/// `SockOffsets`, in its `ebpf/src/offsets.rs`), written by userspace before the program is loaded.
 pub const SOCK_OFFSETS_SYMBOL: &str = "SOCK_OFFSETS";
 
 /// `EADDRINUSE` from `include/uapi/asm-generic/errno.h` (the same on x86-64 and arm64): the error
@@ -175,10 +91,6 @@ pub const fn port_from_network_order(stored: u16) -> u16 {
     u16::from_be(stored)
 }
 // ANCHOR_END: byte_order
-
-// SAFETY: a `repr(C)` struct of `u32`s, without padding: any bytes are a valid value.
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for SockOffsets {}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,12 @@
 //! Lesson 2, userspace side: lesson 1, plus the struct offsets the kernel side needs, found in this
 //! kernel's BTF and written into the object before it is loaded.
 
+// The struct offsets: the kernel side reads them, this side looks them up (`UNSET` is the
+// kernel side's).
+#[allow(dead_code)]
+#[path = "../ebpf/src/offsets.rs"]
+mod offsets;
+
 use std::io::Write as _;
 
 use anyhow::Context as _;
@@ -11,13 +17,18 @@ use aya::{
 use aya_log::EbpfLogger;
 use clap::Parser as _;
 use common::{
-    LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
+    LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     user::{
-        AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
-        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
+        AttachMode, AttachPath, KernelBtf, Options, Report, StopSignals, attached_line,
+        check_privileges, explain_attach_failure, explain_load_failure, lift_memlock_limit,
+        no_path_attached,
     },
 };
+use offsets::SockOffsets;
 use tokio::io::{Interest, unix::AsyncFd};
+
+// SAFETY: `repr(C)`, `u32`s only, no padding: any bytes are a valid value.
+unsafe impl aya::Pod for SockOffsets {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -27,10 +38,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     env!("CARGO_PKG_NAME"),
     "-ebpf"
 ));
-
-/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF,
-/// so that a kernel without a field that only a later lesson reads still runs this one.
-const FIELDS_READ: &[&str] = &["sk_max_ack_backlog", "sk_protocol"];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
@@ -42,8 +49,8 @@ async fn main() -> Result<(), Report> {
     //    read-only global SOCK_OFFSETS first, so that the verifier sees them as constants.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
-    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    let offsets = sock_offsets()?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets:?}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .load(EBPF_OBJECT)
@@ -80,6 +87,19 @@ async fn main() -> Result<(), Report> {
     Ok(())
 }
 // ANCHOR_END: main
+
+// ANCHOR: sock_offsets_lookup
+/// New: where this kernel keeps each field the kernel side reads, found in its BTF: the struct,
+/// the path of members to the field, and the size the kernel side reads it as. Only these: a
+/// kernel that lacks a field only a later lesson reads still runs this one.
+fn sock_offsets() -> anyhow::Result<SockOffsets> {
+    let btf = KernelBtf::of_running_kernel()?;
+    Ok(SockOffsets {
+        sk_max_ack_backlog: btf.field_offset("sock", &["sk_max_ack_backlog"], 4)?,
+        sk_protocol: btf.field_offset("sock", &["sk_protocol"], 2)?,
+    })
+}
+// ANCHOR_END: sock_offsets_lookup
 
 // ANCHOR: attach
 /// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the

@@ -1,5 +1,11 @@
-//! Lesson 3, userspace side: the same as lesson 2; the lesson is in the kernel side, which reads
-//! more fields at the offsets written in here.
+//! Lesson 3, userspace side: lesson 2, with the offsets of the fields the kernel side reads now
+//! too; the lesson is in the kernel side.
+
+// The struct offsets: the kernel side reads them, this side looks them up (`UNSET` is the
+// kernel side's).
+#[allow(dead_code)]
+#[path = "../ebpf/src/offsets.rs"]
+mod offsets;
 
 use std::io::Write as _;
 
@@ -11,13 +17,18 @@ use aya::{
 use aya_log::EbpfLogger;
 use clap::Parser as _;
 use common::{
-    LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
+    LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     user::{
-        AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
-        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
+        AttachMode, AttachPath, KernelBtf, Options, POINTER, Report, StopSignals, attached_line,
+        check_privileges, explain_attach_failure, explain_load_failure, lift_memlock_limit,
+        no_path_attached,
     },
 };
+use offsets::SockOffsets;
 use tokio::io::{Interest, unix::AsyncFd};
+
+// SAFETY: `repr(C)`, `u32`s only, no padding: any bytes are a valid value.
+unsafe impl aya::Pod for SockOffsets {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -27,18 +38,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     env!("CARGO_PKG_NAME"),
     "-ebpf"
 ));
-
-/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF.
-/// New: `socket_sk`, `skc_family`, `skc_rcv_saddr`, `skc_v6_rcv_saddr`, `inet_sport`.
-const FIELDS_READ: &[&str] = &[
-    "socket_sk",
-    "sk_max_ack_backlog",
-    "sk_protocol",
-    "skc_family",
-    "skc_rcv_saddr",
-    "skc_v6_rcv_saddr",
-    "inet_sport",
-];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
@@ -50,8 +49,8 @@ async fn main() -> Result<(), Report> {
     //    read-only global SOCK_OFFSETS first, so that the verifier sees them as constants.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
-    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    let offsets = sock_offsets()?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets:?}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .load(EBPF_OBJECT)
@@ -88,6 +87,23 @@ async fn main() -> Result<(), Report> {
     Ok(())
 }
 // ANCHOR_END: main
+
+// ANCHOR: sock_offsets_lookup
+/// Where this kernel keeps each field the kernel side reads, found in its BTF (lesson 2).
+/// New: `socket_sk`, `skc_family`, `skc_rcv_saddr`, `skc_v6_rcv_saddr`, `inet_sport`.
+fn sock_offsets() -> anyhow::Result<SockOffsets> {
+    let btf = KernelBtf::of_running_kernel()?;
+    Ok(SockOffsets {
+        socket_sk: btf.field_offset("socket", &["sk"], POINTER)?,
+        sk_max_ack_backlog: btf.field_offset("sock", &["sk_max_ack_backlog"], 4)?,
+        sk_protocol: btf.field_offset("sock", &["sk_protocol"], 2)?,
+        skc_family: btf.field_offset("sock", &["__sk_common", "skc_family"], 2)?,
+        skc_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
+        skc_v6_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
+        inet_sport: btf.field_offset("inet_sock", &["inet_sport"], 2)?,
+    })
+}
+// ANCHOR_END: sock_offsets_lookup
 
 // ANCHOR: attach
 /// Tries the attach paths of `--attach` in order (`auto`: kprobe, fentry, tracepoint) and keeps the

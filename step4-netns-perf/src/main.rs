@@ -6,6 +6,11 @@
 // The event struct, from the file the kernel side compiles too.
 #[path = "../ebpf/src/event.rs"]
 mod event;
+// The struct offsets: the kernel side reads them, this side looks them up (`UNSET` is the
+// kernel side's).
+#[allow(dead_code)]
+#[path = "../ebpf/src/offsets.rs"]
+mod offsets;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -24,18 +29,21 @@ use aya::{
 };
 use clap::Parser as _;
 use common::{
-    AF_INET6, LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SockOffsets,
+    AF_INET6, LISTEN_FUNCTION, READY_LINE, SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT,
     user::{
-        AttachMode, AttachPath, Options, Report, StopSignals, attached_line, check_privileges,
-        explain_attach_failure, explain_load_failure, lift_memlock_limit, no_path_attached,
+        AttachMode, AttachPath, KernelBtf, Options, POINTER, Report, StopSignals, attached_line,
+        check_privileges, explain_attach_failure, explain_load_failure, lift_memlock_limit,
+        no_path_attached,
     },
 };
 use event::ListenEvent;
 use futures_util::future::select_all;
+use offsets::SockOffsets;
 use tokio::io::{Interest, unix::AsyncFd};
 
 // SAFETY: `repr(C)`, integers and byte arrays, no padding: any bytes are a valid value.
 unsafe impl aya::Pod for ListenEvent {}
+unsafe impl aya::Pod for SockOffsets {}
 
 // ANCHOR: main
 /// The kernel side (`ebpf/src/main.rs`), compiled by `build.rs` and embedded in this binary.
@@ -49,20 +57,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 /// How many pages each CPU's ring of the perf buffer has (a power of two).
 const PAGES_PER_CPU: usize = 64;
 
-/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF.
-/// New: `skc_net`, `net_ns_inum`.
-const FIELDS_READ: &[&str] = &[
-    "socket_sk",
-    "sk_max_ack_backlog",
-    "sk_protocol",
-    "skc_family",
-    "skc_rcv_saddr",
-    "skc_v6_rcv_saddr",
-    "inet_sport",
-    "skc_net",
-    "net_ns_inum",
-];
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let options = Options::parse(); // --attach auto|kprobe|fentry|tracepoint, --duration SECS
@@ -70,8 +64,8 @@ async fn main() -> Result<(), Report> {
     // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3).
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
-    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    let offsets = sock_offsets()?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets:?}");
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .load(EBPF_OBJECT)
@@ -123,6 +117,25 @@ async fn main() -> Result<(), Report> {
     Ok(())
 }
 // ANCHOR_END: main
+
+// ANCHOR: sock_offsets_lookup
+/// Where this kernel keeps each field the kernel side reads, found in its BTF (lesson 2).
+/// New: `skc_net`, `net_ns_inum`.
+fn sock_offsets() -> anyhow::Result<SockOffsets> {
+    let btf = KernelBtf::of_running_kernel()?;
+    Ok(SockOffsets {
+        socket_sk: btf.field_offset("socket", &["sk"], POINTER)?,
+        sk_max_ack_backlog: btf.field_offset("sock", &["sk_max_ack_backlog"], 4)?,
+        sk_protocol: btf.field_offset("sock", &["sk_protocol"], 2)?,
+        skc_family: btf.field_offset("sock", &["__sk_common", "skc_family"], 2)?,
+        skc_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
+        skc_v6_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
+        inet_sport: btf.field_offset("inet_sock", &["inet_sport"], 2)?,
+        skc_net: btf.field_offset("sock", &["__sk_common", "skc_net", "net"], POINTER)?,
+        net_ns_inum: btf.field_offset("net", &["ns", "inum"], 4)?,
+    })
+}
+// ANCHOR_END: sock_offsets_lookup
 
 // ANCHOR: perf_open
 /// Takes the `EVENTS` map out of the object and opens a buffer for each online CPU: a ring of

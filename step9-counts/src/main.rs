@@ -6,6 +6,11 @@
 // What both sides compile: the event, and the counters and calls of the kernel side's maps.
 #[path = "../ebpf/src/event.rs"]
 mod event;
+// The struct offsets: the kernel side reads them, this side looks them up (`UNSET` is the
+// kernel side's).
+#[allow(dead_code)]
+#[path = "../ebpf/src/offsets.rs"]
+mod offsets;
 // Some of its items are for the kernel side only.
 #[allow(dead_code)]
 #[path = "../ebpf/src/maps.rs"]
@@ -29,10 +34,9 @@ use common::{
     AF_INET6, IPPROTO_MPTCP, LISTEN_FUNCTION, MPTCP_LISTEN_FUNCTION, READY_LINE,
     SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
     SYSCALL_ENTER_TRACEPOINT, SYSCALL_EXIT_RET_OFFSET, SYSCALL_EXIT_TRACEPOINT, SYSCALL_TAX_LINE,
-    SockOffsets,
     user::{
-        AttachPath, Options, Report, StopReason, StopSignals, ToolAttachMode, ToolPath,
-        attached_line, check_privileges, check_tracepoint_field, explain_load_failure,
+        AttachPath, KernelBtf, Options, POINTER, Report, StopReason, StopSignals, ToolAttachMode,
+        ToolPath, attached_line, check_privileges, check_tracepoint_field, explain_load_failure,
         explain_tool_attach_failure, lift_memlock_limit, mount_tracefs, no_tool_path_attached,
         open_cgroup2_root,
     },
@@ -42,11 +46,13 @@ use maps::{
     COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM, COUNTER_UNREADABLE,
     ListenCall,
 };
+use offsets::SockOffsets;
 use tokio::io::{Interest, unix::AsyncFd};
 
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
 // spells its own out): any bytes are a valid value.
 unsafe impl aya::Pod for ListenEvent {}
+unsafe impl aya::Pod for SockOffsets {}
 unsafe impl aya::Pod for ListenCall {}
 
 // ANCHOR: main
@@ -61,30 +67,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 /// What the sock_ops program hooks: the root of the cgroup2 hierarchy, every socket's cgroup.
 const CGROUP2_ROOT: &str = "the cgroup2 root";
 
-/// The struct fields the kernel side reads: userspace looks up only these in the kernel's BTF.
-const FIELDS_READ: &[&str] = &[
-    "socket_sk",
-    "sk_max_ack_backlog",
-    "sk_protocol",
-    "skc_family",
-    "skc_rcv_saddr",
-    "skc_v6_rcv_saddr",
-    "inet_sport",
-    "skc_net",
-    "net_ns_inum",
-    "net_somaxconn",
-    "task_files",
-    "files_fdt",
-    "fdtable_max_fds",
-    "fdtable_fd",
-    "file_private_data",
-    "socket_file",
-    "task_tgid",
-    "task_pid",
-    "task_comm",
-    "sock_ops_sk",
-];
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
@@ -93,8 +75,8 @@ async fn main() -> Result<(), Report> {
     //    the ring's size: `--buffer-pages`, or 4 MiB on any machine.
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
-    let offsets = SockOffsets::of_running_kernel(FIELDS_READ)?;
-    eprintln!("struct offsets in this kernel (from its BTF): {offsets}");
+    let offsets = sock_offsets()?;
+    eprintln!("struct offsets in this kernel (from its BTF): {offsets:?}");
     let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
         .map_or(4096, |size| size as usize);
     let ring_bytes = cli
@@ -139,6 +121,37 @@ async fn main() -> Result<(), Report> {
     Ok(())
 }
 // ANCHOR_END: main
+
+// ANCHOR: sock_offsets_lookup
+/// Where this kernel keeps each field the kernel side reads, found in its BTF (lesson 2).
+/// New: `resolved`.
+fn sock_offsets() -> anyhow::Result<SockOffsets> {
+    let btf = KernelBtf::of_running_kernel()?;
+    Ok(SockOffsets {
+        resolved: 1,
+        socket_sk: btf.field_offset("socket", &["sk"], POINTER)?,
+        sk_max_ack_backlog: btf.field_offset("sock", &["sk_max_ack_backlog"], 4)?,
+        sk_protocol: btf.field_offset("sock", &["sk_protocol"], 2)?,
+        skc_family: btf.field_offset("sock", &["__sk_common", "skc_family"], 2)?,
+        skc_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
+        skc_v6_rcv_saddr: btf.field_offset("sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
+        inet_sport: btf.field_offset("inet_sock", &["inet_sport"], 2)?,
+        skc_net: btf.field_offset("sock", &["__sk_common", "skc_net", "net"], POINTER)?,
+        net_ns_inum: btf.field_offset("net", &["ns", "inum"], 4)?,
+        net_somaxconn: btf.field_offset("net", &["core", "sysctl_somaxconn"], 4)?,
+        task_files: btf.field_offset("task_struct", &["files"], POINTER)?,
+        files_fdt: btf.field_offset("files_struct", &["fdt"], POINTER)?,
+        fdtable_max_fds: btf.field_offset("fdtable", &["max_fds"], 4)?,
+        fdtable_fd: btf.field_offset("fdtable", &["fd"], POINTER)?,
+        file_private_data: btf.field_offset("file", &["private_data"], POINTER)?,
+        socket_file: btf.field_offset("socket", &["file"], POINTER)?,
+        task_tgid: btf.field_offset("task_struct", &["tgid"], 4)?,
+        task_pid: btf.field_offset("task_struct", &["pid"], 4)?,
+        task_comm: btf.field_offset("task_struct", &["comm"], 16)?,
+        sock_ops_sk: btf.field_offset("bpf_sock_ops_kern", &["sk"], POINTER)?,
+    })
+}
+// ANCHOR_END: sock_offsets_lookup
 
 // ANCHOR: ring_open
 /// One BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel

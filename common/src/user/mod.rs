@@ -16,7 +16,7 @@ pub use explain::{
     explain_attach_failure, explain_load_failure, explain_tool_attach_failure, lift_memlock_limit,
     no_path_attached, no_tool_path_attached,
 };
-pub use offsets::field_offset_in_running_kernel;
+pub use offsets::{KernelBtf, POINTER};
 pub use options::Options;
 pub use report::Report;
 pub use stop::{StopReason, StopSignals};

@@ -6,150 +6,40 @@ use std::{path::Path, time::Instant};
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Backend, Btf, BtfType as _, Struct, Type};
 
-use crate::{KERNEL_BTF, KERNEL_BTF_VARIABLE, SockOffsets};
+use crate::{KERNEL_BTF, KERNEL_BTF_VARIABLE};
 
-/// Each field of [`SockOffsets`]: its name there, then where it is in the kernel (a struct, the path
-/// of members to it) and the size the eBPF programs read it as: a field that changed type (not
-/// only place) on some kernel is an error here, not a wrong value later.
-const FIELDS: [(&str, &str, &[&str], usize); 20] = [
-    ("socket_sk", "socket", &["sk"], POINTER),
-    ("sk_max_ack_backlog", "sock", &["sk_max_ack_backlog"], 4),
-    ("sk_protocol", "sock", &["sk_protocol"], 2),
-    ("skc_family", "sock", &["__sk_common", "skc_family"], 2),
-    (
-        "skc_rcv_saddr",
-        "sock",
-        &["__sk_common", "skc_rcv_saddr"],
-        4,
-    ),
-    (
-        "skc_v6_rcv_saddr",
-        "sock",
-        &["__sk_common", "skc_v6_rcv_saddr"],
-        16,
-    ),
-    ("inet_sport", "inet_sock", &["inet_sport"], 2),
-    (
-        "skc_net",
-        "sock",
-        &["__sk_common", "skc_net", "net"],
-        POINTER,
-    ),
-    ("net_ns_inum", "net", &["ns", "inum"], 4),
-    ("net_somaxconn", "net", &["core", "sysctl_somaxconn"], 4),
-    ("task_files", "task_struct", &["files"], POINTER),
-    ("files_fdt", "files_struct", &["fdt"], POINTER),
-    ("fdtable_max_fds", "fdtable", &["max_fds"], 4),
-    ("fdtable_fd", "fdtable", &["fd"], POINTER),
-    ("file_private_data", "file", &["private_data"], POINTER),
-    ("socket_file", "socket", &["file"], POINTER),
-    ("task_tgid", "task_struct", &["tgid"], 4),
-    ("task_pid", "task_struct", &["pid"], 4),
-    ("task_comm", "task_struct", &["comm"], 16),
-    ("sock_ops_sk", "bpf_sock_ops_kern", &["sk"], POINTER),
-];
-const POINTER: usize = size_of::<u64>();
+/// The size the kernel side reads a pointer field as.
+pub const POINTER: usize = size_of::<u64>();
 
-impl SockOffsets {
-    /// What a field that its lesson does not read holds: no offset at all (a read there fails).
-    pub const NOT_LOOKED_UP: u32 = u32::MAX;
+/// The running kernel's BTF, where each lesson looks up the offsets of the struct fields its kernel
+/// side reads (and only those: a kernel that lacks a field of a later lesson still runs it).
+/// Rust eBPF programs get no CO-RE relocations, so userspace does this and hands the offsets to the
+/// program before it is loaded.
+pub struct KernelBtf {
+    btf: Btf,
+}
 
-    /// The offsets of `fields` (named as in this struct) in the running kernel, from its BTF (or
-    /// the file `LISTEN_TRACE_KERNEL_BTF` names). Each lesson names the fields it reads, so that a
-    /// kernel without a field of a later lesson still runs it; the others hold `NOT_LOOKED_UP`.
-    pub fn of_running_kernel(fields: &[&str]) -> anyhow::Result<Self> {
-        Self::from_btf_file(&running_kernel_btf(), fields)
+impl KernelBtf {
+    /// The running kernel's BTF (or the file `LISTEN_TRACE_KERNEL_BTF` names).
+    pub fn of_running_kernel() -> anyhow::Result<Self> {
+        Self::from_file(&running_kernel_btf())
     }
 
-    /// The offsets of `fields` described by the BTF file at `path`.
-    pub fn from_btf_file(path: &Path, fields: &[&str]) -> anyhow::Result<Self> {
+    /// The BTF file at `path`.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let started = Instant::now();
-        if let Some(unknown) = fields
-            .iter()
-            .find(|name| !FIELDS.iter().any(|(known, ..)| known == *name))
-        {
-            bail!("SockOffsets has no field {unknown}");
-        }
         let btf = open_btf(path)?;
-        let mut offsets = Self {
-            resolved: 1,
-            ..Self::UNSET
-        };
-        for (name, strukt, members, size) in FIELDS {
-            *offsets.slot(name) = if fields.contains(&name) {
-                field(&btf, strukt, members, size)?
-            } else {
-                Self::NOT_LOOKED_UP
-            };
-        }
-        log::debug!(
-            "struct offsets from {} in {:?}: {offsets:?}",
-            path.display(),
-            started.elapsed()
-        );
-        Ok(offsets)
+        log::debug!("opened {} in {:?}", path.display(), started.elapsed());
+        Ok(Self { btf })
     }
 
-    /// The field called `name` (one of `FIELDS`).
-    fn slot(&mut self, name: &str) -> &mut u32 {
-        match name {
-            "socket_sk" => &mut self.socket_sk,
-            "sk_max_ack_backlog" => &mut self.sk_max_ack_backlog,
-            "sk_protocol" => &mut self.sk_protocol,
-            "skc_family" => &mut self.skc_family,
-            "skc_rcv_saddr" => &mut self.skc_rcv_saddr,
-            "skc_v6_rcv_saddr" => &mut self.skc_v6_rcv_saddr,
-            "inet_sport" => &mut self.inet_sport,
-            "skc_net" => &mut self.skc_net,
-            "net_ns_inum" => &mut self.net_ns_inum,
-            "net_somaxconn" => &mut self.net_somaxconn,
-            "task_files" => &mut self.task_files,
-            "files_fdt" => &mut self.files_fdt,
-            "fdtable_max_fds" => &mut self.fdtable_max_fds,
-            "fdtable_fd" => &mut self.fdtable_fd,
-            "file_private_data" => &mut self.file_private_data,
-            "socket_file" => &mut self.socket_file,
-            "task_tgid" => &mut self.task_tgid,
-            "task_pid" => &mut self.task_pid,
-            "task_comm" => &mut self.task_comm,
-            "sock_ops_sk" => &mut self.sock_ops_sk,
-            _ => unreachable!("{name} is one of FIELDS"),
-        }
+    /// The byte offset of `struct NAME`'s field at `path` (`["__sk_common", "skc_family"]` is
+    /// `__sk_common.skc_family`), looking through anonymous structs and unions as C does. The
+    /// field must be `size` bytes long, the size the kernel side reads: a field that changed type
+    /// (not only place) on some kernel is an error here, not a wrong value later.
+    pub fn field_offset(&self, name: &str, path: &[&str], size: usize) -> anyhow::Result<u32> {
+        field(&self.btf, name, path, size)
     }
-}
-
-impl std::fmt::Display for SockOffsets {
-    /// The socket's fields that were looked up (the file and task ones are left out).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = [
-            ("socket.sk", self.socket_sk),
-            ("sock.sk_max_ack_backlog", self.sk_max_ack_backlog),
-            ("sock.sk_protocol", self.sk_protocol),
-            ("sock.skc_family", self.skc_family),
-            ("sock.skc_rcv_saddr", self.skc_rcv_saddr),
-            ("sock.skc_v6_rcv_saddr", self.skc_v6_rcv_saddr),
-            ("inet_sock.inet_sport", self.inet_sport),
-            ("sock.skc_net.net", self.skc_net),
-            ("net.ns.inum", self.net_ns_inum),
-        ];
-        let looked_up: Vec<String> = shown
-            .iter()
-            .filter(|(_, offset)| *offset != Self::NOT_LOOKED_UP)
-            .map(|(name, offset)| format!("{name} +{offset}"))
-            .collect();
-        write!(f, "{}", looked_up.join(", "))
-    }
-}
-
-/// The offset of one more field in the running kernel, for a lesson that reads a field
-/// [`SockOffsets`] does not hold (exercise 3 reads `skc_num` this way): `struct NAME`'s field
-/// `path`, which must be `size` bytes long.
-pub fn field_offset_in_running_kernel(
-    name: &str,
-    path: &[&str],
-    size: usize,
-) -> anyhow::Result<u32> {
-    field(&open_btf(&running_kernel_btf())?, name, path, size)
 }
 
 /// Opens the BTF file at `path`, with an error that says what a missing one means.
@@ -294,8 +184,9 @@ mod tests {
 
     #[test]
     fn a_kernel_without_btf_is_a_clear_error() {
-        let error = SockOffsets::from_btf_file(Path::new("/nonexistent/vmlinux"), &["socket_sk"])
-            .unwrap_err();
+        let error = KernelBtf::from_file(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
         let message = format!("{error:#}");
         assert!(
             message.contains("built without BTF (CONFIG_DEBUG_INFO_BTF)"),
@@ -311,7 +202,7 @@ mod tests {
             .unwrap()
             .write_all(b"this is not BTF")
             .unwrap();
-        let error = SockOffsets::from_btf_file(&path, &["socket_sk"]).unwrap_err();
+        let error = KernelBtf::from_file(&path).err().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(
             format!("{error:#}").contains("is not valid BTF"),
@@ -322,40 +213,49 @@ mod tests {
     /// The running kernel's own BTF, where there is one (the kernel tests check the values for real).
     #[test]
     fn the_running_kernels_offsets_are_plausible() {
-        let btf = running_kernel_btf();
-        if !btf.exists() {
-            eprintln!("SKIPPED: no {} on this machine", btf.display());
+        if !running_kernel_btf().exists() {
+            eprintln!(
+                "SKIPPED: no {} on this machine",
+                running_kernel_btf().display()
+            );
             return;
         }
-        let all: Vec<&str> = FIELDS.iter().map(|(name, ..)| *name).collect();
-        let offsets = SockOffsets::of_running_kernel(&all).unwrap();
+        let btf = KernelBtf::of_running_kernel().unwrap();
+        let sock = |path: &[&str], size| btf.field_offset("sock", path, size).unwrap();
+        let (saddr, family) = (
+            sock(&["__sk_common", "skc_rcv_saddr"], 4),
+            sock(&["__sk_common", "skc_family"], 2),
+        );
+        let (v6, backlog) = (
+            sock(&["__sk_common", "skc_v6_rcv_saddr"], 16),
+            sock(&["sk_max_ack_backlog"], 4),
+        );
         // struct sock starts with struct sock_common, whose layout begins with the addresses.
-        assert!(offsets.skc_rcv_saddr < offsets.skc_family);
-        assert!(offsets.skc_family < offsets.sk_max_ack_backlog);
-        assert!(offsets.skc_v6_rcv_saddr < offsets.sk_max_ack_backlog);
+        assert!(saddr < family && family < backlog && v6 < backlog);
         // struct inet_sock starts with a whole struct sock.
-        assert!(offsets.inet_sport > offsets.sk_max_ack_backlog);
+        assert!(btf.field_offset("inet_sock", &["inet_sport"], 2).unwrap() > backlog);
+        let socket_sk = btf.field_offset("socket", &["sk"], POINTER).unwrap();
         assert!(
-            offsets.socket_sk > 0 && offsets.socket_sk.is_multiple_of(8),
+            socket_sk > 0 && socket_sk.is_multiple_of(8),
             "a pointer, aligned"
         );
-        assert_eq!(offsets.resolved, 1);
     }
 
     /// A field read with the wrong size is refused at start-up, with the struct and field named.
     #[test]
     fn a_field_of_another_size_is_a_clear_error() {
-        let path = running_kernel_btf();
-        if !path.exists() {
-            eprintln!("SKIPPED: no {} on this machine", path.display());
+        if !running_kernel_btf().exists() {
+            eprintln!(
+                "SKIPPED: no {} on this machine",
+                running_kernel_btf().display()
+            );
             return;
         }
-        let btf = Btf::from_file_with_backend(&path, Backend::Cache).unwrap();
-        assert_eq!(
-            field(&btf, "sock", &["sk_protocol"], 2).ok().map(|_| ()),
-            Some(())
-        );
-        let error = field(&btf, "sock", &["sk_max_ack_backlog"], 2).unwrap_err();
+        let btf = KernelBtf::of_running_kernel().unwrap();
+        assert!(btf.field_offset("sock", &["sk_protocol"], 2).is_ok());
+        let error = btf
+            .field_offset("sock", &["sk_max_ack_backlog"], 2)
+            .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -364,30 +264,29 @@ mod tests {
         );
     }
 
-    /// A lesson that reads two fields looks up those two only, and says so.
     #[test]
-    fn only_the_fields_a_lesson_reads_are_looked_up() {
-        let btf = running_kernel_btf();
-        if !btf.exists() {
-            eprintln!("SKIPPED: no {} on this machine", btf.display());
+    fn a_field_the_kernel_does_not_have_is_an_error() {
+        if !running_kernel_btf().exists() {
+            eprintln!(
+                "SKIPPED: no {} on this machine",
+                running_kernel_btf().display()
+            );
             return;
         }
-        let offsets =
-            SockOffsets::of_running_kernel(&["sk_max_ack_backlog", "sk_protocol"]).unwrap();
-        assert_ne!(offsets.sk_max_ack_backlog, SockOffsets::NOT_LOOKED_UP);
-        assert_eq!(offsets.socket_sk, SockOffsets::NOT_LOOKED_UP);
-        assert_eq!(offsets.sock_ops_sk, SockOffsets::NOT_LOOKED_UP);
-        let said = offsets.to_string();
-        assert!(said.starts_with("sock.sk_max_ack_backlog +"), "{said}");
-        assert!(!said.contains("socket.sk"), "{said}");
-    }
-
-    #[test]
-    fn a_field_the_struct_does_not_have_is_an_error() {
-        let error = SockOffsets::of_running_kernel(&["sk_backlog"]).unwrap_err();
+        let btf = KernelBtf::of_running_kernel().unwrap();
+        let error = btf
+            .field_offset("sock", &["sk_backlog_no_such_field"], 4)
+            .unwrap_err();
         assert!(
-            format!("{error:#}").contains("no field sk_backlog"),
-            "{error:#}"
+            error
+                .to_string()
+                .contains("struct sock has no field sk_backlog_no_such_field"),
+            "{error}"
+        );
+        let error = btf.field_offset("no_such_struct", &["x"], 4).unwrap_err();
+        assert!(
+            error.to_string().contains("has no struct no_such_struct"),
+            "{error}"
         );
     }
 }

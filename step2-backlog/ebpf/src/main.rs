@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 
+mod offsets;
+
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::bpf_probe_read_kernel,
@@ -12,7 +14,8 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::info;
-use common::{IPPROTO_TCP, SockOffsets, TCP_LISTEN};
+use common::{IPPROTO_TCP, TCP_LISTEN};
+use offsets::SockOffsets;
 
 // ANCHOR: sock_offsets_global
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod event;
+mod offsets;
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -15,8 +16,9 @@ use aya_ebpf::{
     maps::PerfEventArray,
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
-use common::{AF_INET6, IPPROTO_TCP, SockOffsets, TCP_LISTEN, port_from_network_order};
+use common::{AF_INET6, IPPROTO_TCP, TCP_LISTEN, port_from_network_order};
 use event::ListenEvent;
+use offsets::SockOffsets;
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
 /// writes them here before loading us. A read-only global, so the verifier sees constants.

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod event;
+mod offsets;
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -14,8 +15,9 @@ use aya_ebpf::{
     maps::{HashMap, PerfEventArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
-use common::{AF_INET6, IPPROTO_TCP, SockOffsets, TCP_LISTEN, port_from_network_order};
+use common::{AF_INET6, IPPROTO_TCP, TCP_LISTEN, port_from_network_order};
 use event::ListenEvent;
+use offsets::SockOffsets;
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
 /// writes them here before loading us. A read-only global, so the verifier sees constants.

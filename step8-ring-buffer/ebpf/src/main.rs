@@ -10,6 +10,7 @@
 
 mod event;
 mod maps;
+mod offsets;
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -34,11 +35,12 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, EADDRINUSE, EBADF, ENOTSOCK, IPPROTO_MPTCP, IPPROTO_TCP,
-    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
-    TCP_LISTEN, port_from_network_order,
+    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, TCP_LISTEN,
+    port_from_network_order,
 };
 use event::ListenEvent;
 use maps::{COUNTER_COUNT, COUNTER_DROPPED};
+use offsets::SockOffsets;
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
 /// writes them here before loading us. A read-only global, so the verifier sees constants.

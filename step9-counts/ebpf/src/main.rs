@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 
 mod event;
+mod offsets;
 // Some of its items are for the userspace side only.
 #[allow(dead_code)]
 mod maps;
@@ -37,14 +38,15 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, EADDRINUSE, EBADF, ENOTSOCK, IPPROTO_MPTCP, IPPROTO_TCP,
-    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, SockOffsets,
-    TCP_LISTEN, port_from_network_order,
+    SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET, SYSCALL_EXIT_RET_OFFSET, TCP_LISTEN,
+    port_from_network_order,
 };
 use event::ListenEvent;
 use maps::{
     COUNTER_COUNT, COUNTER_DROPPED, COUNTER_END_REPLACED, COUNTER_FD_CHANGED, COUNTER_NO_ROOM,
     COUNTER_UNREADABLE, ListenCall,
 };
+use offsets::SockOffsets;
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
 /// writes them here before loading us. A read-only global, so the verifier sees constants.
