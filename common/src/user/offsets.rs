@@ -210,17 +210,22 @@ mod tests {
         );
     }
 
+    /// The running kernel's own BTF, or `None` (said loudly) on a machine without one.
+    fn running_kernels_btf() -> Option<KernelBtf> {
+        let path = running_kernel_btf();
+        if !path.exists() {
+            eprintln!("SKIPPED: no {} on this machine", path.display());
+            return None;
+        }
+        Some(KernelBtf::of_running_kernel().unwrap())
+    }
+
     /// The running kernel's own BTF, where there is one (the kernel tests check the values for real).
     #[test]
     fn the_running_kernels_offsets_are_plausible() {
-        if !running_kernel_btf().exists() {
-            eprintln!(
-                "SKIPPED: no {} on this machine",
-                running_kernel_btf().display()
-            );
+        let Some(btf) = running_kernels_btf() else {
             return;
-        }
-        let btf = KernelBtf::of_running_kernel().unwrap();
+        };
         let sock = |path: &[&str], size| btf.field_offset("sock", path, size).unwrap();
         let (saddr, family) = (
             sock(&["__sk_common", "skc_rcv_saddr"], 4),
@@ -244,14 +249,9 @@ mod tests {
     /// A field read with the wrong size is refused at start-up, with the struct and field named.
     #[test]
     fn a_field_of_another_size_is_a_clear_error() {
-        if !running_kernel_btf().exists() {
-            eprintln!(
-                "SKIPPED: no {} on this machine",
-                running_kernel_btf().display()
-            );
+        let Some(btf) = running_kernels_btf() else {
             return;
-        }
-        let btf = KernelBtf::of_running_kernel().unwrap();
+        };
         assert!(btf.field_offset("sock", &["sk_protocol"], 2).is_ok());
         let error = btf
             .field_offset("sock", &["sk_max_ack_backlog"], 2)
@@ -266,14 +266,9 @@ mod tests {
 
     #[test]
     fn a_field_the_kernel_does_not_have_is_an_error() {
-        if !running_kernel_btf().exists() {
-            eprintln!(
-                "SKIPPED: no {} on this machine",
-                running_kernel_btf().display()
-            );
+        let Some(btf) = running_kernels_btf() else {
             return;
-        }
-        let btf = KernelBtf::of_running_kernel().unwrap();
+        };
         let error = btf
             .field_offset("sock", &["sk_backlog_no_such_field"], 4)
             .unwrap_err();
