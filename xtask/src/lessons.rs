@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 11;
+pub const TOOL: u8 = 12;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 11] = [
+pub const LESSONS: [Lesson; 12] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -73,8 +73,13 @@ pub const LESSONS: [Lesson; 11] = [
     },
     Lesson {
         number: 11,
-        package: "step11-tool",
-        title: "+ the tool to keep: the thread, the attach path, a table or JSON lines",
+        package: "step11-table",
+        title: "+ a table that says when, ended quietly when its output closes",
+    },
+    Lesson {
+        number: 12,
+        package: "step12-tool",
+        title: "+ the tool to keep: the thread, the attach path, JSON lines",
     },
 ];
 
@@ -289,9 +294,9 @@ mod tests {
 
     #[test]
     fn a_bad_lesson_number_lists_the_lessons() {
-        let message = find(12).unwrap_err().to_string();
+        let message = find(13).unwrap_err().to_string();
         assert!(
-            message.starts_with("there is no lesson 12\nthe lessons"),
+            message.starts_with("there is no lesson 13\nthe lessons"),
             "{message}"
         );
         for lesson in &LESSONS {

@@ -23,20 +23,20 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 11 with every event filtered in the kernel: the probe alone, the floor.
-    Step11FilteredOut,
+    /// Lesson 12 with every event filtered in the kernel: the probe alone, the floor.
+    Step12FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
     /// Lesson 5's table: the same perf buffer, with each call followed to its end.
     Step5Table,
-    Step11Table,
-    Step11Json,
-    /// Lesson 11 `--json --batch-pause 0`: its reader lets no burst gather.
-    Step11JsonNoPause,
-    /// Lesson 11 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step11SockopsFilteredOut,
-    /// Lesson 11 on its sockops path, `--json`.
-    Step11SockopsJson,
+    Step12Table,
+    Step12Json,
+    /// Lesson 12 `--json --batch-pause 0`: its reader lets no burst gather.
+    Step12JsonNoPause,
+    /// Lesson 12 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step12SockopsFilteredOut,
+    /// Lesson 12 on its sockops path, `--json`.
+    Step12SockopsJson,
     Bpftrace,
 }
 
@@ -44,16 +44,16 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step11FilteredOut => "step 11, all filtered in the kernel",
+            Self::Step12FilteredOut => "step 12, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
             Self::Step5Table => "step 5, table to a file",
-            Self::Step11Table => "step 11, table to a file",
-            Self::Step11Json => "step 11 --json, to a file",
-            Self::Step11JsonNoPause => "step 11 --json --batch-pause 0, to a file",
-            Self::Step11SockopsFilteredOut => {
-                "step 11 --attach sockops, all filtered in the kernel"
+            Self::Step12Table => "step 12, table to a file",
+            Self::Step12Json => "step 12 --json, to a file",
+            Self::Step12JsonNoPause => "step 12 --json --batch-pause 0, to a file",
+            Self::Step12SockopsFilteredOut => {
+                "step 12 --attach sockops, all filtered in the kernel"
             }
-            Self::Step11SockopsJson => "step 11 --attach sockops --json, to a file",
+            Self::Step12SockopsJson => "step 12 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -62,7 +62,7 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step11Json | Self::Step11JsonNoPause | Self::Step11SockopsJson
+            Self::Step12Json | Self::Step12JsonNoPause | Self::Step12SockopsJson
         )
     }
 
@@ -70,7 +70,7 @@ impl Tracer {
     pub fn filters_everything(self) -> bool {
         matches!(
             self,
-            Self::Step11FilteredOut | Self::Step11SockopsFilteredOut
+            Self::Step12FilteredOut | Self::Step12SockopsFilteredOut
         )
     }
 
@@ -86,12 +86,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step11FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step5Table | Self::Step11Table => lesson(&[]),
-            Self::Step11Json => lesson(&["--json"]),
-            Self::Step11JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step11SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step11SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step12FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step5Table | Self::Step12Table => lesson(&[]),
+            Self::Step12Json => lesson(&["--json"]),
+            Self::Step12JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step12SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step12SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -114,7 +114,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 11 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 12 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

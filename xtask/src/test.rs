@@ -437,19 +437,10 @@ fn check_exercises(toolchain: &Toolchain, solutions: bool) -> anyhow::Result<()>
             check(exercise.number, check::Attempt::Solution)?;
         }
     }
-    for (number, why) in [
-        (1, "but not who called listen()"),
-        (2, "the backlog is there, the process is not"),
-        (3, "it should end with `, skc_num"),
-        (4, "the table has no TID column after PID"),
-        (5, "no LISTENED column"),
-        (6, "no FD column"),
-        (7, "no --cgroup option"),
-        (8, "says nothing of wake-ups"),
-        (9, "says nothing of the calls that failed"),
-        (10, "no --comm option"),
-        (11, "no --csv option"),
-    ] {
+    for (number, why) in check::EXERCISES
+        .iter()
+        .map(|exercise| (exercise.number, exercise.starter_fails_with))
+    {
         match check(number, check::Attempt::Starter) {
             Ok(()) => anyhow::bail!("exercise {number} passes before anything was changed"),
             Err(error) if format!("{error:#}").contains(why) => {

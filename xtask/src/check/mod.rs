@@ -18,7 +18,7 @@ mod verdicts;
 
 use verdicts::{
     check_cgroup, check_comm, check_csv, check_failed, check_fd, check_listened, check_pid,
-    check_process_name, check_skc_num, check_thread_id, check_wake_ups,
+    check_process_name, check_skc_num, check_thread_id, check_time_millis, check_wake_ups,
 };
 
 use crate::{
@@ -40,9 +40,11 @@ pub struct Exercise {
     /// The lesson's tests that no longer apply once the exercise is solved (the page names them);
     /// every other test of the lesson still passes (`cargo xtask mutants` checks both).
     pub changes_tests: &'static [&'static str],
+    /// What the check says of the lesson as it is (the starter), which must fail for this reason.
+    pub starter_fails_with: &'static str,
 }
 
-pub const EXERCISES: [Exercise; 11] = [
+pub const EXERCISES: [Exercise; 12] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -50,6 +52,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "1-process-name.patch",
         page: "lesson-1-hello.md",
         changes_tests: &[],
+        starter_fails_with: "but not who called listen()",
     },
     Exercise {
         number: 2,
@@ -58,6 +61,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "2-pid.patch",
         page: "lesson-2-backlog.md",
         changes_tests: &[],
+        starter_fails_with: "the backlog is there, the process is not",
     },
     Exercise {
         number: 3,
@@ -66,6 +70,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "3-skc-num.patch",
         page: "lesson-3-addr-port.md",
         changes_tests: &[],
+        starter_fails_with: "it should end with `, skc_num",
     },
     Exercise {
         number: 4,
@@ -74,6 +79,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "4-thread-id.patch",
         page: "lesson-4-netns-perf.md",
         changes_tests: &[],
+        starter_fails_with: "the table has no TID column after PID",
     },
     Exercise {
         number: 5,
@@ -84,6 +90,7 @@ pub const EXERCISES: [Exercise; 11] = [
         // A listen that fails (EADDRINUSE) starts listening and stops at once: on the tracepoint
         // path it now has a `closed` row too.
         changes_tests: &["every_call_is_one_row_with_its_final_port_and_result"],
+        starter_fails_with: "no LISTENED column",
     },
     Exercise {
         number: 6,
@@ -92,6 +99,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "6-fd.patch",
         page: "lesson-6-syscalls.md",
         changes_tests: &[],
+        starter_fails_with: "no FD column",
     },
     Exercise {
         number: 7,
@@ -100,6 +108,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "7-cgroup.patch",
         page: "lesson-7-sockops.md",
         changes_tests: &[],
+        starter_fails_with: "no --cgroup option",
     },
     Exercise {
         number: 8,
@@ -108,6 +117,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "8-wake-ups.patch",
         page: "lesson-8-ring-buffer.md",
         changes_tests: &[],
+        starter_fails_with: "says nothing of wake-ups",
     },
     Exercise {
         number: 9,
@@ -116,6 +126,7 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "9-failed.patch",
         page: "lesson-9-counts.md",
         changes_tests: &[],
+        starter_fails_with: "says nothing of the calls that failed",
     },
     Exercise {
         number: 10,
@@ -124,14 +135,25 @@ pub const EXERCISES: [Exercise; 11] = [
         patch: "10-comm.patch",
         page: "lesson-10-filters.md",
         changes_tests: &[],
+        starter_fails_with: "no --comm option",
     },
     Exercise {
         number: 11,
+        lesson: 11,
+        title: "the time to the millisecond",
+        patch: "11-millis.patch",
+        page: "lesson-11-table.md",
+        changes_tests: &[],
+        starter_fails_with: "TIME should read HH:MM:SS.mmm",
+    },
+    Exercise {
+        number: 12,
         lesson: crate::lessons::TOOL,
         title: "a third output: CSV",
-        patch: "11-csv.patch",
-        page: "lesson-11-tool.md",
+        patch: "12-csv.patch",
+        page: "lesson-12-tool.md",
         changes_tests: &[],
+        starter_fails_with: "no --csv option",
     },
 ];
 
@@ -231,6 +253,7 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         8 => check_wake_ups(binary),
         9 => check_failed(binary),
         10 => check_comm(binary),
+        11 => check_time_millis(binary),
         _ => check_csv(binary),
     };
     match verdict {

@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 11: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 12: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -489,7 +489,91 @@ pub(super) fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String>
         .map_err(|error| format!("the program {error}"))
 }
 
-/// Exercise 11: `--csv` prints a header row, then one CSV row per event with the fields of
+/// Exercise 11: the table's TIME to the millisecond, `HH:MM:SS.mmm`. Three listens a third of a
+/// second apart, each with its own port: each row's time must be within `MILLIS_SLACK` of the
+/// moments around its listen, so a fixed or rounded fraction cannot pass. The lesson runs with
+/// `TZ=UTC`, so that its time of day is the one computed here.
+pub(super) fn check_time_millis(binary: &Path) -> Result<(), String> {
+    /// How far a row's time may be from its listen: the lesson reads two clocks at its start.
+    const MILLIS_SLACK: i64 = 60;
+    const DAY_MS: i64 = 86_400_000;
+    let own_pid = std::process::id().to_string();
+    let mut step = RunningStep::try_start(
+        Command::new(binary)
+            .args(["--pid", &own_pid])
+            .env("TZ", "UTC"),
+        false,
+    )
+    .map_err(|error| format!("the program {error}"))?;
+    let millis_of_day = || jiff::Timestamp::now().as_millisecond().rem_euclid(DAY_MS);
+    for round in 0..3 {
+        let before = millis_of_day();
+        let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 11)
+            .map_err(|error| format!("{error:#}"))?;
+        let after = millis_of_day();
+        let port = listener.local_addr.port();
+        let Some(row) = wait_for(&mut step, |line| port_of(line, port)) else {
+            return Err(format!(
+                "no row has our port {port}; the program printed:\n{}",
+                step.stdout()
+            ));
+        };
+        let time = row.split_whitespace().next().unwrap_or_default();
+        let Some(shown) = parse_time_millis(time) else {
+            return Err(format!(
+                "the row `{row}` starts with `{time}`: TIME should read HH:MM:SS.mmm, the time of \
+                 day to the millisecond (`16:44:51.503`)"
+            ));
+        };
+        // The distance on a clock face of one day, so that midnight does not matter.
+        let distance = |a: i64, b: i64| (a - b).rem_euclid(DAY_MS).min((b - a).rem_euclid(DAY_MS));
+        let (from_before, from_after) = (distance(shown, before), distance(shown, after));
+        if from_before.max(from_after) > (after - before).rem_euclid(DAY_MS) + MILLIS_SLACK {
+            return Err(format!(
+                "the row `{row}` says {time}, but that listen happened between {} and {} (UTC): \
+                 the milliseconds are the kernel's time stamp's, not a fixed or rounded fraction",
+                format_millis(before),
+                format_millis(after)
+            ));
+        }
+        if round < 2 {
+            thread::sleep(Duration::from_millis(333));
+        }
+    }
+    step.try_stop(nix::sys::signal::Signal::SIGINT)
+        .map_err(|error| format!("the program did not stop: {error}"))?;
+    Ok(())
+}
+
+/// `HH:MM:SS.mmm` as milliseconds since midnight.
+fn parse_time_millis(time: &str) -> Option<i64> {
+    let (clock, millis) = time.split_once('.')?;
+    let parts: Vec<i64> = clock
+        .split(':')
+        .map(|part| part.parse().ok())
+        .collect::<Option<_>>()?;
+    let [hours, minutes, seconds] = parts[..] else {
+        return None;
+    };
+    if millis.len() != 3 || clock.len() != 8 {
+        return None;
+    }
+    Some(((hours * 60 + minutes) * 60 + seconds) * 1000 + millis.parse::<i64>().ok()?)
+}
+
+/// Milliseconds since midnight as `HH:MM:SS.mmm`.
+fn format_millis(millis: i64) -> String {
+    let seconds = millis / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        millis % 1000
+    )
+}
+
+/// Exercise 12: `--csv` prints a header row, then one CSV row per event with the fields of
 /// `CSV_HEADER`, the thread's name quoted.
 pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
     const CSV_HEADER: &str = "pid,tid,comm,netns,proto,backlog,addr,port,result";
@@ -498,21 +582,21 @@ pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
     let mut step = start(binary, &["--csv", "--pid", &pid.to_string()])?;
     let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let (tid, port) = thread::Builder::new()
-        .name("ex11-csv".into())
+        .name("ex12-csv".into())
         .spawn(move || {
-            let listener = trigger::listen(localhost, 11).map_err(|error| format!("{error:#}"))?;
+            let listener = trigger::listen(localhost, 12).map_err(|error| format!("{error:#}"))?;
             Ok::<_, String>((nix::unistd::gettid().as_raw(), listener.local_addr.port()))
         })
         .map_err(|error| error.to_string())?
         .join()
         .map_err(|_| "the listening thread failed".to_string())??;
     let (listener, _second, _error) =
-        trigger::listen_on_a_port_in_use(localhost, 11).map_err(|error| format!("{error:#}"))?;
+        trigger::listen_on_a_port_in_use(localhost, 12).map_err(|error| format!("{error:#}"))?;
     let in_use = listener.local_addr.port();
     let netns = trigger::netns_inode().map_err(|error| format!("{error:#}"))?;
     let wanted = [
-        format!("{pid},{tid},\"ex11-csv\",{netns},TCPv4,11,127.0.0.1,{port},ok"),
-        format!(",{netns},TCPv4,12,127.0.0.1,{in_use},EADDRINUSE"),
+        format!("{pid},{tid},\"ex12-csv\",{netns},TCPv4,12,127.0.0.1,{port},ok"),
+        format!(",{netns},TCPv4,13,127.0.0.1,{in_use},EADDRINUSE"),
     ];
     for row in &wanted {
         if wait_for(&mut step, |line| line.ends_with(row.as_str())).is_none() {

@@ -179,8 +179,8 @@ pub const TRANSCRIPTS: [Transcript; 12] = [
         rows_depend_on_the_path: false,
     },
     Transcript {
-        name: "step11-json",
-        lesson: 11,
+        name: "step12-json",
+        lesson: 12,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
         keep: |line| line.contains(&format!(",\"pid\":{},", std::process::id())),
@@ -189,7 +189,7 @@ pub const TRANSCRIPTS: [Transcript; 12] = [
 ];
 
 /// As the pages' `cargo xtask listen` commands make them: lesson 4's listens, then a socket never
-/// bound (lessons 5 to 11 show the port the kernel picked for it) and a second listen() on it,
+/// bound (lessons 5 to 12 show the port the kernel picked for it) and a second listen() on it,
 /// which only changes the backlog; listen() on a port in use (EADDRINUSE) and on a connected
 /// socket (EINVAL); an MPTCP listen, where the kernel has MPTCP.
 fn every_kind_of_listen() -> anyhow::Result<Vec<trigger::Listener>> {
@@ -353,7 +353,7 @@ pub fn shape(transcript: &str) -> Vec<String> {
             !["struct offsets", "mounted tracefs"]
                 .iter()
                 .any(|machine| line.starts_with(machine))
-                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 to 11.
+                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 to 12.
                 && !line.starts_with(SYSCALL_TAX_START)
         })
         .map(|line| {

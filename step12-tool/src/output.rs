@@ -1,7 +1,8 @@
-//! Lesson 11's output: the events as an aligned table, like solisten's, or as JSON lines, each with
-//! the time the kernel made it. Both write into one buffer that is flushed per batch of events.
+//! Lesson 12's output: the events as an aligned table, like solisten's, or, new, as JSON lines, each
+//! with the time the kernel made it. Both write into one buffer that is flushed per batch of events.
 
 use std::{
+    borrow::Cow,
     io::{self, BufWriter, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -13,6 +14,7 @@ use jiff::{SignedDuration, Timestamp, civil, tz::TimeZone};
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
+// ANCHOR: event_sink
 /// Where the events go: a table, JSON lines, a test's collector.
 pub trait EventSink {
     /// Writes one event. An error (a closed pipe, for instance) stops the reading.
@@ -29,6 +31,7 @@ impl<S: EventSink + ?Sized> EventSink for Box<S> {
         (**self).flush()
     }
 }
+// ANCHOR_END: event_sink
 
 // ANCHOR: wall_clock
 /// Turns the kernel's time stamps (nanoseconds since boot) into wall-clock time: the moment the
@@ -72,14 +75,15 @@ pub fn address(event: &ListenEvent) -> IpAddr {
     }
 }
 
-/// The thread's name, up to its first NUL.
-pub fn comm(event: &ListenEvent) -> &str {
+/// The thread's name, up to its first NUL. Any bytes can be a name (`prctl(PR_SET_NAME)`), so they
+/// are read as UTF-8 lossily, never assumed to be text.
+pub fn comm(event: &ListenEvent) -> Cow<'_, str> {
     let name = event
         .comm
         .split(|&byte| byte == 0)
         .next()
         .unwrap_or_default();
-    std::str::from_utf8(name).unwrap_or("?")
+    String::from_utf8_lossy(name)
 }
 
 fn proto(event: &ListenEvent) -> &'static str {
@@ -114,12 +118,13 @@ fn error_name(event: &ListenEvent) -> Option<String> {
         .map(|result| format!("{:?}", nix::errno::Errno::from_raw(-result)))
 }
 
-/// The result for a person: `ok`, the error's name, or `unseen` where the end was not seen.
+/// The call's result as people read it: `ok`, the error's name (`EADDRINUSE`), or `-` where
+/// the program did not see the call end.
 fn result_text(event: &ListenEvent) -> String {
-    match (result(event), error_name(event)) {
-        (None, _) => "unseen".into(),
-        (_, Some(name)) => name,
-        (Some(_), None) => "ok".into(),
+    match (event.has_result, event.result) {
+        (0, _) => "-".into(),
+        (_, 0) => "ok".into(),
+        (_, result) => format!("{:?}", nix::errno::Errno::from_raw(-result)),
     }
 }
 
@@ -167,6 +172,7 @@ impl<W: Write> EventSink for Table<W> {
 }
 // ANCHOR_END: table
 
+// ANCHOR: json_lines
 /// One JSON object per line, for `jq` and other programs.
 pub struct JsonLines<W: Write> {
     out: BufWriter<W>,
@@ -189,7 +195,7 @@ struct JsonEvent<'a> {
     time: Timestamp,
     pid: u32,
     tid: u32,
-    comm: &'a str,
+    comm: Cow<'a, str>,
     netns: u32,
     proto: &'static str,
     backlog: u32,
@@ -227,6 +233,7 @@ impl<W: Write> EventSink for JsonLines<W> {
         self.out.flush()
     }
 }
+// ANCHOR_END: json_lines
 
 #[cfg(test)]
 mod tests {
@@ -255,14 +262,13 @@ mod tests {
             result: result.unwrap_or(0),
             port: 4242,
             family,
+            has_result: result.is_some() as u16,
+            protocol: common::IPPROTO_TCP,
             attach: if result.is_some() {
                 ATTACH_KPROBE
             } else {
                 ATTACH_TRACEPOINT
             },
-            has_result: result.is_some() as u8,
-            protocol: common::IPPROTO_TCP,
-            reserved: [0; 4],
         }
     }
 
@@ -300,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "16:44:51 4321    nginx            4026531840  TCPv6   7        2001:db8::ffff:abcd                      4242   unseen"
+            "16:44:51 4321    nginx            4026531840  TCPv6   7        2001:db8::ffff:abcd                      4242   -"
         );
         assert!(lines[3].ends_with("4242   EINVAL"), "{}", lines[3]);
         // Every column starts where its header starts.
@@ -342,6 +348,16 @@ mod tests {
         assert_eq!(lines[1]["result"], serde_json::Value::Null);
         assert!(lines[1].get("error").is_none());
         assert_eq!(lines[1]["attach"], "tracepoint");
+    }
+
+    #[test]
+    fn the_result_says_ok_the_error_or_that_the_end_was_not_seen() {
+        assert_eq!(
+            result_text(&event(AF_INET, ipv4([0; 4]), Some(-98))),
+            "EADDRINUSE"
+        );
+        assert_eq!(result_text(&event(AF_INET, ipv4([0; 4]), Some(0))), "ok");
+        assert_eq!(result_text(&event(AF_INET, ipv4([0; 4]), None)), "-");
     }
 
     #[test]

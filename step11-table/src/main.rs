@@ -1,6 +1,5 @@
-//! Lesson 11, userspace side: lesson 10's events, counts and filters, made the tool to keep: the
-//! thread and the attach path in each event, and a table or JSON lines (in `output.rs`), ended
-//! quietly when the output closes.
+//! Lesson 11, userspace side: lesson 10's events, counts and filters, printed by a table of its own
+//! (in `output.rs`) that says when each listen happened, and ended quietly when the output closes.
 
 // What both sides compile: the event, and the filters, counters and calls of the kernel side's maps.
 #[path = "../ebpf/src/event.rs"]
@@ -17,7 +16,9 @@ mod maps;
 mod output;
 
 use std::{
-    fmt, io, ptr,
+    fmt,
+    io::{self, Stdout},
+    ptr,
     time::{Duration, Instant},
 };
 
@@ -45,7 +46,7 @@ use maps::{
     LISTEN_FILTER_SYMBOL, ListenCall, ListenFilter,
 };
 use offsets::SockOffsets;
-use output::{EventSink, WallClock};
+use output::{Table, WallClock};
 use tokio::io::{Interest, unix::AsyncFd};
 
 // SAFETY: `repr(C)` structs of integers and byte arrays, without implicit padding (`ListenCall`
@@ -108,25 +109,20 @@ async fn main() -> Result<(), Report> {
         eprintln!("{SYSCALL_TAX_LINE}");
     }
 
-    // 4. Print each event as a table row or a JSON line until Ctrl-C, SIGTERM, the end of
-    //    `--duration`, or a closed output.
-    //    Each event carries the kernel's time stamp; the clock turns it into a time of day.
-    let clock = WallClock::now()?;
-    let mut sink: Box<dyn EventSink> = if cli.json {
-        Box::new(output::JsonLines::new(io::stdout(), clock))
-    } else {
-        Box::new(output::Table::new(io::stdout(), clock)?)
-    };
+    // 4. Print each event as a table row until Ctrl-C, SIGTERM, the end of `--duration`, or, new,
+    //    a closed output. Each event carries the kernel's time stamp; the clock turns it into a
+    //    time of day.
+    let mut table = Table::new(io::stdout(), WallClock::now()?)?;
     let mut stop = StopSignals::install(cli.options.duration)?;
     eprintln!("{READY_LINE}");
-    let mut reason = events.read_until_stopped(&mut sink, &mut stop).await?;
+    let mut reason = events.read_until_stopped(&mut table, &mut stop).await?;
 
     // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
     //    The maps read after that are taken out first, and only then is the rest drained and
     //    counted, so that no event comes between the last drain and the counters.
     let calls = take_calls_maps(&mut ebpf)?;
     drop(ebpf);
-    if let Err(error) = events.drain(&mut sink) {
+    if let Err(error) = events.drain(&mut table) {
         reason = closed_or_fail(error)?;
     }
     eprintln!("{}", events.counts(calls_in_flight(&calls)?)?);
@@ -218,17 +214,17 @@ impl RingBuffer {
     // ANCHOR_END: ring_open
 
     // ANCHOR: ring_read
-    /// Hands every event to `sink` until `stop` fires or the sink fails (a closed pipe ends the
-    /// run quietly). Returns why it stopped.
+    /// Prints every event until `stop` fires or the output fails (a closed pipe ends the run
+    /// quietly). Returns why it stopped.
     async fn read_until_stopped(
         &mut self,
-        sink: &mut impl EventSink,
+        table: &mut Table<Stdout>,
         stop: &mut StopSignals,
     ) -> anyhow::Result<StopReason> {
         // When the last wake-up came, and whether the one before came less than a pause earlier.
         let (mut last_wake_up, mut woken_again_soon) = (None::<Instant>, false);
         let reason = loop {
-            let drained = match self.drain(sink) {
+            let drained = match self.drain(table) {
                 Ok(drained) => drained,
                 Err(error) => break closed_or_fail(error)?,
             };
@@ -247,7 +243,7 @@ impl RingBuffer {
             self.reader_waits
                 .set(0, &1, 0)
                 .context("cannot tell the kernel side that the reader waits")?;
-            match self.drain(sink) {
+            match self.drain(table) {
                 Ok(0) => {}
                 Ok(_) => continue,
                 Err(error) => break closed_or_fail(error)?,
@@ -268,19 +264,19 @@ impl RingBuffer {
         Ok(reason)
     }
 
-    /// Hands every event waiting in the ring to `sink`, copying each out once; returns how many.
-    fn drain(&mut self, sink: &mut impl EventSink) -> io::Result<u64> {
+    /// Prints every event waiting in the ring as a row, copying each out once; returns how many.
+    fn drain(&mut self, table: &mut Table<Stdout>) -> io::Result<u64> {
         let ring = self.ring.get_mut();
         let mut drained = 0;
         while let Some(item) = ring.next() {
             drained += 1;
             self.received += 1;
             if let Some(event) = event_from(&item) {
-                sink.write(&event)?;
+                table.write(&event)?;
             }
         }
         if drained > 0 {
-            sink.flush()?;
+            table.flush()?;
         }
         Ok(drained)
     }
@@ -651,9 +647,6 @@ fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
 struct Cli {
     #[command(flatten)]
     options: Options<ToolAttachMode>,
-    /// Print one JSON object per line instead of a table
-    #[arg(long)]
-    json: bool,
     /// Only this process (its PID, as `ps` shows it)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pid: Option<u32>,
@@ -700,7 +693,6 @@ mod tests {
         ListenEvent {
             time_ns: 1_500_000_000,
             pid: 4321,
-            tid: 4322,
             netns: 4026531840,
             backlog: 7,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -709,15 +701,13 @@ mod tests {
             family: common::AF_INET,
             protocol: common::IPPROTO_TCP,
             result: -98,
-            attach: event::ATTACH_KPROBE,
             has_result: 1,
-            reserved: [0; 4],
         }
     }
 
     #[test]
     fn the_event_has_no_padding() {
-        assert_eq!(size_of::<ListenEvent>(), 8 + 4 * 4 + 16 + 16 + 4 * 4);
+        assert_eq!(size_of::<ListenEvent>(), 8 + 4 * 4 + 16 + 16 + 4 * 2);
     }
 
     #[test]
@@ -781,8 +771,6 @@ mod tests {
             .to_string();
         assert!(error.contains("not a number of milliseconds"), "{error}");
         let cli = Cli::try_parse_from(["step10", "--pid", "42", "--netns", "4026531840"]).unwrap();
-        assert!(!cli.json);
-        assert!(Cli::try_parse_from(["step11", "--json"]).unwrap().json);
         assert_eq!(
             (cli.pid, cli.netns, cli.port),
             (Some(42), Some(4026531840), None)

@@ -1,4 +1,4 @@
-//! Lesson 11, kernel side: lesson 10's events, counters and filters, now with the thread and the
+//! Lesson 12, kernel side: lesson 11's events, counters and filters, now with the thread and the
 //! attach path in each event.
 #![no_std]
 #![no_main]
@@ -76,11 +76,11 @@ static LISTEN_FILTER: Global<ListenFilter> = Global::new(ListenFilter::ANY);
 // ANCHOR_END: maps
 
 // ANCHOR: send_event
-/// Lesson 3's reads plus the network namespace, as one event, unless a filter drops it or the socket
-/// is not a TCP or MPTCP one. `result` is `None` where the end of the call was not seen. Inlined:
-/// a BPF function takes its arguments in 5 registers, and an `Option` takes two.
+/// Lesson 4's event, with the call's result where its end was seen (`None`: it was not), unless a
+/// filter drops it or the socket is not a TCP or MPTCP one. Inlined: a BPF function takes its arguments in 5 registers,
+/// and an `Option` takes two.
 #[inline(always)]
-fn send_event(sk: *const u8, backlog: u32, attach: u8, result: Option<i32>) -> Result<(), i32> {
+fn send_event(sk: *const u8, backlog: u32, attach: u32, result: Option<i32>) -> Result<(), i32> {
     send_event_of(Caller::current()?, sk, backlog, attach, result, None)
 }
 
@@ -92,7 +92,7 @@ fn send_event_of(
     caller: Caller,
     sk: *const u8,
     backlog: u32,
-    attach: u8,
+    attach: u32,
     result: Option<i32>,
     protocol: Option<u16>,
 ) -> Result<(), i32> {
@@ -139,13 +139,13 @@ fn send_event_of(
         backlog,
         addr,
         comm: caller.comm,
-        result: result.unwrap_or(0),
         port,
         family,
-        attach,
-        has_result: result.is_some() as u8,
+        // TCP, or MPTCP (`mptcp_listen()`'s socket is the MPTCP one).
         protocol,
-        reserved: [0; 4],
+        result: result.unwrap_or(0),
+        has_result: result.is_some() as u16,
+        attach,
     };
     // No argument limit here: the whole struct goes into the ring that every CPU shares.
     output_counting_drops(&event);

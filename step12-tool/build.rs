@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
 
 /// The kernel side's crate, in `ebpf/` (a build-dependency, so cargo runs us when it changes).
-const EBPF_CRATE: &str = "step11-tool-ebpf";
+const EBPF_CRATE: &str = "step12-tool-ebpf";
 
 /// The Rust whose LLVM bpf-linker was built against (`rust-toolchain.toml` pins the same one).
 const EBPF_TOOLCHAIN: &str = "1.98.0";
