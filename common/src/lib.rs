@@ -7,8 +7,13 @@
 //! event, its struct offsets) lives in that lesson's folder, and what the eBPF programs need beyond
 //! these definitions (a panic handler, reading a kernel struct's field) each program has itself,
 //! so that a lesson can be copied out on its own.
-#![cfg_attr(not(any(test, feature = "user", feature = "tracefs")), no_std)]
+#![cfg_attr(
+    not(any(test, feature = "user", feature = "tracefs", feature = "btf")),
+    no_std
+)]
 
+#[cfg(feature = "btf")]
+pub mod btf;
 #[cfg(feature = "tracefs")]
 pub mod cgroup2;
 #[cfg(feature = "tracefs")]

@@ -153,7 +153,8 @@ pub fn run(toolchain: &Toolchain, args: &DoctorArgs) -> anyhow::Result<()> {
         }
         for lesson in &lessons {
             let mark = if lesson.ready { "ok " } else { "!! " };
-            println!("{mark} lesson {}    {}", lesson.number, lesson.seen);
+            let item = format!("lesson {}", lesson.number);
+            println!("{mark} {item:<11} {}", lesson.seen);
         }
         println!("verdict: {verdict}");
     }
@@ -175,10 +176,11 @@ struct LessonVerdict {
 
 /// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
 /// the state tracepoint, and lesson 5 adds their returns (kretprobe, fexit): they take the first
-/// path lesson 1 showed working (`path_works`). Lessons 6 to 10 and the tool (lesson 12) follow each call
-/// to its end on every path (the syscall tracepoints with the state tracepoint where kprobes and
-/// fentry are missing) and reads every struct field the others read: it is run here, as lesson 1 was, and
-/// what it printed says whether the offsets resolve in this kernel's BTF and which path it took.
+/// path lesson 1 showed working (`path_works`). Lessons 6 to 11 and the tool (lesson 12) follow each
+/// call to its end on every path (the syscall tracepoints with the state tracepoint where kprobes
+/// and fentry are missing): the tool is run here, as lesson 1 was, and what it printed says which
+/// path it took. Each lesson's struct offsets are looked up as that lesson looks them up
+/// (`lesson_offsets`): a kernel that lacks a field of a later lesson still runs the earlier ones.
 fn lesson_verdicts(
     tool: &Result<String, String>,
     can_load: bool,
@@ -187,14 +189,7 @@ fn lesson_verdicts(
     let entry_path = ["kprobe", "fentry", "tracepoint"]
         .into_iter()
         .find(|path| path_works(path));
-    let offsets: Result<(), String> = match tool {
-        Ok(stderr) if stderr.contains("struct offsets in this kernel (from its BTF)") => Ok(()),
-        Ok(stderr) | Err(stderr) => Err(stderr
-            .lines()
-            .find(|line| line.contains("BTF"))
-            .unwrap_or("the tool (lesson 12) did not say")
-            .to_string()),
-    };
+    let btf = common::btf::KernelBtf::of_running_kernel().map_err(|error| format!("{error:#}"));
     let tool_path = match tool {
         Ok(stderr) => ["kprobe", "fentry", "tracepoint"].into_iter().find(|path| {
             stderr
@@ -220,8 +215,10 @@ fn lesson_verdicts(
             problems.push("cannot load programs as this user (see privileges)".to_string());
         }
         if number >= 2 && can_load {
-            match &offsets {
-                Ok(()) => notes.push("its struct offsets resolve in this kernel's BTF".to_string()),
+            match lesson_offsets(number, &btf) {
+                Ok(count) => notes.push(format!(
+                    "its {count} struct offsets resolve in this kernel's BTF"
+                )),
                 Err(error) => problems.push(format!("its struct offsets do not resolve: {error}")),
             }
         }
@@ -277,6 +274,70 @@ fn lesson_verdicts(
         });
     }
     verdicts
+}
+
+/// One lookup that a lesson's `sock_offsets()` makes, as its `src/main.rs` writes it:
+/// `btf.field_offset("sock", &["__sk_common", "skc_family"], 2)?`.
+#[derive(Debug, PartialEq, Eq)]
+struct FieldLookup {
+    name: String,
+    path: Vec<String>,
+    /// The size the kernel side reads: a number, or `POINTER`.
+    size: usize,
+}
+
+/// The lookups in `source`, a lesson's `src/main.rs`, in their order.
+fn field_lookups(source: &str) -> anyhow::Result<Vec<FieldLookup>> {
+    let unquote = |text: &str| text.trim().trim_matches('"').to_string();
+    source
+        .split("btf.field_offset(")
+        .skip(1)
+        .map(|call| {
+            let arguments = call.split_once(")?").map(|(arguments, _)| arguments);
+            let (name, rest) = arguments
+                .and_then(|arguments| arguments.split_once(", &["))
+                .with_context(|| {
+                    format!(
+                        "cannot read the lookup `{}`",
+                        call.lines().next().unwrap_or_default()
+                    )
+                })?;
+            let (path, size) = rest
+                .rsplit_once("], ")
+                .with_context(|| format!("cannot read the member path of `{rest}`"))?;
+            let size = match size.trim() {
+                "POINTER" => common::btf::POINTER,
+                number => number
+                    .parse()
+                    .with_context(|| format!("cannot read the size `{number}`"))?,
+            };
+            Ok(FieldLookup {
+                name: unquote(name),
+                path: path.split(',').map(unquote).collect(),
+                size,
+            })
+        })
+        .collect()
+}
+
+/// Looks up in `btf` each struct field lesson `number` looks up, as it does; the number of fields.
+fn lesson_offsets(
+    number: u8,
+    btf: &Result<common::btf::KernelBtf, String>,
+) -> Result<usize, String> {
+    let lesson = lessons::find(number).map_err(|error| format!("{error:#}"))?;
+    let main = workspace_root().join(lesson.package).join("src/main.rs");
+    let lookups = fs::read_to_string(&main)
+        .map_err(anyhow::Error::from)
+        .and_then(|source| field_lookups(&source))
+        .map_err(|error| format!("{}: {error:#}", main.display()))?;
+    let btf = btf.as_ref().map_err(Clone::clone)?;
+    for lookup in &lookups {
+        let path: Vec<&str> = lookup.path.iter().map(String::as_str).collect();
+        btf.field_offset(&lookup.name, &path, lookup.size)
+            .map_err(|error| format!("{error:#}"))?;
+    }
+    Ok(lookups.len())
 }
 
 /// `binary` run as root: directly when we are root, else through sudo.
@@ -488,6 +549,39 @@ fn attach_path(binary: &Path, path: &'static str, can_load: bool) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lookups read from each lesson's source are the fields of its `SockOffsets` (but
+    /// `resolved`, which is no offset): the reading cannot miss one.
+    #[test]
+    fn every_lessons_lookups_are_the_fields_of_its_offsets() {
+        for lesson in &lessons::LESSONS {
+            let folder = workspace_root().join(lesson.package);
+            let lookups =
+                field_lookups(&fs::read_to_string(folder.join("src/main.rs")).unwrap()).unwrap();
+            let fields = fs::read_to_string(folder.join("ebpf/src/offsets.rs"))
+                .map(|offsets| {
+                    offsets
+                        .lines()
+                        .filter(|line| {
+                            line.trim_start().starts_with("pub ") && line.ends_with(": u32,")
+                        })
+                        .filter(|line| !line.contains("resolved"))
+                        .count()
+                })
+                .unwrap_or(0);
+            assert_eq!(lookups.len(), fields, "{}", lesson.package);
+        }
+        let lesson2 =
+            fs::read_to_string(workspace_root().join("step2-backlog/src/main.rs")).unwrap();
+        assert_eq!(
+            field_lookups(&lesson2).unwrap()[0],
+            FieldLookup {
+                name: "sock".into(),
+                path: vec!["sk_max_ack_backlog".into()],
+                size: 4
+            }
+        );
+    }
 
     #[test]
     fn findings_carry_their_fix_only_when_something_is_wrong() {

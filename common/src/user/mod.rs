@@ -4,11 +4,11 @@
 //! signals that stop a step, and the one-line error report.
 
 mod explain;
-mod offsets;
 mod options;
 mod report;
 mod stop;
 
+pub use crate::btf::{KernelBtf, POINTER};
 pub use crate::cgroup2::open_cgroup2_root;
 pub use crate::tracefs::{check_tracepoint_field, mount_tracefs};
 pub use explain::{
@@ -16,7 +16,6 @@ pub use explain::{
     explain_attach_failure, explain_load_failure, explain_tool_attach_failure, lift_memlock_limit,
     no_path_attached, no_tool_path_attached,
 };
-pub use offsets::{KernelBtf, POINTER};
 pub use options::Options;
 pub use report::Report;
 pub use stop::{StopReason, StopSignals};
