@@ -121,10 +121,10 @@ fn error_name(event: &ListenEvent) -> Option<String> {
 /// The call's result as people read it: `ok`, the error's name (`EADDRINUSE`), or `-` where
 /// the program did not see the call end.
 fn result_text(event: &ListenEvent) -> String {
-    match (event.has_result, event.result) {
-        (0, _) => "-".into(),
-        (_, 0) => "ok".into(),
-        (_, result) => format!("{:?}", nix::errno::Errno::from_raw(-result)),
+    match (result(event), error_name(event)) {
+        (None, _) => "-".into(),
+        (_, Some(name)) => name,
+        (Some(_), None) => "ok".into(),
     }
 }
 
