@@ -47,7 +47,7 @@ fn open_btf(path: &Path) -> anyhow::Result<Btf> {
     if !path.exists() {
         bail!(
             "{} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF), which \
-             lessons 2 to 12 need to find the fields of its structs; lesson 1 works without it",
+             lessons 2 to 14 need to find the fields of its structs; lesson 1 works without it",
             path.display()
         );
     }

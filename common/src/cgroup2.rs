@@ -1,4 +1,4 @@
-//! The cgroup2 hierarchy, whose root the sockops path of lessons 7 to 12 attaches to: a cgroup's `sock_ops`
+//! The cgroup2 hierarchy, whose root the sockops path of lessons 7 to 14 attaches to: a cgroup's `sock_ops`
 //! programs run for the sockets of its processes and of every cgroup below it.
 
 use std::{fs::File, path::PathBuf};

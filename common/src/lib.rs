@@ -40,7 +40,7 @@ pub const KERNEL_BTF_VARIABLE: &str = "LISTEN_TRACE_KERNEL_BTF";
 /// The line a step prints once it is attached and reading; the tests and xtask wait for it.
 pub const READY_LINE: &str = "Ready: waiting for listen() calls. Press Ctrl-C to stop.";
 
-/// What lessons 8 to 12 print before their ready line when they pair the `listen()` system call's
+/// What lessons 8 to 14 print before their ready line when they pair the `listen()` system call's
 /// tracepoints: what that costs the whole machine, and the path that costs nothing.
 pub const SYSCALL_TAX_LINE: &str = "the tracepoint path slows down every system call of this \
     machine while it is attached (a syscall tracepoint makes each one take the kernel's \
@@ -64,7 +64,7 @@ pub const IPPROTO_MPTCP: u16 = 262;
 /// kernels (and calls it for its subflow on older ones).
 pub const MPTCP_LISTEN_FUNCTION: &str = "mptcp_listen";
 
-/// The system call's tracepoints, in the `syscalls` group, which lessons 6 to 12 pair with
+/// The system call's tracepoints, in the `syscalls` group, which lessons 6 to 14 pair with
 /// `inet_sock_set_state` to see the end of each call.
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter_listen";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit_listen";

@@ -1,5 +1,5 @@
 //! tracefs, where perf-event tracepoints get their ids and describe their fields. Raw tracepoints
-//! do not need it; the syscall tracepoints of the tracepoint path of lessons 6 to 12, and bpftrace, do.
+//! do not need it; the syscall tracepoints of the tracepoint path of lessons 6 to 14, and bpftrace, do.
 
 use std::path::{Path, PathBuf};
 

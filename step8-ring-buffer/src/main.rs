@@ -1,9 +1,8 @@
 //! Lesson 8, userspace side: lesson 7's events, now through one BPF ring buffer that every CPU
-//! shares, instead of a perf buffer per CPU. The kernel side wakes the reader only when it said
-//! that it waits, so a burst of listens costs a few wake-ups, not one per event
-//! (`--batch-pause`); the ring's size no longer grows with the number of CPUs (`--buffer-pages`).
+//! shares, instead of a perf buffer per CPU: one ring to watch, whose size does not grow with the
+//! number of CPUs.
 
-// What both sides compile: the event, and the indexes of the kernel side's counters.
+// The event struct, from the file the kernel side compiles too.
 #[path = "../ebpf/src/event.rs"]
 mod event;
 // The struct offsets: the kernel side reads them, this side looks them up (`UNSET` is the
@@ -11,25 +10,19 @@ mod event;
 #[allow(dead_code)]
 #[path = "../ebpf/src/offsets.rs"]
 mod offsets;
-// Some of its items are for the kernel side only.
-#[allow(dead_code)]
-#[path = "../ebpf/src/maps.rs"]
-mod maps;
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ptr,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, CgroupArray, MapData, PerCpuArray, RingBuf},
+    maps::{CgroupArray, MapData, RingBuf},
     programs::{CgroupAttachMode, Program},
 };
-use clap::Parser;
+use clap::Parser as _;
 use common::{
     AF_INET6, IPPROTO_MPTCP, LISTEN_FUNCTION, MPTCP_LISTEN_FUNCTION, READY_LINE,
     SOCK_OFFSETS_SYMBOL, STATE_TRACEPOINT, SYSCALL_ENTER_BACKLOG_OFFSET, SYSCALL_ENTER_FD_OFFSET,
@@ -42,7 +35,6 @@ use common::{
     },
 };
 use event::ListenEvent;
-use maps::COUNTER_DROPPED;
 use offsets::SockOffsets;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -64,41 +56,30 @@ const CGROUP2_ROOT: &str = "the cgroup2 root";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Report> {
-    // New: --buffer-pages PAGES, --batch-pause MS
-    let cli = Cli::parse();
+    // --attach auto|kprobe|fentry|tracepoint|sockops, --duration SECS
+    let options = Options::<ToolAttachMode>::parse();
 
-    // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3), and,
-    //    new, the ring's size: `--buffer-pages`, or 4 MiB on any machine.
+    // 1. Load the object, with this kernel's struct offsets written into it (lessons 2 and 3).
     check_privileges()?;
     lift_memlock_limit(); // kernels before 5.11 count BPF maps against it
     let offsets = sock_offsets()?;
     eprintln!("struct offsets in this kernel (from its BTF): {offsets:?}");
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
-        .map_or(4096, |size| size as usize);
-    let ring_bytes = cli
-        .buffer_pages
-        .map_or(DEFAULT_RING_BYTES.max(page_size), |pages| pages * page_size);
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(
-            "EVENTS",
-            u32::try_from(ring_bytes).context("--buffer-pages is too large")?,
-        )
         .override_global(SOCK_OFFSETS_SYMBOL, &offsets, true)
         .load(EBPF_OBJECT)
         .map_err(explain_load_failure)?;
 
-    // 2. New: one BPF ring buffer for every CPU, instead of a perf buffer per CPU (lesson 4), with
-    //    the kernel side's count of the events it had no room for beside it.
-    let mut events = RingBuffer::open(&mut ebpf, cli.batch_pause)?;
+    // 2. New: one BPF ring buffer for every CPU, instead of a perf buffer per CPU (lesson 4).
+    let mut events = RingBuffer::open(&mut ebpf)?;
 
     // 3. Attach: the first path in `--attach` that this kernel accepts.
-    let path = attach_first_path_that_works(&mut ebpf, cli.options.attach)?;
+    let path = attach_first_path_that_works(&mut ebpf, options.attach)?;
     if path == ToolPath::Exact(AttachPath::Tracepoint) {
         eprintln!("{SYSCALL_TAX_LINE}");
     }
 
     // 4. Print each event as a table row, until Ctrl-C, SIGTERM or the end of `--duration`.
-    let mut stop = StopSignals::install(cli.options.duration)?;
+    let mut stop = StopSignals::install(options.duration)?;
     println!(
         "{:<7} {:<16} {:<11} {:<7} {:<8} {:<40} {:<6} RESULT",
         "PID", "COMM", "NETNS", "PROTO", "BACKLOG", "ADDR", "PORT"
@@ -106,7 +87,10 @@ async fn main() -> Result<(), Report> {
     eprintln!("{READY_LINE}");
     let reason = events.read_until_stopped(&mut stop).await?;
     events.drain(); // what arrived before the stop
-    eprintln!("{}", events.counts()?);
+    eprintln!(
+        "{} events received (a ring buffer does not say how many it had no room for)",
+        events.received
+    );
 
     // 5. Detach: dropping `ebpf` closes every link and program fd, and the kernel frees them.
     drop(ebpf);
@@ -146,125 +130,52 @@ fn sock_offsets() -> anyhow::Result<SockOffsets> {
 
 // ANCHOR: ring_open
 /// New: one BPF ring buffer shared by every CPU and watched with tokio's `AsyncFd`. The kernel
-/// side wakes us only when we said that we wait (`READER_WAITS`), or when the ring fills up; a
-/// reader that is busy, or pausing after a burst, is not woken at all. When the ring is full, the
-/// event is dropped and counted.
+/// wakes us when an event arrives in a ring we had read to its end.
 struct RingBuffer {
     ring: AsyncFd<RingBuf<MapData>>,
-    /// Entry 0 is 1 while we wait for a wake-up; the kernel side sets it back to 0 when it wakes us.
-    reader_waits: Array<MapData, u32>,
-    /// The kernel side's counters (`maps::COUNTER_*`): the events the ring had no room for.
-    counters: PerCpuArray<MapData, u64>,
-    /// `--batch-pause`: after a drain that found a burst, how long events gather before the next.
-    batch_pause: Duration,
+    /// How many events we read.
     received: u64,
 }
 
-/// The ring's size without `--buffer-pages`: room for about 50,000 events, shared by every CPU (a
-/// perf buffer of 256 pages per CPU took 128 MiB on a machine of 128 CPUs).
-const DEFAULT_RING_BYTES: usize = 4 << 20;
-
-/// How long the reader waits for a wake-up at most: one that the kernel side could not send (an
-/// event that came just as we said that we wait) waits no longer than this.
-const SAFETY_TIMER: Duration = Duration::from_millis(100);
-
 impl RingBuffer {
     /// Takes the `EVENTS` map of the object, a ring buffer, and watches it.
-    fn open(ebpf: &mut Ebpf, batch_pause: Duration) -> anyhow::Result<Self> {
+    fn open(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .context("the eBPF object has no map EVENTS")?,
         )?;
-        let reader_waits = Array::try_from(
-            ebpf.take_map("READER_WAITS")
-                .context("the eBPF object has no map READER_WAITS")?,
-        )?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .context("the eBPF object has no map COUNTERS")?,
-        )?;
         // SAFETY: the ring owns its map fd and keeps it open for as long as the AsyncFd lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .context("cannot watch the ring buffer")?;
-        Ok(Self {
-            ring,
-            reader_waits,
-            counters,
-            batch_pause,
-            received: 0,
-        })
+        Ok(Self { ring, received: 0 })
     }
     // ANCHOR_END: ring_open
 
     // ANCHOR: ring_read
     /// Prints every event until `stop` fires. Returns why it stopped.
     async fn read_until_stopped(&mut self, stop: &mut StopSignals) -> anyhow::Result<StopReason> {
-        // When the last wake-up came, and whether the one before came less than a pause earlier.
-        let (mut last_wake_up, mut woken_again_soon) = (None::<Instant>, false);
-        let reason = loop {
-            let drained = self.drain();
-            // Events come fast: a drain found more than one, or a wake-up came soon after the last
-            // (on a single CPU the reader, woken at once, finds one event each time). Let more
-            // gather, without saying that we wait, so nothing wakes us.
-            let burst = drained > 1 || std::mem::take(&mut woken_again_soon);
-            if burst && !self.batch_pause.is_zero() {
-                tokio::select! {
-                    reason = stop.wait() => break reason,
-                    () = tokio::time::sleep(self.batch_pause) => continue,
-                }
-            }
-            // About to wait: say so, then look once more, so that an event that came before the
-            // kernel side could see it does not wait for the next one.
-            self.reader_waits
-                .set(0, &1, 0)
-                .context("cannot tell the kernel side that the reader waits")?;
-            if self.drain() > 0 {
-                continue;
-            }
+        loop {
+            // Wait, in the runtime's epoll, until the ring has something (or a stop).
             tokio::select! {
-                reason = stop.wait() => break reason,
+                reason = stop.wait() => return Ok(reason),
                 ready = self.ring.readable_mut() => {
+                    // Cleared before reading: an event that arrives while we read wakes us again.
                     ready.context("cannot wait for the ring buffer")?.clear_ready();
-                    let now = Instant::now();
-                    woken_again_soon = last_wake_up
-                        .is_some_and(|last: Instant| now - last < self.batch_pause);
-                    last_wake_up = Some(now);
+                    self.drain();
                 }
-                () = tokio::time::sleep(SAFETY_TIMER) => {}
             }
-        };
-        Ok(reason)
+        }
     }
 
-    /// Prints every event waiting in the ring as a row, copying each out once; returns how many.
-    fn drain(&mut self) -> u64 {
+    /// Prints every event waiting in the ring as a row, copying each out once.
+    fn drain(&mut self) {
         let ring = self.ring.get_mut();
-        let mut drained = 0;
         while let Some(item) = ring.next() {
-            drained += 1;
             self.received += 1;
             if let Some(event) = event_from(&item) {
                 print_row(&event);
             }
         }
-        drained
-    }
-
-    /// How many events arrived, and how many the kernel side had no room for, per CPU.
-    fn counts(&self) -> anyhow::Result<EventCounts> {
-        let dropped = self
-            .counters
-            .get(&COUNTER_DROPPED, 0)
-            .context("cannot read the kernel side's counters")?;
-        Ok(EventCounts {
-            received: self.received,
-            lost: dropped
-                .iter()
-                .enumerate()
-                .filter(|(_, lost)| **lost > 0)
-                .map(|(cpu, lost)| (cpu as u32, *lost))
-                .collect(),
-        })
     }
 }
 
@@ -275,34 +186,6 @@ fn event_from(item: &[u8]) -> Option<ListenEvent> {
     let bytes = item.get(..size_of::<ListenEvent>())?;
     // SAFETY: `ListenEvent` is plain data (`aya::Pod`), and `bytes` holds exactly one.
     Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
-/// How many events arrived and how many the kernel dropped, per CPU.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct EventCounts {
-    received: u64,
-    /// `(cpu, lost)` for each CPU that lost events.
-    lost: Vec<(u32, u64)>,
-}
-
-impl fmt::Display for EventCounts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total_lost: u64 = self.lost.iter().map(|(_, lost)| lost).sum();
-        write!(f, "{} events received, {total_lost} lost", self.received)?;
-        if !self.lost.is_empty() {
-            let per_cpu: Vec<_> = self
-                .lost
-                .iter()
-                .map(|(cpu, lost)| format!("CPU {cpu}: {lost}"))
-                .collect();
-            write!(
-                f,
-                " ({}; a larger --buffer-pages keeps more)",
-                per_cpu.join(", ")
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// One row of the table: the fields of the event, the address and name as people read them.
@@ -556,41 +439,6 @@ fn prepare_syscall_tracepoints() -> anyhow::Result<()> {
 }
 // ANCHOR_END: attach
 
-// ANCHOR: cli
-/// Who starts listening on a TCP port: process, network namespace, address, port, backlog.
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    options: Options<ToolAttachMode>,
-    /// The size of the ring buffer, in pages (a power of two) [default: 4 MiB, whatever the number
-    /// of CPUs]
-    #[arg(long, value_name = "PAGES", value_parser = power_of_two)]
-    buffer_pages: Option<usize>,
-    /// After a drain that found a burst, how long events gather before the next: fewer wake-ups
-    /// for the programs that call listen() (0: read each at once)
-    #[arg(long, value_name = "MS", default_value = "1", value_parser = milliseconds)]
-    batch_pause: Duration,
-}
-// ANCHOR_END: cli
-
-fn milliseconds(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(ms) if ms <= 1000 => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "`{text}` is not a number of milliseconds from 0 to 1000"
-        )),
-    }
-}
-
-fn power_of_two(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(pages) if pages.is_power_of_two() => Ok(pages),
-        _ => Err(format!(
-            "`{text}` is not a power of two (1, 2, 4, … 256, …)"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,36 +482,5 @@ mod tests {
         };
         assert_eq!(event_from(bytes), Some(event));
         assert_eq!(event_from(&bytes[..bytes.len() - 1]), None);
-    }
-
-    #[test]
-    fn the_summary_says_where_events_were_lost() {
-        let mut counts = EventCounts {
-            received: 10,
-            lost: vec![(1, 7), (0, 2)],
-        };
-        assert_eq!(
-            counts.to_string(),
-            "10 events received, 9 lost (CPU 1: 7, CPU 0: 2; a larger --buffer-pages keeps more)"
-        );
-        counts.lost.clear();
-        assert_eq!(counts.to_string(), "10 events received, 0 lost");
-    }
-
-    #[test]
-    fn flags_parse_and_bad_values_are_refused() {
-        let cli = Cli::try_parse_from(["step8", "--buffer-pages", "16"]).unwrap();
-        assert_eq!(cli.buffer_pages, Some(16));
-        assert_eq!(cli.batch_pause, Duration::from_millis(1));
-        let error = Cli::try_parse_from(["step8", "--buffer-pages", "3"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("`3` is not a power of two"), "{error}");
-        let cli = Cli::try_parse_from(["step8", "--batch-pause", "0"]).unwrap();
-        assert_eq!(cli.batch_pause, Duration::ZERO);
-        let error = Cli::try_parse_from(["step8", "--batch-pause", "5s"])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("not a number of milliseconds"), "{error}");
     }
 }

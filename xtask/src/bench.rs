@@ -1,6 +1,6 @@
-//! `cargo xtask bench`: what lessons 4, 5 to 11 cost per `listen()`, next to no tracer, the probe
+//! `cargo xtask bench`: what lessons 4, 5 to 13 cost per `listen()`, next to no tracer, the probe
 //! alone and bpftrace on the same tracepoint, measured side by side in one run; how long a lone
-//! listen, and the first listen after a burst, take to show in each; whether lesson 12 meets its
+//! listen, and the first listen after a burst, take to show in each; whether lesson 14 meets its
 //! targets; what the others pay; and how fast each step is ready. It writes its figures to
 //! `docs/src/benchmark-results.md`, which both editions' benchmarks page include.
 //!
@@ -56,20 +56,20 @@ const BENCH_PATH: &str = "tracepoint";
 pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     let step4 = lessons::find(4)?;
     let step5 = lessons::find(5)?;
-    let step12 = lessons::find(lessons::TOOL)?;
+    let step14 = lessons::find(lessons::TOOL)?;
     lessons::build(toolchain, &lessons::present()?)?;
     let work = target_dir().join("bench");
     fs::create_dir_all(&work)?;
     let mut tracers = vec![
         Tracer::None,
-        Tracer::Step12FilteredOut,
+        Tracer::Step14FilteredOut,
         Tracer::Step4Table,
         Tracer::Step5Table,
-        Tracer::Step12Table,
-        Tracer::Step12Json,
-        Tracer::Step12JsonNoPause,
-        Tracer::Step12SockopsFilteredOut,
-        Tracer::Step12SockopsJson,
+        Tracer::Step14Table,
+        Tracer::Step14Json,
+        Tracer::Step14JsonNoPause,
+        Tracer::Step14SockopsFilteredOut,
+        Tracer::Step14SockopsJson,
     ];
     // Measured next to bpftrace when it can be installed; without it otherwise, said below.
     let _ = host_packages::ensure("bench", &[host_packages::BPFTRACE]);
@@ -84,7 +84,7 @@ pub fn run(toolchain: &Toolchain, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let step4_binary = target_dir().join("release").join(step4.package);
     let step5_binary = target_dir().join("release").join(step5.package);
-    let tool_binary = target_dir().join("release").join(step12.package);
+    let tool_binary = target_dir().join("release").join(step14.package);
     let binary_of = |tracer| match tracer {
         Tracer::Step4Table => step4_binary.as_path(),
         Tracer::Step5Table => step5_binary.as_path(),
@@ -250,8 +250,8 @@ struct Unrelated {
 }
 
 /// Nanoseconds per `getppid()` (a cheap system call that has nothing to do with `listen()`), with no
-/// tracer, with lesson 12 attached on the tracepoint path, and on the sockops path, alternating.
-fn measure_unrelated_syscall(step12: &Path, rounds: u32, work: &Path) -> anyhow::Result<Unrelated> {
+/// tracer, with lesson 14 attached on the tracepoint path, and on the sockops path, alternating.
+fn measure_unrelated_syscall(step14: &Path, rounds: u32, work: &Path) -> anyhow::Result<Unrelated> {
     let getppid_loop = || {
         let started = Instant::now();
         for _ in 0..UNRELATED_CALLS {
@@ -263,13 +263,13 @@ fn measure_unrelated_syscall(step12: &Path, rounds: u32, work: &Path) -> anyhow:
     let traced_on = |path: &str| -> anyhow::Result<f64> {
         let (out, err) = (work.join("unrelated.out"), work.join("unrelated.err"));
         let mut step = spawn_to_files(
-            Command::new(step12).arg(format!("--attach={path}")),
+            Command::new(step14).arg(format!("--attach={path}")),
             &out,
             &err,
         )?;
-        wait_until_ready(Tracer::Step12Table, &out, &err)?;
+        wait_until_ready(Tracer::Step14Table, &out, &err)?;
         let nanos = getppid_loop();
-        interrupt(&mut step, "step12-tool")?;
+        interrupt(&mut step, "step14-tool")?;
         Ok(nanos)
     };
     for round in 1..=rounds {
@@ -277,7 +277,7 @@ fn measure_unrelated_syscall(step12: &Path, rounds: u32, work: &Path) -> anyhow:
         tracepoint.push(traced_on("tracepoint")?);
         sockops.push(traced_on("sockops")?);
         eprintln!(
-            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 12 on the \
+            "    round {round}: getppid() {:.1} ns untraced, {:.1} ns with lesson 14 on the \
              tracepoint path, {:.1} ns on the sockops path",
             untraced.last().unwrap(),
             tracepoint.last().unwrap(),
@@ -294,9 +294,9 @@ fn measure_unrelated_syscall(step12: &Path, rounds: u32, work: &Path) -> anyhow:
 /// Start-up figures: (what, median seconds).
 type Startup = Vec<(String, f64)>;
 
-/// For each step: exec to its ready line. For step 12 and bpftrace: exec to the first listen() that
+/// For each step: exec to its ready line. For step 14 and bpftrace: exec to the first listen() that
 /// shows up in the output, which is what a user waits for.
-fn measure_startup(step12: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
+fn measure_startup(step14: &Path, with_bpftrace: bool) -> anyhow::Result<Startup> {
     const SAMPLES: usize = 5;
     let mut figures = Vec::new();
     for lesson in lessons::present()? {
@@ -325,7 +325,7 @@ fn measure_startup(step12: &Path, with_bpftrace: bool) -> anyhow::Result<Startup
         ));
         Ok(())
     };
-    first_event("step12-tool", Command::new(step12).arg("--attach=auto"))?;
+    first_event("step14-tool", Command::new(step14).arg("--attach=auto"))?;
     if with_bpftrace {
         first_event(
             "bpftrace",
@@ -400,11 +400,11 @@ fn report(
     let floor_of = |tracer: &Tracer| {
         let floor = if matches!(
             tracer,
-            Tracer::Step12SockopsFilteredOut | Tracer::Step12SockopsJson
+            Tracer::Step14SockopsFilteredOut | Tracer::Step14SockopsJson
         ) {
-            Tracer::Step12SockopsFilteredOut
+            Tracer::Step14SockopsFilteredOut
         } else {
-            Tracer::Step12FilteredOut
+            Tracer::Step14FilteredOut
         };
         tracers
             .iter()
@@ -514,12 +514,12 @@ fn report(
     writeln!(text, "| no tracer | {untraced:.1} ns | 1.00x |")?;
     writeln!(
         text,
-        "| lesson 12 attached (tracepoint path) | {tracepoint:.1} ns | {:.2}x |",
+        "| lesson 14 attached (tracepoint path) | {tracepoint:.1} ns | {:.2}x |",
         tracepoint / untraced
     )?;
     writeln!(
         text,
-        "| lesson 12 attached (sockops path) | {sockops:.1} ns | {:.2}x |",
+        "| lesson 14 attached (sockops path) | {sockops:.1} ns | {:.2}x |",
         sockops / untraced
     )?;
     writeln!(text, "\n### Start-up (median of 5)\n")?;
@@ -531,14 +531,14 @@ fn report(
     Ok(text)
 }
 
-/// Lesson 12's targets: with `--json`, at most this many times the probe alone on the same path.
+/// Lesson 14's targets: with `--json`, at most this many times the probe alone on the same path.
 const TARGET_OVER_FLOOR: f64 = 1.10;
 /// A lone listen printed within this at p99, in seconds.
 const TARGET_LONE_P99: f64 = 0.0005;
 /// The first listen after a burst printed within this, every time, in seconds.
 const TARGET_AFTER_BURST: f64 = 0.005;
 
-/// Lesson 12 `--json` against its targets: its cost next to its own floor, every event received, a
+/// Lesson 14 `--json` against its targets: its cost next to its own floor, every event received, a
 /// lone listen's p99, and the first listen after a burst.
 fn write_targets(
     text: &mut String,
@@ -549,7 +549,7 @@ fn write_targets(
     latencies: &[(Tracer, Latency)],
     floor_of: impl Fn(&Tracer) -> Option<f64>,
 ) -> anyhow::Result<()> {
-    let tracer = Tracer::Step12Json;
+    let tracer = Tracer::Step14Json;
     let Some(index) = tracers.iter().position(|each| *each == tracer) else {
         return Ok(());
     };
@@ -557,7 +557,7 @@ fn write_targets(
         .iter()
         .find(|(each, _)| *each == tracer)
         .map(|(_, latency)| *latency)
-        .context("lesson 12 --json has no latency figures")?;
+        .context("lesson 14 --json has no latency figures")?;
     let ratio = medians[index] / floor_of(&tracer).context("no floor was measured")?;
     let (fewest, most_lost) = runs[index]
         .iter()
@@ -567,7 +567,7 @@ fn write_targets(
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     writeln!(
         text,
-        "\n### Lesson 12 `--json` against its targets\n\n| target | measured | |\n|---|---|---|"
+        "\n### Lesson 14 `--json` against its targets\n\n| target | measured | |\n|---|---|---|"
     )?;
     writeln!(
         text,
@@ -598,7 +598,7 @@ fn write_targets(
 }
 
 /// bpftrace reads tracepoint formats from tracefs, which a fresh machine may not have mounted: the
-/// same mount as lesson 12's.
+/// same mount as lesson 14's.
 fn ensure_tracefs() -> anyhow::Result<()> {
     common::tracefs::mount_tracefs().map(drop)
 }

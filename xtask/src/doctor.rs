@@ -2,8 +2,8 @@
 //! this machine can run the lessons: the kernel and CPU, BTF, which attach paths really load and
 //! attach (by running lesson 1 itself with each `--attach`), privileges, the locked-memory limit
 //! where the kernel needs it, tracefs, the toolchain and bpf-linker, free disk. Then a verdict per
-//! lesson: the path it would take, whether the struct offsets of lessons 2 to 12 resolve in this
-//! kernel's BTF, the syscall tracepoints that the fallback of lessons 6 to 12 needs, and MPTCP. Exit 0 only when
+//! lesson: the path it would take, whether the struct offsets of lessons 2 to 14 resolve in this
+//! kernel's BTF, the syscall tracepoints that the fallback of lessons 6 to 14 needs, and MPTCP. Exit 0 only when
 //! lesson 1 will run.
 
 use std::{fs, path::Path, process::Command, time::Duration};
@@ -176,7 +176,7 @@ struct LessonVerdict {
 
 /// The verdict per lesson. Lessons 1 to 4 hook the start of `inet_listen()` (kprobe, fentry) or
 /// the state tracepoint, and lesson 5 adds their returns (kretprobe, fexit): they take the first
-/// path lesson 1 showed working (`path_works`). Lessons 6 to 11 and the tool (lesson 12) follow each
+/// path lesson 1 showed working (`path_works`). Lessons 6 to 13 and the tool (lesson 14) follow each
 /// call to its end on every path (the syscall tracepoints with the state tracepoint where kprobes
 /// and fentry are missing): the tool is run here, as lesson 1 was, and what it printed says which
 /// path it took. Each lesson's struct offsets are looked up as that lesson looks them up
@@ -351,7 +351,7 @@ fn as_root(binary: &Path) -> Command {
     }
 }
 
-/// Runs the tool (lesson 12) for a moment with `--attach ATTACH`: its status lines (stderr) when it got ready,
+/// Runs the tool (lesson 14) for a moment with `--attach ATTACH`: its status lines (stderr) when it got ready,
 /// else the error it ended with.
 fn try_tool(binary: &Path, attach: &str) -> Result<String, String> {
     let mut command = as_root(binary);
@@ -398,7 +398,7 @@ fn btf() -> anyhow::Result<Finding> {
         Finding::bad(
             "BTF",
             format!("{KERNEL_BTF} is missing"),
-            "lessons 2 to 12 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
+            "lessons 2 to 14 need a kernel built with CONFIG_DEBUG_INFO_BTF (every major \
              distribution's is); lesson 1 runs without it",
         )
     })
@@ -469,7 +469,7 @@ fn tracefs() -> Finding {
     )
 }
 
-/// Where cgroup2 is mounted, which the sockops path of lessons 7 to 12 attaches to (it mounts it for a moment
+/// Where cgroup2 is mounted, which the sockops path of lessons 7 to 14 attaches to (it mounts it for a moment
 /// where it is not).
 fn cgroup2() -> Finding {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -478,10 +478,10 @@ fn cgroup2() -> Finding {
         "cgroup2",
         match mount {
             Some(point) => format!(
-                "mounted at {} (`--attach sockops` of lessons 7 to 12 uses it)",
+                "mounted at {} (`--attach sockops` of lessons 7 to 14 uses it)",
                 point.display()
             ),
-            None => "not mounted: `--attach sockops` of lessons 7 to 12 mounts it for a moment"
+            None => "not mounted: `--attach sockops` of lessons 7 to 14 mounts it for a moment"
                 .to_string(),
         },
     )

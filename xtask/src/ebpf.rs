@@ -28,7 +28,7 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 /// cargo names a workspace's own packages by their path from the workspace root, so a lesson's
 /// kernel side built in two trees takes one place in a shared folder; bpf-linker writes its output
 /// in place, and cargo hard-links that output into the tree's target folder, so one tree's build
-/// would change the other's object under its feet (seen: lesson 11 loading the object of
+/// would change the other's object under its feet (seen: lesson 13 loading the object of
 /// an exercise's solution).
 pub fn build(
     toolchain: &Toolchain,

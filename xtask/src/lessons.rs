@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The lesson that makes the tool to keep: its filters, its `--json`, its sockops path.
-pub const TOOL: u8 = 12;
+pub const TOOL: u8 = 14;
 
 /// One lesson: a step folder at the workspace root, holding a binary crate of the same name.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Lesson {
     pub title: &'static str,
 }
 
-pub const LESSONS: [Lesson; 12] = [
+pub const LESSONS: [Lesson; 14] = [
     Lesson {
         number: 1,
         package: "step1-hello",
@@ -59,26 +59,36 @@ pub const LESSONS: [Lesson; 12] = [
     Lesson {
         number: 8,
         package: "step8-ring-buffer",
-        title: "+ one BPF ring buffer for every CPU, with wake-ups that adapt",
+        title: "+ one BPF ring buffer for every CPU, instead of a perf buffer per CPU",
     },
     Lesson {
         number: 9,
-        package: "step9-counts",
-        title: "+ every call accounted for: exact counts of what did not become a row",
+        package: "step9-full-ring",
+        title: "+ a full ring: its size, and a count of what it had no room for",
     },
     Lesson {
         number: 10,
-        package: "step10-filters",
-        title: "+ filters in the kernel: --pid, --netns, --port",
+        package: "step10-wake-ups",
+        title: "+ wake-ups that adapt: the reader is woken only when it waits",
     },
     Lesson {
         number: 11,
-        package: "step11-table",
-        title: "+ a table that says when, ended quietly when its output closes",
+        package: "step11-counts",
+        title: "+ every call accounted for: exact counts of what did not become a row",
     },
     Lesson {
         number: 12,
-        package: "step12-tool",
+        package: "step12-filters",
+        title: "+ filters in the kernel: --pid, --netns, --port",
+    },
+    Lesson {
+        number: 13,
+        package: "step13-table",
+        title: "+ a table that says when, ended quietly when its output closes",
+    },
+    Lesson {
+        number: 14,
+        package: "step14-tool",
         title: "+ the tool to keep: the thread, the attach path, JSON lines",
     },
 ];
@@ -294,9 +304,9 @@ mod tests {
 
     #[test]
     fn a_bad_lesson_number_lists_the_lessons() {
-        let message = find(13).unwrap_err().to_string();
+        let message = find(15).unwrap_err().to_string();
         assert!(
-            message.starts_with("there is no lesson 13\nthe lessons"),
+            message.starts_with("there is no lesson 15\nthe lessons"),
             "{message}"
         );
         for lesson in &LESSONS {

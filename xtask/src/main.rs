@@ -71,7 +71,7 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// Build the book (English and Chinese) with mdBook, after checking its includes and links
     Docs(docs::DocsArgs),
-    /// Measure what lesson 12 costs per listen() next to no tracer and bpftrace, and start-up times
+    /// Measure what lesson 14 costs per listen() next to no tracer and bpftrace, and start-up times
     Bench(bench::BenchArgs),
     /// Check an exercise: build your lesson and run it against real listen() calls
     Check {

@@ -23,20 +23,20 @@ use wait_timeout::ChildExt as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
     None,
-    /// Lesson 12 with every event filtered in the kernel: the probe alone, the floor.
-    Step12FilteredOut,
+    /// Lesson 14 with every event filtered in the kernel: the probe alone, the floor.
+    Step14FilteredOut,
     /// Lesson 4's table: a perf buffer whose reader is woken for every event.
     Step4Table,
     /// Lesson 5's table: the same perf buffer, with each call followed to its end.
     Step5Table,
-    Step12Table,
-    Step12Json,
-    /// Lesson 12 `--json --batch-pause 0`: its reader lets no burst gather.
-    Step12JsonNoPause,
-    /// Lesson 12 on its sockops path, every event filtered in the kernel: that path's floor.
-    Step12SockopsFilteredOut,
-    /// Lesson 12 on its sockops path, `--json`.
-    Step12SockopsJson,
+    Step14Table,
+    Step14Json,
+    /// Lesson 14 `--json --batch-pause 0`: its reader lets no burst gather.
+    Step14JsonNoPause,
+    /// Lesson 14 on its sockops path, every event filtered in the kernel: that path's floor.
+    Step14SockopsFilteredOut,
+    /// Lesson 14 on its sockops path, `--json`.
+    Step14SockopsJson,
     Bpftrace,
 }
 
@@ -44,16 +44,16 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
-            Self::Step12FilteredOut => "step 12, all filtered in the kernel",
+            Self::Step14FilteredOut => "step 14, all filtered in the kernel",
             Self::Step4Table => "step 4, table to a file",
             Self::Step5Table => "step 5, table to a file",
-            Self::Step12Table => "step 12, table to a file",
-            Self::Step12Json => "step 12 --json, to a file",
-            Self::Step12JsonNoPause => "step 12 --json --batch-pause 0, to a file",
-            Self::Step12SockopsFilteredOut => {
-                "step 12 --attach sockops, all filtered in the kernel"
+            Self::Step14Table => "step 14, table to a file",
+            Self::Step14Json => "step 14 --json, to a file",
+            Self::Step14JsonNoPause => "step 14 --json --batch-pause 0, to a file",
+            Self::Step14SockopsFilteredOut => {
+                "step 14 --attach sockops, all filtered in the kernel"
             }
-            Self::Step12SockopsJson => "step 12 --attach sockops --json, to a file",
+            Self::Step14SockopsJson => "step 14 --attach sockops --json, to a file",
             Self::Bpftrace => "bpftrace, printf to a file",
         }
     }
@@ -62,7 +62,7 @@ impl Tracer {
     pub fn prints_json(self) -> bool {
         matches!(
             self,
-            Self::Step12Json | Self::Step12JsonNoPause | Self::Step12SockopsJson
+            Self::Step14Json | Self::Step14JsonNoPause | Self::Step14SockopsJson
         )
     }
 
@@ -70,7 +70,7 @@ impl Tracer {
     pub fn filters_everything(self) -> bool {
         matches!(
             self,
-            Self::Step12FilteredOut | Self::Step12SockopsFilteredOut
+            Self::Step14FilteredOut | Self::Step14SockopsFilteredOut
         )
     }
 
@@ -86,12 +86,12 @@ impl Tracer {
         match self {
             Self::None => None,
             // PID 1 (init) does not listen here: the probe runs, and sends nothing.
-            Self::Step12FilteredOut => lesson(&["--pid=1"]),
-            Self::Step4Table | Self::Step5Table | Self::Step12Table => lesson(&[]),
-            Self::Step12Json => lesson(&["--json"]),
-            Self::Step12JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
-            Self::Step12SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
-            Self::Step12SockopsJson => lesson_on("sockops", &["--json"]),
+            Self::Step14FilteredOut => lesson(&["--pid=1"]),
+            Self::Step4Table | Self::Step5Table | Self::Step14Table => lesson(&[]),
+            Self::Step14Json => lesson(&["--json"]),
+            Self::Step14JsonNoPause => lesson(&["--json", "--batch-pause=0"]),
+            Self::Step14SockopsFilteredOut => lesson_on("sockops", &["--pid=1"]),
+            Self::Step14SockopsJson => lesson_on("sockops", &["--json"]),
             Self::Bpftrace => {
                 let mut command = Command::new("bpftrace");
                 command.args(["-e", BPFTRACE_PROGRAM]);
@@ -114,7 +114,7 @@ impl Tracer {
     }
 }
 
-/// The bpftrace program that does what lesson 12 does on the same tracepoint: a line per listen.
+/// The bpftrace program that does what lesson 14 does on the same tracepoint: a line per listen.
 pub const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state /args->newstate == 10/ \
      { printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->family); }";
 

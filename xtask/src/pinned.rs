@@ -42,7 +42,7 @@ pub fn target_dir() -> PathBuf {
 /// Two trees never share one: cargo tells a workspace's own packages apart by their path from the
 /// workspace root, which is the same in every tree, so in a shared folder one tree's build of
 /// `common` is recorded as the other's, and a build there can take the other tree's files for its
-/// own and keep an artifact made from them (seen: this workspace's lesson 11 linked against the
+/// own and keep an artifact made from them (seen: this workspace's lesson 13 linked against the
 /// clean checkout's `common`).
 pub fn own_build_dir<'a>(command: &'a mut Command, build_dir: &Path) -> &'a mut Command {
     command.env("CARGO_BUILD_BUILD_DIR", build_dir)

@@ -59,7 +59,7 @@ impl fmt::Display for AttachPath {
     }
 }
 
-/// The `--attach` of lessons 7 to 12: the modes of lessons 1–6, and the sockops path.
+/// The `--attach` of lessons 7 to 14: the modes of lessons 1–6, and the sockops path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolAttachMode {
     /// Try kprobe, then fentry, then the tracepoints: the paths that follow every listen() call
@@ -95,7 +95,7 @@ impl ToolAttachMode {
     }
 }
 
-/// One of the attach paths of lessons 7 to 12.
+/// One of the attach paths of lessons 7 to 14.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolPath {
     /// A path of lessons 1–6, which follows each `listen()` call to its end.
@@ -164,7 +164,7 @@ fn explain_failure(path: AttachPath, error: &anyhow::Error, facts: &KernelFacts)
     }
 }
 
-/// Why one of the paths of lessons 7 to 12 failed.
+/// Why one of the paths of lessons 7 to 14 failed.
 pub fn explain_tool_attach_failure(path: ToolPath, error: &anyhow::Error) -> String {
     match path {
         ToolPath::Exact(path) => explain_attach_failure(path, error),
@@ -211,7 +211,7 @@ pub fn no_path_attached(mode: AttachMode, failures: &[(AttachPath, String)]) -> 
     anyhow::anyhow!(no_path_attached_words(mode == AttachMode::Auto, failures))
 }
 
-/// The same for the paths of lessons 7 to 12.
+/// The same for the paths of lessons 7 to 14.
 pub fn no_tool_path_attached(
     mode: ToolAttachMode,
     failures: &[(ToolPath, String)],

@@ -5,7 +5,7 @@ use clap::{Parser, ValueEnum};
 use super::AttachMode;
 
 /// The command line every step accepts. `M` is what `--attach` offers: lessons 1–4's
-/// [`AttachMode`], or the one of lessons 7 to 12, which adds a path; its default value is `auto`.
+/// [`AttachMode`], or the one of lessons 7 to 14, which adds a path; its default value is `auto`.
 #[derive(Debug, Parser)]
 pub struct Options<M: ValueEnum + Clone + Send + Sync + 'static = AttachMode> {
     /// How to hook inet_listen(): `auto` tries kprobe, then fentry, then the tracepoint

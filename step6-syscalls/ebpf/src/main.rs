@@ -94,7 +94,7 @@ struct Call {
 
 /// The calls of `inet_listen()` on their way, one per thread (the key is `bpf_get_current_pid_tgid()`:
 /// a thread is inside at most one call at a time). A kprobe and a kretprobe are two programs that
-/// share nothing else. A full map refuses a call, which is then not reported: lesson 7 counts it.
+/// share nothing else. A full map refuses a call, which is then not reported: lesson 11 counts it.
 #[map]
 static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(10_240, 0);
 

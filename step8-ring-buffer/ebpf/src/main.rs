@@ -1,33 +1,21 @@
 //! Lesson 8, kernel side: lesson 7's events, sent through one BPF ring buffer that every CPU
-//! shares, which wakes the reader only when it waits, and counts each event it has no room for.
+//! shares.
 #![no_std]
 #![no_main]
-// The BPF target has 64-bit atomic adds (`lock xadd`) but no compare-and-swap, so core's
-// `AtomicU64::fetch_add` is not offered there: the intrinsic behind it is (aya-build already builds
-// with RUSTC_BOOTSTRAP=1).
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 mod event;
-mod maps;
 mod offsets;
 
-use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd},
-    ptr,
-};
+use core::ptr;
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
-        BPF_SOCK_OPS_TCP_LISTEN_CB,
-    },
+    bindings::BPF_SOCK_OPS_TCP_LISTEN_CB,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, sock_ops, tracepoint},
-    maps::{Array, CgroupArray, HashMap, PerCpuArray, RingBuf},
+    maps::{CgroupArray, HashMap, RingBuf},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         SockOpsContext, TracePointContext,
@@ -39,7 +27,6 @@ use common::{
     port_from_network_order,
 };
 use event::ListenEvent;
-use maps::{COUNTER_COUNT, COUNTER_DROPPED};
 use offsets::SockOffsets;
 
 /// Where this kernel keeps the fields we read: userspace finds the offsets in the kernel's BTF and
@@ -48,20 +35,10 @@ use offsets::SockOffsets;
 static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 
 // ANCHOR: maps
-/// New: the events, in one ring shared by every CPU (lesson 4 had one per CPU). Userspace sets its
-/// size at load time; 4 MiB holds about 50,000 events, whatever the number of CPUs.
+/// New: the events, in one ring shared by every CPU (lesson 4 had one per CPU): 4 MiB, about
+/// 50,000 events, whatever the number of CPUs.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-
-/// New: entry 0 is 1 while the reader waits for a wake-up. It sets it before it waits; the
-/// event that wakes it sets it back to 0.
-#[map]
-static READER_WAITS: Array<u32> = Array::with_max_entries(1, 0);
-
-/// New: per CPU, the events the ring had no room for (`maps::COUNTER_DROPPED`). A perf buffer told
-/// the reader how many it dropped; a ring buffer does not, so the kernel side counts them itself.
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 // ANCHOR_END: maps
 
 // ANCHOR: send_event
@@ -117,8 +94,12 @@ fn send_event_of(
         result: result.unwrap_or(0),
         has_result: result.is_some() as u16,
     };
-    // No argument limit here: the whole struct goes into the ring that every CPU shares.
-    output_counting_drops(&event);
+    // ANCHOR: output
+    // No argument limit here: the whole struct is copied into the ring that every CPU shares. With
+    // no flag (0), the kernel wakes the reader when the event lands in a ring that the reader had
+    // read to its end. When the ring is full, the output fails and the event is dropped.
+    let _ = EVENTS.output(&event, 0);
+    // ANCHOR_END: output
     Ok(())
 }
 
@@ -145,47 +126,6 @@ impl Caller {
         })
     }
 }
-
-// ANCHOR: output
-/// New: puts `event` in the ring, and wakes the reader only if it said that it waits (the event
-/// that finds `READER_WAITS` at 1 sets it back to 0), or if the ring is a quarter full, so that a
-/// burst is read before the ring overflows. A reader that is busy or pausing is not woken: it finds
-/// the event when it drains next. Counts the event as dropped if the ring is full.
-fn output_counting_drops(event: &ListenEvent) {
-    let reader_waits = READER_WAITS.get_ptr_mut(0).is_some_and(|waits| {
-        // SAFETY: the map's one entry, which lives as long as the map. Two CPUs that both see 1
-        // both wake the reader: one wake-up too many, nothing lost.
-        unsafe {
-            let waiting = *waits == 1;
-            if waiting {
-                *waits = 0;
-            }
-            waiting
-        }
-    });
-    let filling_up =
-        EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= EVENTS.query(BPF_RB_RING_SIZE.into()) / 4;
-    let wake_up = if reader_waits || filling_up {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output(event, wake_up.into()).is_err() {
-        count(COUNTER_DROPPED);
-    }
-}
-// ANCHOR_END: output
-
-/// New: adds one to a counter of `COUNTERS`. Atomically: a program can be preempted by another on
-/// the same CPU (a tracepoint or fexit program is not protected from that), and a plain `+= 1`
-/// could then lose an increment, which would make the loss accounting inexact.
-fn count(counter: u32) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: a slot of a per-CPU array, which lives as long as the map; every write to it is
-        // this atomic add, whose result is unused (so it is the classic `lock xadd`, on any kernel).
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
-    }
-}
 // ANCHOR_END: send_event
 
 // ANCHOR: calls
@@ -200,7 +140,7 @@ struct Call {
 
 /// The calls of `inet_listen()` on their way, one per thread (the key is `bpf_get_current_pid_tgid()`:
 /// a thread is inside at most one call at a time). A kprobe and a kretprobe are two programs that
-/// share nothing else. A full map refuses a call, which is then not reported: lesson 7 counts it.
+/// share nothing else. A full map refuses a call, which is then not reported: lesson 11 counts it.
 #[map]
 static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(10_240, 0);
 

@@ -17,8 +17,9 @@ use anyhow::{Context as _, bail};
 mod verdicts;
 
 use verdicts::{
-    check_cgroup, check_comm, check_csv, check_failed, check_fd, check_listened, check_pid,
-    check_process_name, check_skc_num, check_thread_id, check_time_millis, check_wake_ups,
+    check_cgroup, check_comm, check_cpu, check_csv, check_failed, check_fd, check_listened,
+    check_pid, check_process_name, check_ring_peak, check_skc_num, check_thread_id,
+    check_time_millis, check_wake_ups,
 };
 
 use crate::{
@@ -44,7 +45,7 @@ pub struct Exercise {
     pub starter_fails_with: &'static str,
 }
 
-pub const EXERCISES: [Exercise; 12] = [
+pub const EXERCISES: [Exercise; 14] = [
     Exercise {
         number: 1,
         lesson: 1,
@@ -113,45 +114,63 @@ pub const EXERCISES: [Exercise; 12] = [
     Exercise {
         number: 8,
         lesson: 8,
-        title: "count the wake-ups",
-        patch: "8-wake-ups.patch",
+        title: "the CPU of each event",
+        patch: "8-cpu.patch",
         page: "lesson-8-ring-buffer.md",
         changes_tests: &[],
-        starter_fails_with: "says nothing of wake-ups",
+        starter_fails_with: "no CPU column",
     },
     Exercise {
         number: 9,
         lesson: 9,
-        title: "count the calls that failed",
-        patch: "9-failed.patch",
-        page: "lesson-9-counts.md",
+        title: "how full the ring got",
+        patch: "9-ring-peak.patch",
+        page: "lesson-9-full-ring.md",
         changes_tests: &[],
-        starter_fails_with: "says nothing of the calls that failed",
+        starter_fails_with: "says nothing of how full the ring got",
     },
     Exercise {
         number: 10,
         lesson: 10,
-        title: "a filter on the thread's name, in the kernel",
-        patch: "10-comm.patch",
-        page: "lesson-10-filters.md",
+        title: "count the wake-ups",
+        patch: "10-wake-ups.patch",
+        page: "lesson-10-wake-ups.md",
         changes_tests: &[],
-        starter_fails_with: "no --comm option",
+        starter_fails_with: "says nothing of wake-ups",
     },
     Exercise {
         number: 11,
         lesson: 11,
+        title: "count the calls that failed",
+        patch: "11-failed.patch",
+        page: "lesson-11-counts.md",
+        changes_tests: &[],
+        starter_fails_with: "says nothing of the calls that failed",
+    },
+    Exercise {
+        number: 12,
+        lesson: 12,
+        title: "a filter on the thread's name, in the kernel",
+        patch: "12-comm.patch",
+        page: "lesson-12-filters.md",
+        changes_tests: &[],
+        starter_fails_with: "no --comm option",
+    },
+    Exercise {
+        number: 13,
+        lesson: 13,
         title: "the time to the millisecond",
-        patch: "11-millis.patch",
-        page: "lesson-11-table.md",
+        patch: "13-millis.patch",
+        page: "lesson-13-table.md",
         changes_tests: &[],
         starter_fails_with: "TIME should read HH:MM:SS.mmm",
     },
     Exercise {
-        number: 12,
+        number: 14,
         lesson: crate::lessons::TOOL,
         title: "a third output: CSV",
-        patch: "12-csv.patch",
-        page: "lesson-12-tool.md",
+        patch: "14-csv.patch",
+        page: "lesson-14-tool.md",
         changes_tests: &[],
         starter_fails_with: "no --csv option",
     },
@@ -250,10 +269,12 @@ pub fn run(number: u8, attempt: Attempt, binary: &Path) -> anyhow::Result<()> {
         5 => check_listened(binary),
         6 => check_fd(binary),
         7 => check_cgroup(binary),
-        8 => check_wake_ups(binary),
-        9 => check_failed(binary),
-        10 => check_comm(binary),
-        11 => check_time_millis(binary),
+        8 => check_cpu(binary),
+        9 => check_ring_peak(binary),
+        10 => check_wake_ups(binary),
+        11 => check_failed(binary),
+        12 => check_comm(binary),
+        13 => check_time_millis(binary),
         _ => check_csv(binary),
     };
     match verdict {

@@ -1,4 +1,4 @@
-//! The checks of exercises 1 to 12: each runs the learner's lesson, makes its own `listen()` calls,
+//! The checks of exercises 1 to 14: each runs the learner's lesson, makes its own `listen()` calls,
 //! and reads what the lesson printed for them; an error says what is still missing.
 
 use std::{
@@ -282,7 +282,128 @@ pub(super) fn check_cgroup(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 8: the summary says how many times the kernel side woke the reader (`; W wake-ups`).
+/// Exercise 8: a `CPU` column after `PID`, with the CPU the program ran on. Each of our listens is
+/// made by a thread pinned to one CPU (up to four of those this process may use), so each row's CPU
+/// is known; a fixed number passes on one CPU at most.
+pub(super) fn check_cpu(binary: &Path) -> Result<(), String> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let fail = |error: nix::Error| error.to_string();
+    let allowed = sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(fail)?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+        .take(4)
+        .collect();
+    let mut step = start(binary, &[])?;
+    for &cpu in &cpus {
+        let port = thread::spawn(move || {
+            let mut only = CpuSet::new();
+            only.set(cpu).map_err(fail)?;
+            sched_setaffinity(nix::unistd::Pid::from_raw(0), &only).map_err(fail)?;
+            let listener = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+                .map_err(|error| format!("{error:#}"))?;
+            Ok::<_, String>(listener.local_addr.port())
+        })
+        .join()
+        .map_err(|_| "the listening thread failed".to_string())??;
+        let Some(row) = wait_for(&mut step, |line| port_of(line, port)) else {
+            return Err(format!(
+                "no row for our listen on port {port}; the program printed:\n{}",
+                step.stdout()
+            ));
+        };
+        let header = step.stdout().lines().next().unwrap_or_default().to_string();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        match (header.split_whitespace().nth(1), columns.get(1)) {
+            (Some("CPU"), Some(&seen)) if seen == cpu.to_string() => {}
+            (Some("CPU"), seen) => {
+                return Err(format!(
+                    "the CPU column of our row says {seen:?}, but the thread that listened on \
+                     port {port} ran only on CPU {cpu}: the row is `{row}`"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "the table has no CPU column after PID: the header is `{header}`, and our \
+                     listen's row `{row}` should read `PID {cpu} …`"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exercise 9: the summary says how full the ring got (`; at most N bytes waited in the ring`).
+/// Three lone listens, each read at once, leave at most a few events waiting in the default ring;
+/// a one-page ring whose reader is stopped overflows, so it was full, whatever else listens on the
+/// machine: a fixed number cannot pass both.
+pub(super) fn check_ring_peak(binary: &Path) -> Result<(), String> {
+    const LONE: u64 = 3;
+    const BURST: usize = 500;
+    const WORDS: &str = " bytes waited in the ring";
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as u64);
+    let mut step = start(binary, &[])?;
+    for _ in 0..LONE {
+        thread::sleep(Duration::from_millis(300)); // the reader has drained and waits again
+        let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+            .map_err(|error| format!("{error:#}"))?
+            .local_addr
+            .port();
+        if wait_for(&mut step, |line| port_of(line, port)).is_none() {
+            return Err(format!(
+                "no row for our listen on port {port}; the program printed:\n{}",
+                step.stdout()
+            ));
+        }
+    }
+    let summary = stop_for_summary(step)?;
+    let Some(lone_peak) = count_before(&summary, WORDS) else {
+        return Err(format!(
+            "the summary says nothing of how full the ring got (`{summary}`): it should end with \
+             `; at most N bytes waited in the ring`"
+        ));
+    };
+    if lone_peak == 0 || lone_peak > page / 4 {
+        return Err(format!(
+            "{lone_peak} bytes waited at most, for {LONE} lone listens that the reader read at \
+             once: each waited alone, one record of a few dozen bytes. Read the ring's \
+             BPF_RB_AVAIL_DATA after each output"
+        ));
+    }
+    let step = start(binary, &["--buffer-pages", "1"])?;
+    let pid = step.pid();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).map_err(|e| e.to_string())?;
+    let listeners: Result<Vec<_>, String> = (0..BURST)
+        .map(|_| {
+            trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+                .map_err(|error| format!("{error:#}"))
+        })
+        .collect();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).map_err(|e| e.to_string())?;
+    drop(listeners?);
+    thread::sleep(Duration::from_millis(500)); // the reader drains what the ring kept
+    let summary = stop_for_summary(step)?;
+    match (
+        count_before(&summary, " lost"),
+        count_before(&summary, WORDS),
+    ) {
+        (Some(0) | None, _) => Err(format!(
+            "a one-page ring whose reader was stopped during {BURST} listens lost nothing: \
+             `{summary}`"
+        )),
+        (_, Some(full_peak)) if full_peak * 4 < page * 3 || full_peak > page => Err(format!(
+            "{full_peak} bytes waited at most in a ring of {page} bytes that overflowed: it was \
+             full when it dropped events. Keep the largest BPF_RB_AVAIL_DATA seen after any \
+             output, whether it worked or not"
+        )),
+        (_, None) => Err(format!("no `{WORDS}` in the summary `{summary}`")),
+        _ => Ok(()),
+    }
+}
+
+/// Exercise 10: the summary says how many times the kernel side woke the reader (`; W wake-ups`).
 /// A lone listen, which finds the reader waiting, wakes it; a burst, which finds it pausing, does
 /// so far fewer times than it has events.
 pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
@@ -339,7 +460,7 @@ pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 9: the summary counts the calls that failed (`; F failed`), in the kernel side: ours
+/// Exercise 11: the summary counts the calls that failed (`; F failed`), in the kernel side: ours
 /// are 3 of 23, and a count of every call is refused.
 pub(super) fn check_failed(binary: &Path) -> Result<(), String> {
     const WORKED: usize = 20;
@@ -388,12 +509,12 @@ pub(super) fn check_failed(binary: &Path) -> Result<(), String> {
     }
 }
 
-/// Exercise 10: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
+/// Exercise 12: `--comm NAME` keeps the listens of the threads named NAME, and the kernel side
 /// drops the others before they are sent: the summary's count of events received is the count of
 /// rows.
 pub(super) fn check_comm(binary: &Path) -> Result<(), String> {
     require_option(binary, "--comm")?;
-    let (kept, dropped) = ("ex10-kept", "ex10-dropped");
+    let (kept, dropped) = ("ex12-kept", "ex12-dropped");
     let own_pid = std::process::id().to_string();
     let mut step = start(binary, &["--pid", &own_pid, "--comm", kept])?;
     // Each listen in a thread of that name; the listener closes when the thread ends.
@@ -489,7 +610,7 @@ pub(super) fn start(binary: &Path, args: &[&str]) -> Result<RunningStep, String>
         .map_err(|error| format!("the program {error}"))
 }
 
-/// Exercise 11: the table's TIME to the millisecond, `HH:MM:SS.mmm`. Three listens a third of a
+/// Exercise 13: the table's TIME to the millisecond, `HH:MM:SS.mmm`. Three listens a third of a
 /// second apart, each with its own port: each row's time must be within `MILLIS_SLACK` of the
 /// moments around its listen, so a fixed or rounded fraction cannot pass. The lesson runs with
 /// `TZ=UTC`, so that its time of day is the one computed here.
@@ -573,7 +694,7 @@ fn format_millis(millis: i64) -> String {
     )
 }
 
-/// Exercise 12: `--csv` prints a header row, then one CSV row per event with the fields of
+/// Exercise 14: `--csv` prints a header row, then one CSV row per event with the fields of
 /// `CSV_HEADER`, the thread's name quoted.
 pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
     const CSV_HEADER: &str = "pid,tid,comm,netns,proto,backlog,addr,port,result";
@@ -582,7 +703,7 @@ pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
     let mut step = start(binary, &["--csv", "--pid", &pid.to_string()])?;
     let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let (tid, port) = thread::Builder::new()
-        .name("ex12-csv".into())
+        .name("ex14-csv".into())
         .spawn(move || {
             let listener = trigger::listen(localhost, 12).map_err(|error| format!("{error:#}"))?;
             Ok::<_, String>((nix::unistd::gettid().as_raw(), listener.local_addr.port()))
@@ -595,7 +716,7 @@ pub(super) fn check_csv(binary: &Path) -> Result<(), String> {
     let in_use = listener.local_addr.port();
     let netns = trigger::netns_inode().map_err(|error| format!("{error:#}"))?;
     let wanted = [
-        format!("{pid},{tid},\"ex12-csv\",{netns},TCPv4,12,127.0.0.1,{port},ok"),
+        format!("{pid},{tid},\"ex14-csv\",{netns},TCPv4,12,127.0.0.1,{port},ok"),
         format!(",{netns},TCPv4,13,127.0.0.1,{in_use},EADDRINUSE"),
     ];
     for row in &wanted {

@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 20] = [
+pub(super) const MUTANTS: [Mutant; 21] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -110,12 +110,21 @@ pub(super) const MUTANTS: [Mutant; 20] = [
     },
     Mutant {
         name: "a lost event not counted",
-        lesson: 8,
-        file: "step8-ring-buffer/ebpf/src/main.rs",
+        lesson: 9,
+        file: "step9-full-ring/ebpf/src/main.rs",
         from: "count(COUNTER_DROPPED);",
         to: "let _ = COUNTER_DROPPED;",
         caught: Where::Host,
         tests: &["a_full_ring_counts_each_event_it_drops"],
+    },
+    Mutant {
+        name: "a lone event taken for a burst",
+        lesson: 10,
+        file: "step10-wake-ups/src/main.rs",
+        from: "let burst = drained > 1 ||",
+        to: "let burst = drained > 0 ||",
+        caught: Where::Host,
+        tests: &["a_lone_listen_is_not_held_back_by_the_batch_pause"],
     },
     Mutant {
         name: "the syscall path's backlog not capped to somaxconn",
@@ -182,8 +191,8 @@ pub(super) const MUTANTS: [Mutant; 20] = [
     },
     Mutant {
         name: "every call that was read counted as unreadable",
-        lesson: 9,
-        file: "step9-counts/ebpf/src/main.rs",
+        lesson: 11,
+        file: "step11-counts/ebpf/src/main.rs",
         from: "fn count_unreadable(result: Result<(), i32>) {\n    if result.is_err() {",
         to: "fn count_unreadable(result: Result<(), i32>) {\n    if result.is_ok() {",
         caught: Where::Host,
@@ -191,8 +200,8 @@ pub(super) const MUTANTS: [Mutant; 20] = [
     },
     Mutant {
         name: "the sockops path's thread taken for its process",
-        lesson: 12,
-        file: "step12-tool/ebpf/src/main.rs",
+        lesson: 14,
+        file: "step14-tool/ebpf/src/main.rs",
         from: "tid: read_field(task, offsets.task_pid)?,",
         to: "tid: read_field(task, offsets.task_tgid)?,",
         caught: Where::Host,
@@ -200,8 +209,8 @@ pub(super) const MUTANTS: [Mutant; 20] = [
     },
     Mutant {
         name: "the kernel's time stamp shown as if the machine had booted just now",
-        lesson: 11,
-        file: "step11-table/src/output.rs",
+        lesson: 13,
+        file: "step13-table/src/output.rs",
         from: "booted: Timestamp::now() - since_boot,",
         to: "booted: Timestamp::now(),",
         caught: Where::Host,

@@ -97,7 +97,7 @@ pub(super) struct MatrixRow {
     pub(super) arch: Arch,
     pub(super) release: String,
     pub(super) paths: Vec<(&'static str, bool)>,
-    /// Whether lesson 12 said that this kernel refused its sockops path.
+    /// Whether lesson 14 said that this kernel refused its sockops path.
     pub(super) sockops_refused: bool,
     pub(super) mptcp: &'static str,
     pub(super) passed: usize,
@@ -150,7 +150,7 @@ pub(super) fn matrix_page(rows: &[MatrixRow]) -> anyhow::Result<String> {
     )?;
     writeln!(
         text,
-        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | sockops (lessons 7 to 12) | MPTCP | cases | boot | whole run |"
+        "| kernel package | CPU | `uname -r` | kprobe | fentry | tracepoint | sockops (lessons 7 to 14) | MPTCP | cases | boot | whole run |"
     )?;
     writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for row in rows {

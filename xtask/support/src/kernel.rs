@@ -56,7 +56,7 @@ pub fn attach_paths_here() -> Vec<&'static str> {
     paths
 }
 
-/// The attach paths of lessons 7 to 12 exercised here: [`attach_paths_here`], and the sockops path wherever
+/// The attach paths of lessons 7 to 14 exercised here: [`attach_paths_here`], and the sockops path wherever
 /// it is expected to work: where the VM runner lists it for the guest kernel, and on any other
 /// kernel from Linux 5.10 on (the oldest kernel the VM runner proves it on).
 pub fn tool_attach_paths_here() -> Vec<&'static str> {
@@ -65,7 +65,7 @@ pub fn tool_attach_paths_here() -> Vec<&'static str> {
     if attach_must_work("sockops") || (!listed && !release_below(5, 10)) {
         paths.push("sockops");
     }
-    eprintln!("lessons 7 to 12 also test: {}", paths.join(", "));
+    eprintln!("lessons 7 to 14 also test: {}", paths.join(", "));
     paths
 }
 

@@ -9,12 +9,12 @@ use crate::running::{RunningStep, Stream};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `line` is a lesson's table header: `PID …`, or `TIME PID …` where the rows begin with
-/// the time of day (lesson 11).
+/// the time of day (lesson 13).
 pub fn is_header(line: &str) -> bool {
     line.starts_with("PID ") || line.starts_with("TIME ")
 }
 
-/// The PID of a lesson's table row: its first column, or its second after lesson 11's time of day.
+/// The PID of a lesson's table row: its first column, or its second after lesson 13's time of day.
 pub fn pid_of_row(line: &str) -> Option<&str> {
     let mut columns = line.split_whitespace();
     match columns.next() {

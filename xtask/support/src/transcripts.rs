@@ -79,7 +79,7 @@ pub struct Transcript {
 /// How the line that names the syscall tracepoints' cost begins.
 const SYSCALL_TAX_START: &str = "the tracepoint path slows down every system call";
 
-pub const TRANSCRIPTS: [Transcript; 12] = [
+pub const TRANSCRIPTS: [Transcript; 14] = [
     Transcript {
         name: "step1",
         lesson: 1,
@@ -179,8 +179,24 @@ pub const TRANSCRIPTS: [Transcript; 12] = [
         rows_depend_on_the_path: false,
     },
     Transcript {
-        name: "step12-json",
+        name: "step12",
         lesson: 12,
+        args: &[],
+        listens: every_kind_of_listen,
+        keep: table_rows_of_ours,
+        rows_depend_on_the_path: false,
+    },
+    Transcript {
+        name: "step13",
+        lesson: 13,
+        args: &[],
+        listens: every_kind_of_listen,
+        keep: table_rows_of_ours,
+        rows_depend_on_the_path: false,
+    },
+    Transcript {
+        name: "step14-json",
+        lesson: 14,
         args: &["--json"],
         listens: || Ok(vec![listen_on("127.0.0.1", 4244, 7)?]),
         keep: |line| line.contains(&format!(",\"pid\":{},", std::process::id())),
@@ -189,7 +205,7 @@ pub const TRANSCRIPTS: [Transcript; 12] = [
 ];
 
 /// As the pages' `cargo xtask listen` commands make them: lesson 4's listens, then a socket never
-/// bound (lessons 5 to 12 show the port the kernel picked for it) and a second listen() on it,
+/// bound (lessons 5 to 14 show the port the kernel picked for it) and a second listen() on it,
 /// which only changes the backlog; listen() on a port in use (EADDRINUSE) and on a connected
 /// socket (EINVAL); an MPTCP listen, where the kernel has MPTCP.
 fn every_kind_of_listen() -> anyhow::Result<Vec<trigger::Listener>> {
@@ -353,7 +369,7 @@ pub fn shape(transcript: &str) -> Vec<String> {
             !["struct offsets", "mounted tracefs"]
                 .iter()
                 .any(|machine| line.starts_with(machine))
-                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 to 12.
+                // What the syscall tracepoints cost, said on the tracepoint path of lessons 6 to 14.
                 && !line.starts_with(SYSCALL_TAX_START)
         })
         .map(|line| {
