@@ -23,7 +23,7 @@ pub(super) struct Mutant {
     pub(super) tests: &'static [&'static str],
 }
 
-pub(super) const MUTANTS: [Mutant; 21] = [
+pub(super) const MUTANTS: [Mutant; 20] = [
     Mutant {
         name: "the hello says other words",
         lesson: 1,
@@ -116,15 +116,6 @@ pub(super) const MUTANTS: [Mutant; 21] = [
         to: "let _ = COUNTER_DROPPED;",
         caught: Where::Host,
         tests: &["a_full_ring_counts_each_event_it_drops"],
-    },
-    Mutant {
-        name: "a lone event taken for a burst",
-        lesson: 10,
-        file: "step10-wake-ups/src/main.rs",
-        from: "let burst = drained > 1 ||",
-        to: "let burst = drained > 0 ||",
-        caught: Where::Host,
-        tests: &["a_lone_listen_is_not_held_back_by_the_batch_pause"],
     },
     Mutant {
         name: "the syscall path's backlog not capped to somaxconn",
