@@ -345,19 +345,7 @@ pub(super) fn check_ring_peak(binary: &Path) -> Result<(), String> {
         .flatten()
         .map_or(4096, |size| size as u64);
     let mut step = start(binary, &[])?;
-    for _ in 0..LONE {
-        thread::sleep(Duration::from_millis(300)); // the reader has drained and waits again
-        let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
-            .map_err(|error| format!("{error:#}"))?
-            .local_addr
-            .port();
-        if wait_for(&mut step, |line| port_of(line, port)).is_none() {
-            return Err(format!(
-                "no row for our listen on port {port}; the program printed:\n{}",
-                step.stdout()
-            ));
-        }
-    }
+    lone_listens(&mut step, LONE)?;
     let summary = stop_for_summary(step)?;
     let Some(lone_peak) = count_before(&summary, WORDS) else {
         return Err(format!(
@@ -403,6 +391,25 @@ pub(super) fn check_ring_peak(binary: &Path) -> Result<(), String> {
     }
 }
 
+/// `count` listens 300 ms apart, each after the reader has drained and waits again, and each row
+/// seen before the next.
+fn lone_listens(step: &mut RunningStep, count: u64) -> Result<(), String> {
+    for _ in 0..count {
+        thread::sleep(Duration::from_millis(300)); // the reader has drained and waits again
+        let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
+            .map_err(|error| format!("{error:#}"))?
+            .local_addr
+            .port();
+        if wait_for(step, |line| port_of(line, port)).is_none() {
+            return Err(format!(
+                "no row for our listen on port {port}; the program printed:\n{}",
+                step.stdout()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Exercise 10: the summary says how many times the kernel side woke the reader (`; W wake-ups`).
 /// A lone listen, which finds the reader waiting, wakes it; a burst, which finds it pausing, does
 /// so far fewer times than it has events.
@@ -410,19 +417,7 @@ pub(super) fn check_wake_ups(binary: &Path) -> Result<(), String> {
     const LONE: u64 = 3;
     const BURST: u64 = 2_000;
     let mut step = start(binary, &[])?;
-    for _ in 0..LONE {
-        thread::sleep(Duration::from_millis(300)); // the reader has drained and waits again
-        let port = trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
-            .map_err(|error| format!("{error:#}"))?
-            .local_addr
-            .port();
-        if wait_for(&mut step, |line| port_of(line, port)).is_none() {
-            return Err(format!(
-                "no row for our listen on port {port}; the program printed:\n{}",
-                step.stdout()
-            ));
-        }
-    }
+    lone_listens(&mut step, LONE)?;
     thread::spawn(|| -> Result<(), String> {
         for _ in 0..BURST {
             trigger::listen((Ipv4Addr::LOCALHOST, 0).into(), 8)
